@@ -1,0 +1,222 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, modulo.pgbackup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Durable file-system primitives shared by every writer in the repository.
+
+A backup is only trusted when its bytes reached the disk before its name did,
+so everything that publishes a file goes through ``publish`` (fsync file,
+rename, fsync directory).  Temporary names always start with ``TMP_PREFIX`` so
+that readers and retention can tell them from finished backups.
+"""
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import time
+
+TMP_PREFIX = '.tmp-'
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+_CHUNK = 1024 * 1024
+
+
+class LockBusy(Exception):
+    pass
+
+
+def ensure_dir(path, mode=DIR_MODE):
+    """Create ``path`` (and parents) with ``mode``; tighten an existing dir we own."""
+    if not os.path.isdir(path):
+        os.makedirs(path, mode)
+        fsync_dir(os.path.dirname(os.path.abspath(path)))
+    st = os.stat(path)
+    if st.st_uid == os.geteuid() and (st.st_mode & 0o777) != mode:
+        os.chmod(path, mode)
+    return path
+
+
+def fsync_dir(path):
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(path):
+    """fsync every file and directory below ``path`` (a directory-format dump)."""
+    for root, dirs, files in os.walk(path):
+        for name in files:
+            fsync_file(os.path.join(root, name))
+        fsync_dir(root)
+
+
+def tmp_path_for(final_path):
+    """Temporary sibling of ``final_path``: same filesystem, so rename is atomic."""
+    head, tail = os.path.split(final_path)
+    return os.path.join(head, '%s%s.%d' % (TMP_PREFIX, tail, os.getpid()))
+
+
+def publish(tmp_path, final_path, overwrite=False):
+    """Make ``tmp_path`` durable and visible as ``final_path``.
+
+    Never replaces an existing ``final_path`` unless ``overwrite`` (used only for
+    metadata we own, such as a ``.meta`` being rewritten in place).
+    """
+    if os.path.isdir(tmp_path):
+        fsync_tree(tmp_path)
+    else:
+        fsync_file(tmp_path)
+    if not overwrite and os.path.lexists(final_path):
+        raise OSError(errno.EEXIST, 'refusing to overwrite existing %s' % final_path)
+    os.rename(tmp_path, final_path)
+    fsync_dir(os.path.dirname(os.path.abspath(final_path)))
+
+
+def write_atomic(final_path, data, mode=FILE_MODE, overwrite=False):
+    """Write bytes or text to ``final_path`` atomically and durably."""
+    if not isinstance(data, bytes):
+        data = data.encode('utf-8')
+    tmp = tmp_path_for(final_path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        remove_quietly(tmp)
+        raise
+    os.close(fd)
+    try:
+        publish(tmp, final_path, overwrite=overwrite)
+    except BaseException:
+        remove_quietly(tmp)
+        raise
+    return final_path
+
+
+def write_json_atomic(final_path, obj, overwrite=False):
+    return write_atomic(final_path, json.dumps(obj, indent=2, sort_keys=True) + '\n',
+                        overwrite=overwrite)
+
+
+def remove_quietly(path):
+    """Remove a temporary file or tree; used on failure paths only."""
+    try:
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+    except OSError:
+        pass
+
+
+def sha256_file(path):
+    digest = hashlib.sha256()
+    with open(path, 'rb') as handle:
+        for chunk in iter(lambda: handle.read(_CHUNK), b''):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_path(path):
+    """sha256 of a file, or of a directory as its sorted (relative name, content) pairs."""
+    if not os.path.isdir(path):
+        return sha256_file(path)
+    digest = hashlib.sha256()
+    for rel in sorted(_walk_files(path)):
+        digest.update(rel.encode('utf-8') + b'\0')
+        digest.update(sha256_file(os.path.join(path, rel)).encode('ascii') + b'\n')
+    return digest.hexdigest()
+
+
+def size_of(path):
+    if not os.path.isdir(path):
+        return os.path.getsize(path)
+    return sum(os.path.getsize(os.path.join(path, rel)) for rel in _walk_files(path))
+
+
+def _walk_files(path):
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            yield os.path.relpath(os.path.join(root, name), path)
+
+
+def chmod_tree(path, dir_mode=DIR_MODE, file_mode=FILE_MODE):
+    if not os.path.isdir(path):
+        os.chmod(path, file_mode)
+        return
+    os.chmod(path, dir_mode)
+    for root, dirs, files in os.walk(path):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), dir_mode)
+        for name in files:
+            os.chmod(os.path.join(root, name), file_mode)
+
+
+class RepositoryLock(object):
+    """Serializes one operation (e.g. ``backup``) on one repository.
+
+    flock is released by the kernel when the process dies, so a crashed run
+    never leaves a lock that blocks the next night's backup.
+    """
+
+    def __init__(self, root, operation, wait_s=0):
+        self.path = os.path.join(root, '.lock-%s' % operation)
+        self.operation = operation
+        self.wait_s = wait_s
+        self._fd = None
+
+    def __enter__(self):
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        deadline = time.time() + self.wait_s
+        while True:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except (IOError, OSError) as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                if time.time() >= deadline:
+                    holder = self._holder()
+                    os.close(self._fd)
+                    self._fd = None
+                    raise LockBusy(
+                        'another %s is already running on this repository (%s, held by %s); '
+                        'wait for it to finish or check for a hung process'
+                        % (self.operation, self.path, holder or 'unknown process'))
+                time.sleep(0.5)
+        os.ftruncate(self._fd, 0)
+        os.write(self._fd, ('pid=%d started=%s\n' % (os.getpid(), time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()))).encode())
+        return self
+
+    def _holder(self):
+        try:
+            with open(self.path) as handle:
+                return handle.read().strip()
+        except OSError:
+            return None
+
+    def __exit__(self, *exc):
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+        return False

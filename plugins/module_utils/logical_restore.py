@@ -1,0 +1,229 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, modulo.pgbackup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Restore a logical backup into a named database without risking the old one.
+
+The dump is always restored into a fresh staging database first and its row
+counts are compared with the ``.meta``.  Only a restore that passed is swapped
+in under ``target_db``; the database it replaces is kept, renamed, unless the
+caller says otherwise.  A corrupt backup therefore never touches the target.
+"""
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+import json
+import os
+import re
+import time
+
+from ansible_collections.modulo.pgbackup.plugins.module_utils import compression, fsutil, pipeline, repository
+from ansible_collections.modulo.pgbackup.plugins.module_utils.logical_backup import database_rows
+from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import (
+    PgError, psql_query, quote_ident, quote_literal)
+
+DBNAME_RE = re.compile(r'^[A-Za-z_][A-Za-z0-9_-]{0,62}$')
+SYSTEM_DBS = ('postgres', 'template0', 'template1')
+
+
+class RestoreError(Exception):
+    pass
+
+
+def validate_dbname(name, option='target_db'):
+    if not name or not DBNAME_RE.match(name):
+        raise RestoreError('%s %r is not accepted: use letters, digits, "_" and "-" only, starting with a '
+                           'letter or "_", at most 63 characters (no quotes or spaces)' % (option, name))
+    if name in SYSTEM_DBS:
+        raise RestoreError('%s %r is a system database and cannot be a restore target' % (option, name))
+    return name
+
+
+def resolve_backup(repo, selector, database=None, s3=None):
+    """Find the ``.meta`` for ``latest``, a backup name, or a path to a backup file."""
+    entries, _problems = repo.scan('full')
+    remote = []
+    if s3 is not None:
+        local_names = set(e['name'] for e in entries)
+        remote = [m for m in s3.list_metas('full') if m.get('name') not in local_names]
+    candidates = entries + remote
+    if database:
+        candidates = [m for m in candidates if m.get('database') == database]
+    if selector in (None, '', 'latest'):
+        complete = sorted([m for m in candidates if repository.is_complete(m)],
+                          key=lambda m: (m.get('started_at') or '', m.get('name')))
+        if not complete:
+            raise RestoreError('no complete logical backup found in %s%s%s: run playbooks/nightly-backup.yml '
+                               'first or give backup: <name|path>' % (
+                                   repo.path('full'), ' or %s' % s3.uri('full/') if s3 else '',
+                                   ' for database %s' % database if database else ''))
+        return complete[-1]
+    if os.sep in selector or selector.endswith(('.gz', '.zst', '.lz4', '.sql', '.dump', '.dir')):
+        path = os.path.abspath(selector)
+        if not os.path.exists(path):
+            raise RestoreError('backup file %s does not exist' % path)
+        base = os.path.basename(path.rstrip('/'))
+        stem = re.sub(r'(\.sql|\.dump|\.dir)(\.gz|\.zst|\.lz4)?$', '', base)
+        meta_file = os.path.join(os.path.dirname(path), stem + '.meta')
+        if not os.path.exists(meta_file):
+            raise RestoreError('backup file %s has no .meta next to it (%s): it is incomplete or was not '
+                               'written by modulo.pgbackup, so it is not trusted for a restore' % (path, meta_file))
+        with open(meta_file) as handle:
+            meta = json.load(handle)
+        meta['path'] = path
+        meta['location'] = 'local'
+        if not repository.is_complete(meta):
+            raise RestoreError('backup %s is not complete (status %r)' % (meta.get('name'), meta.get('status')))
+        return meta
+    matches = [m for m in candidates if m.get('name') == selector]
+    if not matches:
+        raise RestoreError('no backup named %s in %s: list them with playbooks/list-backups.yml' % (
+            selector, repo.root))
+    if not repository.is_complete(matches[0]):
+        raise RestoreError('backup %s is not complete (status %r)' % (selector, matches[0].get('status')))
+    return matches[0]
+
+
+def verify_checksum(meta):
+    digest = fsutil.sha256_path(meta['path'])
+    if meta.get('sha256') and digest != meta['sha256']:
+        raise RestoreError('backup %s is corrupt: its sha256 %s does not match the .meta (%s); '
+                           'nothing was restored, choose another backup' % (meta['name'], digest, meta['sha256']))
+    return digest
+
+
+def database_state(conn, name, log=None):
+    """None when absent, else the number of user relations in it."""
+    rows = psql_query(conn, 'SELECT 1 FROM pg_database WHERE datname = %s' % quote_literal(name),
+                      db='postgres', log=log)
+    if not rows:
+        return None
+    rows = psql_query(conn, "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                            "WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') "
+                            "AND n.nspname NOT LIKE 'pg_toast%%' AND c.relkind IN ('r','p','v','m','S','f')",
+                      db=name, log=log)
+    return int(rows[0][0])
+
+
+def _restore_argv(conn, meta, path, staging, jobs):
+    fmt = meta.get('format', 'plain')
+    if fmt == 'plain':
+        return None
+    argv = [conn.bin('pg_restore'), '--no-password', '--exit-on-error', '--dbname=%s' % staging]
+    if jobs and jobs > 1:
+        argv.append('--jobs=%d' % jobs)
+    else:
+        argv.append('--single-transaction')
+    return argv + [path]
+
+
+def load(conn, meta, staging, jobs=None, log=None, workdir=None):
+    """Load the dump into the (empty, existing) staging database."""
+    path = meta['path']
+    fmt = meta.get('format', 'plain')
+    env = conn.env(staging)
+    codec = compression.codec_of_path(path) if fmt != 'directory' else 'none'
+    tmp_plain = None
+    try:
+        if fmt == 'plain':
+            stages = []
+            psql = [conn.bin('psql'), '-X', '-q', '--no-password', '-v', 'ON_ERROR_STOP=1',
+                    '--single-transaction', '-o', '/dev/null', '-d', staging]
+            if codec != 'none':
+                stages.append(compression.decompress_argv(codec, path))
+                stages.append(psql)
+                pipeline.run(stages, env=env, log=log)
+            else:
+                pipeline.run([psql], env=env, stdin_path=path, log=log)
+            return
+        if codec != 'none':
+            # pg_restore -j needs a seekable file: decompress next to the backup first.
+            tmp_plain = fsutil.tmp_path_for(os.path.join(workdir or os.path.dirname(path),
+                                                         os.path.basename(path) + '.restore'))
+            pipeline.run([compression.decompress_argv(codec, path)], env=env, stdout_path=tmp_plain, log=log)
+            path = tmp_plain
+        pipeline.run([_restore_argv(conn, meta, path, staging, jobs)], env=env, log=log)
+    except pipeline.PipelineError as exc:
+        raise RestoreError('restore of %s failed, the target database was not touched: %s' % (meta['name'], exc))
+    finally:
+        if tmp_plain:
+            fsutil.remove_quietly(tmp_plain)
+
+
+def compare_rows(expected, actual):
+    """Differences between the ``.meta``'s table_rows and the restored database."""
+    diffs = []
+    for table in sorted(set(expected) | set(actual)):
+        if expected.get(table) != actual.get(table):
+            diffs.append({'table': table, 'expected': expected.get(table), 'restored': actual.get(table)})
+    return diffs
+
+
+def _terminate(conn, name, log):
+    psql_query(conn, 'SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s '
+                     'AND pid <> pg_backend_pid()' % quote_literal(name), db='postgres', log=log)
+
+
+def _drop(conn, name, log):
+    _terminate(conn, name, log)
+    psql_query(conn, 'DROP DATABASE IF EXISTS %s' % quote_ident(name), db='postgres', log=log)
+
+
+def aside_name(target, stamp):
+    suffix = '_old_%s' % stamp
+    return target[:63 - len(suffix)] + suffix
+
+
+def restore(conn, meta, target_db, confirm=None, keep_old=True, jobs=None, log=None):
+    """Restore ``meta`` into ``target_db``; return a result dict for the module."""
+    validate_dbname(target_db)
+    state = database_state(conn, target_db, log=log)
+    if state and confirm != target_db:
+        raise RestoreError('database %s exists and is not empty (%d relations): to replace it, set '
+                           'confirm: %s (the old one is kept as %s unless keep_old is false)'
+                           % (target_db, state, target_db, aside_name(target_db, 'YYYYMMDD_HHMMSS')))
+    started = time.time()
+    verify_checksum(meta)
+    stamp = repository.utcnow().strftime(repository.STAMP_FORMAT)
+    staging = '%s_restoring_%s' % (target_db[:63 - 30], stamp)
+    try:
+        psql_query(conn, 'CREATE DATABASE %s TEMPLATE template0' % quote_ident(staging), db='postgres', log=log)
+    except PgError as exc:
+        raise RestoreError('cannot create the staging database %s: %s' % (staging, exc))
+    try:
+        load(conn, meta, staging, jobs=jobs, log=log)
+        restored_rows = database_rows(conn, staging, log=log)
+        diffs = compare_rows(meta.get('table_rows') or {}, restored_rows)
+        if diffs:
+            raise RestoreError('restored row counts differ from the backup\'s .meta in %d table(s): %s; '
+                               'the target database was not touched' % (len(diffs), json.dumps(diffs[:10])))
+    except BaseException:
+        try:
+            _drop(conn, staging, log)
+        except PgError:
+            pass
+        raise
+    old_name = None
+    if state is not None:
+        old_name = aside_name(target_db, stamp)
+        _terminate(conn, target_db, log)
+        psql_query(conn, 'ALTER DATABASE %s RENAME TO %s' % (quote_ident(target_db), quote_ident(old_name)),
+                   db='postgres', log=log)
+    try:
+        psql_query(conn, 'ALTER DATABASE %s RENAME TO %s' % (quote_ident(staging), quote_ident(target_db)),
+                   db='postgres', log=log)
+    except PgError:
+        if old_name:
+            psql_query(conn, 'ALTER DATABASE %s RENAME TO %s' % (quote_ident(old_name), quote_ident(target_db)),
+                       db='postgres', log=log)
+        raise
+    dropped_old = False
+    if old_name and not keep_old:
+        _drop(conn, old_name, log)
+        dropped_old = True
+    return {
+        'backup': meta['name'], 'target_db': target_db, 'replaced_existing': state is not None,
+        'old_db': None if dropped_old else old_name, 'old_db_dropped': dropped_old,
+        'duration_s': round(time.time() - started, 3), 'table_rows': restored_rows,
+        'rows_match': True, 'row_total': sum(restored_rows.values()),
+    }

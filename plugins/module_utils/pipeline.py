@@ -1,0 +1,96 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, modulo.pgbackup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Run ``a | b | c > file`` without a shell, and fail if *any* stage failed.
+
+A shell pipeline's status is its last command's: ``pg_dump | gzip`` reports
+success when pg_dump dies half way and gzip closes a valid, truncated file.
+That is exactly the silent partial backup this collection must never write.
+"""
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+import os
+import signal
+import subprocess
+import tempfile
+
+
+class PipelineError(Exception):
+    def __init__(self, message, stage=None, returncode=None, stderr=''):
+        super(PipelineError, self).__init__(message)
+        self.stage = stage
+        self.returncode = returncode
+        self.stderr = stderr
+
+
+def _describe_rc(rc):
+    if rc < 0:
+        try:
+            return 'killed by signal %s' % signal.Signals(-rc).name
+        except ValueError:
+            return 'killed by signal %d' % -rc
+    return 'exit code %d' % rc
+
+
+def run(stages, env=None, stdin_path=None, stdout_path=None, stdout_mode=0o600, log=None,
+        started=None):
+    """Run ``stages`` (a list of argv) connected by pipes.
+
+    ``started`` is called with the list of Popen objects once all run, so a
+    caller can do work concurrently (count rows in the dump's snapshot).
+    Returns the stderr text of every stage.
+    """
+    procs, errs = [], []
+    stdin = open(stdin_path, 'rb') if stdin_path else subprocess.DEVNULL
+    stdout_fd = None
+    if stdout_path:
+        stdout_fd = os.open(stdout_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, stdout_mode)
+    try:
+        prev = stdin
+        for index, argv in enumerate(stages):
+            if log is not None:
+                log.add(argv)
+            last = index == len(stages) - 1
+            err = tempfile.TemporaryFile()
+            errs.append(err)
+            out = (stdout_fd if stdout_fd is not None else subprocess.DEVNULL) if last else subprocess.PIPE
+            proc = subprocess.Popen(argv, stdin=prev, stdout=out, stderr=err, env=env)
+            if index > 0 and prev is not None:
+                prev.close()  # so the upstream stage gets SIGPIPE if we die
+            prev = proc.stdout if not last else None
+            procs.append(proc)
+        if started is not None:
+            try:
+                started(procs)
+            except BaseException:
+                _kill(procs)
+                raise
+        codes = [p.wait() for p in procs]
+        if stdout_fd is not None:
+            os.fsync(stdout_fd)
+    finally:
+        if stdin_path:
+            stdin.close()
+        if stdout_fd is not None:
+            os.close(stdout_fd)
+    texts = []
+    for err in errs:
+        err.seek(0)
+        texts.append(err.read().decode('utf-8', 'replace'))
+        err.close()
+    for index, code in enumerate(codes):
+        if code != 0:
+            name = os.path.basename(stages[index][0])
+            raise PipelineError('%s failed (%s): %s' % (name, _describe_rc(code), texts[index].strip()[-1500:]),
+                                stage=name, returncode=code, stderr=texts[index])
+    return texts
+
+
+def _kill(procs):
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+    for proc in procs:
+        proc.wait()

@@ -1,0 +1,160 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, modulo.pgbackup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The backup repository's on-disk layout (DESIGN.md section 3) and its catalogue.
+
+A backup exists for readers only when its ``.meta`` exists and says
+``status: complete``; everything else (temporary names, orphans without a
+``.meta``) is invisible to restore and listed as such by ``scan``.
+"""
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+import datetime
+import json
+import os
+import re
+
+from ansible_collections.modulo.pgbackup.plugins.module_utils import fsutil
+
+FORMAT_VERSION = 1
+SUBDIRS = ('full', 'base', 'wal', 'logs', 'restore-tests')
+STAMP_FORMAT = '%Y%m%d_%H%M%S'
+NAME_RE = re.compile(r'^(?P<prefix>[A-Za-z0-9][A-Za-z0-9_-]*)_(?P<kind>full|base)_(?P<stamp>\d{8}_\d{6})$')
+PREFIX_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9-]*$')
+
+# format -> base suffix of the dump; compression -> extra suffix when compressed outside pg_dump
+FORMAT_SUFFIX = {'plain': '.sql', 'custom': '.dump', 'directory': '.dir'}
+COMPRESSION_SUFFIX = {'gzip': '.gz', 'zstd': '.zst', 'lz4': '.lz4', 'none': ''}
+
+
+class RepositoryError(Exception):
+    pass
+
+
+def utcnow():
+    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+
+
+def iso(ts):
+    return ts.astimezone(datetime.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')
+
+
+def parse_iso(text):
+    return datetime.datetime.strptime(text, '%Y-%m-%dT%H:%M:%SZ').replace(tzinfo=datetime.timezone.utc)
+
+
+def validate_prefix(prefix):
+    if not PREFIX_RE.match(prefix or ''):
+        raise RepositoryError('name_prefix %r is invalid: use letters, digits and dashes only '
+                              '(the underscore separates the parts of a backup name)' % (prefix,))
+    return prefix
+
+
+def backup_name(prefix, kind, ts):
+    """``modulo_full_20261124_020000``: the name every other artefact is keyed on."""
+    return '%s_%s_%s' % (validate_prefix(prefix), kind, ts.strftime(STAMP_FORMAT))
+
+
+def dump_suffix(fmt, compression, native_compression):
+    """File suffix for a logical dump; compression inside pg_dump adds no suffix."""
+    suffix = FORMAT_SUFFIX[fmt]
+    if fmt == 'directory' or native_compression:
+        return suffix
+    return suffix + COMPRESSION_SUFFIX[compression]
+
+
+class Repository(object):
+    def __init__(self, root):
+        if not root:
+            raise RepositoryError('backup_root is required')
+        self.root = os.path.abspath(os.path.expanduser(root))
+
+    def path(self, *parts):
+        return os.path.join(self.root, *parts)
+
+    def ensure(self):
+        """Create the layout with 0700 dirs; say clearly when the root is not writable."""
+        try:
+            fsutil.ensure_dir(self.root)
+            for sub in SUBDIRS:
+                fsutil.ensure_dir(self.path(sub))
+        except OSError as exc:
+            raise RepositoryError('cannot create the backup repository at %s (%s): check that '
+                                  'backup_root exists or can be created and is writable by user %s'
+                                  % (self.root, exc.strerror or exc, _whoami()))
+        for sub in ('full', 'logs'):
+            if not os.access(self.path(sub), os.W_OK | os.X_OK):
+                raise RepositoryError('backup_root %s is not writable by user %s: fix its owner or '
+                                      'mode, or run as the repository owner' % (self.path(sub), _whoami()))
+        return self
+
+    def meta_path(self, kind_dir, name):
+        return self.path(kind_dir, name + '.meta')
+
+    def lock(self, operation, wait_s=0):
+        return fsutil.RepositoryLock(self.root, operation, wait_s=wait_s)
+
+    def scan(self, kind_dir='full'):
+        """All ``.meta`` in ``kind_dir`` (oldest first) plus the names of orphans.
+
+        Returns ``(entries, problems)``: entries are the parsed metas with ``path``
+        added; problems list files that look like backups but cannot be used.
+        """
+        directory = self.path(kind_dir)
+        entries, problems = [], []
+        if not os.path.isdir(directory):
+            return entries, problems
+        names = sorted(os.listdir(directory))
+        metas = set(n[:-5] for n in names if n.endswith('.meta') and not n.startswith(fsutil.TMP_PREFIX))
+        for name in sorted(metas):
+            meta_file = os.path.join(directory, name + '.meta')
+            try:
+                with open(meta_file) as handle:
+                    meta = json.load(handle)
+            except (OSError, ValueError) as exc:
+                problems.append({'path': meta_file, 'problem': 'unreadable .meta: %s' % exc})
+                continue
+            meta['path'] = os.path.join(directory, meta.get('file', name))
+            meta['meta_path'] = meta_file
+            meta['location'] = 'local'
+            entries.append(meta)
+        for name in names:
+            if name.startswith(fsutil.TMP_PREFIX):
+                problems.append({'path': os.path.join(directory, name),
+                                 'problem': 'temporary file of an interrupted run (not a backup)'})
+                continue
+            stem = _stem(name)
+            if not name.endswith('.meta') and stem not in metas:
+                problems.append({'path': os.path.join(directory, name),
+                                 'problem': 'no .meta: incomplete or foreign file, never used for restore'})
+        entries.sort(key=lambda m: (m.get('started_at') or '', m.get('name') or ''))
+        return entries, problems
+
+
+def _stem(filename):
+    match = re.match(r'^([A-Za-z0-9][A-Za-z0-9-]*_(?:full|base)_\d{8}_\d{6})', filename)
+    return match.group(1) if match else filename
+
+
+def _whoami():
+    try:
+        import pwd
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except (ImportError, KeyError):
+        return str(os.geteuid())
+
+
+def is_complete(meta):
+    return meta.get('status') == 'complete'
+
+
+def select(entries, selector):
+    """Pick backups by ``all`` | ``latest`` | a name; latest means latest *complete*."""
+    if selector in (None, 'all'):
+        return entries
+    complete = [e for e in entries if is_complete(e)]
+    if selector == 'latest':
+        return complete[-1:]
+    return [e for e in entries if e.get('name') == selector]

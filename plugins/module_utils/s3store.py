@@ -1,0 +1,195 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, modulo.pgbackup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""S3 mirror of the repository: same relative layout under ``s3://bucket/prefix``.
+
+Upload order mirrors the local rule: the backup's bytes first, verified
+(size and sha256 read back from the object), then its ``.meta`` last, so an
+interrupted upload never leaves a ``.meta`` pointing at a partial object.
+"""
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+import json
+import os
+import time
+
+from ansible_collections.modulo.pgbackup.plugins.module_utils import fsutil
+
+try:
+    import boto3
+    from boto3.s3.transfer import TransferConfig
+    from botocore.config import Config
+    from botocore.exceptions import BotoCoreError, ClientError
+    HAS_BOTO3 = True
+except ImportError:
+    HAS_BOTO3 = False
+    BotoCoreError = ClientError = Exception
+
+DEFAULT_PREFIX = 'database-backups/'
+MULTIPART_THRESHOLD = 64 * 1024 * 1024
+ATTEMPTS = 4
+
+
+class S3Error(Exception):
+    pass
+
+
+def normalize_prefix(prefix):
+    prefix = (prefix if prefix is not None else DEFAULT_PREFIX).strip('/')
+    return prefix + '/' if prefix else ''
+
+
+class S3Store(object):
+    def __init__(self, bucket, prefix=None, region=None, endpoint_url=None, sse=True):
+        if not HAS_BOTO3:
+            raise S3Error('boto3 is required for S3 (s3_bucket is set): install python3-boto3 '
+                          '(Debian) or pip install boto3 for the Python that runs the module')
+        self.bucket = bucket
+        self.prefix = normalize_prefix(prefix)
+        self.sse = sse
+        config = Config(retries={'mode': 'standard', 'max_attempts': 5},
+                        connect_timeout=10, read_timeout=60)
+        self.client = boto3.client('s3', region_name=region or 'us-east-1',
+                                   endpoint_url=endpoint_url or None, config=config)
+        self.transfer = TransferConfig(multipart_threshold=MULTIPART_THRESHOLD,
+                                       multipart_chunksize=MULTIPART_THRESHOLD, max_concurrency=4)
+
+    def key(self, relpath):
+        return self.prefix + relpath.replace(os.sep, '/')
+
+    def uri(self, relpath):
+        return 's3://%s/%s' % (self.bucket, self.key(relpath))
+
+    def _explain(self, exc, action):
+        text = str(exc)
+        code = ''
+        if isinstance(exc, ClientError):
+            code = exc.response.get('Error', {}).get('Code', '')
+        if code == 'NoSuchBucket':
+            return 'S3 bucket %r does not exist: create it or fix s3_bucket (%s)' % (self.bucket, action)
+        if code in ('AccessDenied', 'InvalidAccessKeyId', 'SignatureDoesNotMatch'):
+            return 'S3 refused %s on bucket %r (%s): check the credentials and bucket policy' % (action, self.bucket, code)
+        if 'Could not connect' in text or 'Connect timeout' in text or 'EndpointConnectionError' in type(exc).__name__:
+            return 'S3 endpoint unreachable while trying to %s (%s): check s3_endpoint_url/network' % (action, text)
+        return 'S3 error while trying to %s: %s' % (action, text)
+
+    def _retry(self, action, func):
+        delay = 1.0
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                return func()
+            except (BotoCoreError, ClientError) as exc:
+                code = exc.response.get('Error', {}).get('Code', '') if isinstance(exc, ClientError) else ''
+                permanent = code in ('NoSuchBucket', 'AccessDenied', 'InvalidAccessKeyId',
+                                     'SignatureDoesNotMatch', 'NoSuchKey', '404')
+                if permanent or attempt == ATTEMPTS:
+                    raise S3Error(self._explain(exc, action))
+                time.sleep(delay)
+                delay *= 2
+
+    def upload_file(self, local_path, relpath, sha256=None):
+        """Upload one file and read it back (size and sha256) before calling it done."""
+        extra = {'Metadata': {}}
+        if self.sse:
+            extra['ServerSideEncryption'] = 'AES256'
+        sha256 = sha256 or fsutil.sha256_file(local_path)
+        extra['Metadata']['sha256'] = sha256
+        key = self.key(relpath)
+        self._retry('upload %s' % self.uri(relpath), lambda: self.client.upload_file(
+            local_path, self.bucket, key, ExtraArgs=extra, Config=self.transfer))
+        head = self._retry('check %s' % self.uri(relpath),
+                           lambda: self.client.head_object(Bucket=self.bucket, Key=key))
+        size = os.path.getsize(local_path)
+        if head.get('ContentLength') != size or head.get('Metadata', {}).get('sha256') != sha256:
+            raise S3Error('S3 object %s does not match the local file after upload (size %s vs %s): '
+                          'the upload is not trusted' % (self.uri(relpath), head.get('ContentLength'), size))
+        return self.uri(relpath)
+
+    def upload_backup(self, root, backup_path, meta_path, extra_paths=()):
+        """Upload a backup (file or directory) and its companions; the ``.meta`` goes last."""
+        uploaded = []
+        files = []
+        if os.path.isdir(backup_path):
+            for base, _dirs, names in os.walk(backup_path):
+                files.extend(os.path.join(base, n) for n in sorted(names))
+        else:
+            files.append(backup_path)
+        files.extend(p for p in extra_paths if p and os.path.exists(p))
+        for path in files:
+            uploaded.append(self.upload_file(path, os.path.relpath(path, root)))
+        uploaded.append(self.upload_file(meta_path, os.path.relpath(meta_path, root)))
+        return self.uri(os.path.relpath(backup_path, root)), uploaded
+
+    def list_keys(self, relprefix):
+        keys = []
+        token = None
+        while True:
+            kwargs = {'Bucket': self.bucket, 'Prefix': self.key(relprefix)}
+            if token:
+                kwargs['ContinuationToken'] = token
+            page = self._retry('list %s' % self.uri(relprefix), lambda: self.client.list_objects_v2(**kwargs))
+            keys.extend(obj['Key'] for obj in page.get('Contents', []))
+            if not page.get('IsTruncated'):
+                return keys
+            token = page.get('NextContinuationToken')
+
+    def read_json(self, key):
+        body = self._retry('read s3://%s/%s' % (self.bucket, key),
+                           lambda: self.client.get_object(Bucket=self.bucket, Key=key)['Body'].read())
+        return json.loads(body.decode('utf-8'))
+
+    def list_metas(self, kind_dir='full'):
+        metas = []
+        for key in self.list_keys(kind_dir + '/'):
+            if key.endswith('.meta'):
+                meta = self.read_json(key)
+                relpath = key[len(self.prefix):]
+                meta['s3_uri'] = 's3://%s/%s' % (self.bucket, self.key(os.path.join(
+                    os.path.dirname(relpath), meta.get('file', meta.get('name', '')))))
+                meta['location'] = 's3'
+                metas.append(meta)
+        metas.sort(key=lambda m: (m.get('started_at') or '', m.get('name') or ''))
+        return metas
+
+    def download_backup(self, root, meta, kind_dir='full'):
+        """Fetch a backup into the local repository (temp name, checked, then renamed)."""
+        filename = meta.get('file') or meta['name']
+        final = os.path.join(root, kind_dir, filename)
+        relpath = os.path.join(kind_dir, filename)
+        keys = self.list_keys(relpath)
+        if not keys:
+            raise S3Error('backup %s has a .meta in S3 but no data at %s' % (meta.get('name'), self.uri(relpath)))
+        tmp = fsutil.tmp_path_for(final)
+        try:
+            if meta.get('format') == 'directory':
+                fsutil.ensure_dir(tmp)
+                base_key = self.key(relpath) + '/'
+                for key in keys:
+                    if not key.startswith(base_key):
+                        continue
+                    target = os.path.join(tmp, key[len(base_key):])
+                    fsutil.ensure_dir(os.path.dirname(target))
+                    self._retry('download s3://%s/%s' % (self.bucket, key),
+                                lambda: self.client.download_file(self.bucket, key, target, Config=self.transfer))
+            else:
+                self._retry('download %s' % self.uri(relpath),
+                            lambda: self.client.download_file(self.bucket, self.key(relpath), tmp,
+                                                              Config=self.transfer))
+            fsutil.chmod_tree(tmp)
+            digest = fsutil.sha256_path(tmp)
+            if meta.get('sha256') and digest != meta['sha256']:
+                raise S3Error('backup %s downloaded from S3 does not match its .meta checksum: '
+                              'the S3 copy is damaged, choose another backup' % meta.get('name'))
+            fsutil.publish(tmp, final)
+        except BaseException:
+            fsutil.remove_quietly(tmp)
+            raise
+        meta_local = dict(meta)
+        for key in ('s3_uri', 'location', 'path', 'meta_path'):
+            meta_local.pop(key, None)
+        meta_file = os.path.join(root, kind_dir, meta['name'] + '.meta')
+        if not os.path.exists(meta_file):
+            fsutil.write_json_atomic(meta_file, meta_local)
+        return final

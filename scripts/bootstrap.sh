@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Install what `make demo` and `make test` need, idempotently:
+#   Debian packages (PostgreSQL 15, compressors) when missing, a virtualenv with
+#   the pinned Python packages, and the working tree on Ansible's collection path.
+# Works as root (installs packages) and as a normal user (says what to ask for).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+VENV=${VENV:-$ROOT/.venv}
+PY=${PYTHON:-python3}
+
+need_pkgs=()
+[ -x /usr/lib/postgresql/15/bin/initdb ] || need_pkgs+=(postgresql-15 postgresql-client-15)
+for tool in zstd lz4 pigz gzip; do
+  command -v "$tool" >/dev/null 2>&1 || need_pkgs+=("$tool")
+done
+command -v runuser >/dev/null 2>&1 || need_pkgs+=(util-linux)
+"$PY" -c 'import venv, ensurepip' >/dev/null 2>&1 || need_pkgs+=(python3-venv)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "bootstrap: installing Debian packages: ${need_pkgs[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+  else
+    echo "bootstrap: missing Debian packages: ${need_pkgs[*]}" >&2
+    echo "bootstrap: ask an administrator to run: apt-get install -y ${need_pkgs[*]}" >&2
+    exit 1
+  fi
+fi
+
+stamp="$VENV/.installed"
+if [ ! -f "$stamp" ] || [ requirements.txt -nt "$stamp" ] || [ requirements-dev.txt -nt "$stamp" ]; then
+  echo "bootstrap: creating virtualenv $VENV with pinned packages"
+  [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -U 'pip>=23' 2>&1 | grep -v '^WARNING: Location' || true
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r requirements-dev.txt 2>&1 \
+    | grep -v '^WARNING: Location' || true
+  "$VENV/bin/python" -c 'import ansible, boto3, moto, pytest' || { echo "bootstrap: pip install failed" >&2; exit 1; }
+  touch "$stamp"
+fi
+
+# The working tree itself is the collection: link it where ansible.cfg looks.
+mkdir -p .collections/ansible_collections/modulo
+link=.collections/ansible_collections/modulo/pgbackup
+if [ ! -L "$link" ]; then
+  rm -rf "$link"
+  ln -s ../../.. "$link"
+fi

@@ -1,0 +1,191 @@
+# -*- coding: utf-8 -*-
+"""Test harness: real PostgreSQL 15 clusters, a loopback S3, and real Ansible runs.
+
+Every server a fixture starts is torn down in a ``finally``/finalizer, so a
+failing test leaves no cluster or moto process behind.
+"""
+
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, 'tools'))
+sys.path.insert(0, os.path.join(ROOT, '.collections'))
+
+import pgsandbox  # noqa: E402
+
+SCHEMA_SQL = os.path.join(ROOT, 'tests', 'data', 'modulo_schema.sql')
+VENV_BIN = os.path.dirname(sys.executable)
+_counter = itertools.count()
+
+
+@pytest.fixture(scope='session')
+def sandbox_base():
+    # Not under pytest's tmp_path: that is 0700 root, and the server runs as postgres.
+    base = tempfile.mkdtemp(prefix='modulo-pgbackup-tests-', dir='/tmp')
+    pgsandbox.make_base(base)
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope='session')
+def pg(sandbox_base):
+    """One PostgreSQL 15 cluster per test session (each xdist worker has its own)."""
+    cluster = pgsandbox.Cluster(sandbox_base, name='pg-session')
+    try:
+        cluster.init().start()
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+@pytest.fixture
+def new_cluster(sandbox_base):
+    """Factory for extra clusters a test may stop, break or compare."""
+    made = []
+
+    def make(settings=None):
+        cluster = pgsandbox.Cluster(sandbox_base, name='pg-%s' % uuid.uuid4().hex[:8])
+        made.append(cluster)
+        cluster.init(settings).start()
+        return cluster
+
+    yield make
+    for cluster in made:
+        cluster.destroy()
+
+
+@pytest.fixture
+def modulo_db(pg):
+    """A fresh, populated Modulo-like database; dropped after the test."""
+    name = 'modulo_%d_%s' % (next(_counter), uuid.uuid4().hex[:6])
+    pg.psql('CREATE DATABASE %s' % name)
+    pg.psql_file(SCHEMA_SQL, db=name)
+    yield name
+    pg.psql('DROP DATABASE IF EXISTS %s WITH (FORCE)' % name, check=False)
+
+
+@pytest.fixture
+def backup_root(sandbox_base):
+    path = os.path.join(sandbox_base, 'repo-%s' % uuid.uuid4().hex[:8])
+    yield path
+    if os.path.isdir(path):
+        for base, dirs, _files in os.walk(path):  # a test may have made it read-only
+            for name in dirs:
+                os.chmod(os.path.join(base, name), 0o700)
+        os.chmod(path, 0o700)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope='session')
+def s3_server(sandbox_base):
+    server = pgsandbox.S3Server(os.path.join(sandbox_base, 's3'))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server, monkeypatch):
+    """A fresh bucket on the loopback S3, with the environment pointing at it."""
+    name = 'modulo-test-%s' % uuid.uuid4().hex[:10]
+    client = s3_server.create_bucket(name)
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    return {'name': name, 'client': client, 'url': s3_server.url}
+
+
+def table_rows(cluster, db):
+    """Exact row counts of every user table, the way a DBA would check a restore."""
+    out = cluster.psql("SELECT n.nspname || '.' || c.relname FROM pg_class c "
+                       "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'r' "
+                       "AND n.nspname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1", db=db)
+    counts = {}
+    for table in out.splitlines():
+        schema, name = table.split('.', 1)
+        counts[table] = int(cluster.psql('SELECT count(*) FROM "%s"."%s"' % (schema, name), db=db))
+    return counts
+
+
+def table_digest(cluster, db, table, order_by='1'):
+    """md5 of a whole table's content, to compare data and not only counts."""
+    return cluster.psql('SELECT md5(string_agg(t::text, \'|\' ORDER BY %s)) FROM %s t' % (order_by, table), db=db)
+
+
+class AnsibleRunner(object):
+    """Runs modules and playbooks with the real ansible-playbook, as a user would."""
+
+    def __init__(self, workdir):
+        self.workdir = workdir
+
+    def env(self, extra=None):
+        env = dict(os.environ)
+        env.update(ANSIBLE_CONFIG=os.path.join(ROOT, 'ansible.cfg'), ANSIBLE_NOCOLOR='1',
+                   ANSIBLE_FORCE_COLOR='0', ANSIBLE_LOCAL_TEMP=os.path.join(self.workdir, 'ansible-local'),
+                   ANSIBLE_REMOTE_TEMP=os.path.join(self.workdir, 'ansible-remote'),
+                   PATH=VENV_BIN + os.pathsep + env.get('PATH', ''))
+        env.update(extra or {})
+        return env
+
+    def task(self, module, args, check=False, env=None):
+        """Run one module task on localhost and return its registered result."""
+        out = os.path.join(self.workdir, 'result-%s.json' % uuid.uuid4().hex)
+        play = [{
+            'hosts': 'localhost', 'gather_facts': False,
+            'vars': {'ansible_python_interpreter': sys.executable},
+            'tasks': [
+                {'name': 'module under test', module: args, 'register': 'result',
+                 'ignore_errors': True, 'check_mode': check},
+                {'name': 'save result', 'ansible.builtin.copy': {
+                    'content': '{{ result | to_json }}', 'dest': out, 'mode': '0600'},
+                 'check_mode': False},
+            ]}]
+        path = os.path.join(self.workdir, 'play-%s.yml' % uuid.uuid4().hex)
+        with open(path, 'w') as handle:
+            json.dump(play, handle)
+        proc = subprocess.run([os.path.join(VENV_BIN, 'ansible-playbook'), '-i', 'localhost,',
+                               '-c', 'local', path], cwd=ROOT, env=self.env(env),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        if not os.path.exists(out):
+            raise AssertionError('ansible-playbook did not run the task:\n%s' % proc.stdout.decode()[-5000:])
+        with open(out) as handle:
+            result = json.load(handle)
+        result['_output'] = proc.stdout.decode()
+        return result
+
+    def playbook(self, playbook, extra_vars=None, tags=None, env=None, check=False, inventory=None):
+        argv = [os.path.join(VENV_BIN, 'ansible-playbook'), os.path.join(ROOT, 'playbooks', playbook)]
+        argv += ['-i', inventory or os.path.join(ROOT, 'inventories', 'local', 'hosts.yml')]
+        if extra_vars:
+            vars_file = os.path.join(self.workdir, 'vars-%s.json' % uuid.uuid4().hex)
+            with open(vars_file, 'w') as handle:
+                json.dump(extra_vars, handle)
+            argv += ['-e', '@' + vars_file]
+        if tags:
+            argv += ['--tags', tags]
+        if check:
+            argv.append('--check')
+        return subprocess.run(argv, cwd=ROOT, env=self.env(env), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, universal_newlines=True)
+
+
+@pytest.fixture
+def ansible(tmp_path):
+    return AnsibleRunner(str(tmp_path))
+
+
+@pytest.fixture
+def conn_args(pg):
+    """Module connection options for the session cluster."""
+    return {'login_host': '127.0.0.1', 'port': pg.port, 'login_user': 'postgres',
+            'pg_bindir': pg.bindir}
