@@ -1,0 +1,97 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, modulo.pgbackup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""What backups exist (locally and in S3), whether they are intact, and how healthy the set is."""
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+import os
+import subprocess
+
+from ansible_collections.modulo.pgbackup.plugins.module_utils import compression, fsutil, repository
+from ansible_collections.modulo.pgbackup.plugins.module_utils import report as reports
+
+KIND_DIRS = {'logical': 'full', 'physical': 'base'}
+
+
+def list_backups(repo, kinds=('logical',), s3=None):
+    """Backups oldest first; one entry per name, ``location`` local, s3 or both."""
+    merged = {}
+    problems = []
+    for kind in kinds:
+        entries, found = repo.scan(KIND_DIRS[kind])
+        problems.extend(found)
+        for meta in entries:
+            merged[meta['name']] = meta
+        if s3 is not None:
+            for meta in s3.list_metas(KIND_DIRS[kind]):
+                if meta['name'] in merged:
+                    merged[meta['name']]['location'] = 'both'
+                    merged[meta['name']]['s3_uri'] = meta['s3_uri']
+                else:
+                    meta['path'] = None
+                    merged[meta['name']] = meta
+    backups = sorted(merged.values(), key=lambda m: (m.get('started_at') or '', m.get('name') or ''))
+    return backups, problems
+
+
+def verify(meta, pg_restore=None):
+    """Recompute the sha256 and decompress everything; return a dict of findings."""
+    path = meta.get('path')
+    result = {'name': meta.get('name'), 'checksum_ok': None, 'decompress_ok': None, 'errors': []}
+    if not path or not os.path.exists(path):
+        result['errors'].append('not present locally (location %s): fetch it to verify' % meta.get('location'))
+        result['ok'] = False
+        return result
+    digest = fsutil.sha256_path(path)
+    result['checksum_ok'] = digest == meta.get('sha256')
+    if not result['checksum_ok']:
+        result['errors'].append('sha256 %s does not match the .meta (%s)' % (digest, meta.get('sha256')))
+    result['decompress_ok'], error = decompress_test(meta, path, pg_restore)
+    if error:
+        result['errors'].append(error)
+    result['ok'] = bool(result['checksum_ok'] and result['decompress_ok'])
+    return result
+
+
+def decompress_test(meta, path, pg_restore=None):
+    """Read the whole backup the way a restore would, without writing anything."""
+    fmt = meta.get('format', 'plain')
+    codec = compression.codec_of_path(path) if fmt != 'directory' else 'none'
+    try:
+        if codec != 'none':
+            argv = compression.test_argv(codec, path)
+            proc = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            if proc.returncode:
+                return False, '%s reports a damaged file: %s' % (' '.join(argv[:2]), proc.stderr.decode().strip())
+        if fmt in ('custom', 'directory') and codec == 'none' and pg_restore:
+            # pg_restore reads every block (and inflates pg_dump's own compression) to write the script.
+            proc = subprocess.run([pg_restore, '-f', '/dev/null', path], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE)
+            if proc.returncode:
+                return False, 'pg_restore cannot read the archive: %s' % proc.stderr.decode().strip()[-500:]
+    except compression.CompressionError as exc:
+        return False, str(exc)
+    return True, None
+
+
+def health(backups, rpo_target_s=3600, max_duration_s=reports.MAX_BACKUP_DURATION_S,
+           max_growth=reports.MAX_SIZE_GROWTH, now=None):
+    """The runbook's monitoring thresholds over the newest complete backup."""
+    now = now or repository.utcnow()
+    complete = [b for b in backups if repository.is_complete(b)]
+    checks = []
+    if not complete:
+        checks.append({'check': 'backup_age', 'breached': True, 'value_s': None, 'limit_s': rpo_target_s,
+                       'advice': 'no complete backup at all: run playbooks/nightly-backup.yml'})
+        return {'ok': False, 'checks': checks, 'latest': None}
+    latest = complete[-1]
+    age = (now - repository.parse_iso(latest['finished_at'])).total_seconds()
+    checks.append({'check': 'backup_age', 'value_s': int(age), 'limit_s': rpo_target_s,
+                   'breached': age > rpo_target_s,
+                   'advice': 'newest backup is older than the RPO: check the schedule and the last backup report'
+                   if age > rpo_target_s else None})
+    checks.extend(reports.thresholds(latest, reports.previous_backup(complete, latest),
+                                     max_duration_s=max_duration_s, max_growth=max_growth))
+    return {'ok': not any(c['breached'] for c in checks), 'checks': checks, 'latest': latest['name']}

@@ -1,0 +1,61 @@
+# -*- coding: utf-8 -*-
+"""backup_info: listing, selection, verification and health on real backups."""
+
+import os
+import time
+
+from test_restore import _flip_byte, backup
+
+
+def info(ansible, conn_args, backup_root, **args):
+    return ansible.task('modulo.pgbackup.backup_info', dict(conn_args, backup_root=backup_root, **args))
+
+
+def test_list_select_verify(ansible, pg, modulo_db, backup_root, conn_args):
+    first = backup(ansible, conn_args, backup_root, modulo_db)
+    time.sleep(1.1)
+    second = backup(ansible, conn_args, backup_root, modulo_db, format='custom', compression='zstd')
+    # a leftover of an interrupted run and a foreign file
+    open(os.path.join(backup_root, 'full', '.tmp-modulo_full_20260101_000000.sql.gz.123'), 'w').close()
+    open(os.path.join(backup_root, 'full', 'modulo_full_20260102_000000.sql.gz'), 'w').close()
+
+    res = info(ansible, conn_args, backup_root)
+    assert not res.get('failed'), res.get('msg')
+    names = [b['name'] for b in res['backups']]
+    assert names == [first['meta']['name'], second['meta']['name']]  # oldest first, orphans excluded
+    assert res['latest']['name'] == second['meta']['name']
+    assert all(b['location'] == 'local' for b in res['backups'])
+    problems = sorted(p['problem'] for p in res['problems'])
+    assert len(problems) == 2 and any('no .meta' in p for p in problems)
+    assert res['health']['ok'] is True
+
+    res = info(ansible, conn_args, backup_root, select='latest', verify=True)
+    assert not res.get('failed'), res.get('msg')
+    assert [b['name'] for b in res['backups']] == [second['meta']['name']]
+    assert res['verification'][0]['ok'] is True
+
+    res = info(ansible, conn_args, backup_root, select=first['meta']['name'], verify=True)
+    assert not res.get('failed') and res['verification'][0]['checksum_ok'] is True
+
+    _flip_byte(first['path'])
+    res = info(ansible, conn_args, backup_root, select='all', verify=True)
+    assert res.get('failed')
+    assert first['meta']['name'] in res['msg'] and 'sha256' in res['msg']
+    bad = [v for v in res['verification'] if not v['ok']]
+    assert [v['name'] for v in bad] == [first['meta']['name']]
+    assert bad[0]['decompress_ok'] is False  # gzip -t catches the flipped byte as well
+
+
+def test_health_flags_an_old_backup(ansible, pg, modulo_db, backup_root, conn_args):
+    backup(ansible, conn_args, backup_root, modulo_db)
+    time.sleep(2)
+    res = info(ansible, conn_args, backup_root, rpo_target_s=1)
+    assert not res.get('failed')
+    age = [c for c in res['health']['checks'] if c['check'] == 'backup_age'][0]
+    assert age['breached'] is True and res['health']['ok'] is False
+
+
+def test_empty_repository(ansible, backup_root, conn_args):
+    res = info(ansible, conn_args, backup_root)
+    assert not res.get('failed')
+    assert res['backups'] == [] and res['latest'] is None and res['health']['ok'] is False
