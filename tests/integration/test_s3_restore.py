@@ -1,0 +1,56 @@
+# -*- coding: utf-8 -*-
+"""Listing and restoring backups that live only in S3 (real moto_server on loopback)."""
+
+import os
+import shutil
+
+from conftest import table_rows
+
+
+def s3_args(s3_bucket):
+    return {'s3_bucket': s3_bucket['name'], 's3_endpoint_url': s3_bucket['url'], 'aws_region': 'us-east-1'}
+
+
+def test_restore_from_s3_when_local_copy_is_gone(ansible, pg, modulo_db, backup_root, conn_args, s3_bucket):
+    res = ansible.task('modulo.pgbackup.pg_backup', dict(conn_args, backup_root=backup_root, db=modulo_db,
+                                                         format='custom', compression='zstd', **s3_args(s3_bucket)))
+    assert not res.get('failed'), res.get('msg')
+    name = res['backup']['meta']['name']
+    assert res['backup']['s3_uri'].startswith('s3://%s/database-backups/full/%s' % (s3_bucket['name'], name))
+
+    info = ansible.task('modulo.pgbackup.backup_info', dict(conn_args, backup_root=backup_root, **s3_args(s3_bucket)))
+    assert [b['location'] for b in info['backups']] == ['both']
+
+    # The host lost its disk: an empty repository, the backups only in S3.
+    shutil.rmtree(backup_root)
+    info = ansible.task('modulo.pgbackup.backup_info', dict(conn_args, backup_root=backup_root, **s3_args(s3_bucket)))
+    assert not info.get('failed'), info.get('msg')
+    assert [(b['name'], b['location']) for b in info['backups']] == [(name, 's3')]
+
+    target = modulo_db + '_from_s3'
+    try:
+        res = ansible.task('modulo.pgbackup.backup_restore', dict(conn_args, backup_root=backup_root,
+                                                                  target_db=target, **s3_args(s3_bucket)))
+        assert not res.get('failed'), res.get('msg')
+        assert res['restore']['backup'] == name
+        assert table_rows(pg, target) == table_rows(pg, modulo_db)
+        # fetched into the local repository, checksum-verified, with its .meta
+        assert os.path.exists(os.path.join(backup_root, 'full', name + '.dump.zst'))
+        assert os.path.exists(os.path.join(backup_root, 'full', name + '.meta'))
+    finally:
+        pg.psql('DROP DATABASE IF EXISTS %s WITH (FORCE)' % target)
+
+
+def test_damaged_s3_copy_is_refused(ansible, pg, modulo_db, backup_root, conn_args, s3_bucket):
+    res = ansible.task('modulo.pgbackup.pg_backup', dict(conn_args, backup_root=backup_root, db=modulo_db,
+                                                         **s3_args(s3_bucket)))
+    assert not res.get('failed'), res.get('msg')
+    key = res['backup']['s3_uri'].split('/', 3)[3]
+    s3_bucket['client'].put_object(Bucket=s3_bucket['name'], Key=key, Body=b'not a backup')
+    shutil.rmtree(backup_root)
+    res = ansible.task('modulo.pgbackup.backup_restore', dict(conn_args, backup_root=backup_root,
+                                                              target_db='never_from_s3', **s3_args(s3_bucket)))
+    assert res.get('failed')
+    assert 'checksum' in res['msg'] and 'S3' in res['msg']
+    assert pg.psql("SELECT count(*) FROM pg_database WHERE datname = 'never_from_s3'") == '0'
+    assert not [n for n in os.listdir(os.path.join(backup_root, 'full')) if not n.startswith('.lock')]
