@@ -35,6 +35,7 @@ sanity: bootstrap
 
 lint: bootstrap
 	ansible-lint --offline --profile production
+	antsibull-changelog lint
 
 clean: demo-clean
 	rm -rf $(VENV) .collections tests/output
