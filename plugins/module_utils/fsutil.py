@@ -31,7 +31,11 @@ class LockBusy(Exception):
 
 
 def ensure_dir(path, mode=DIR_MODE):
-    """Create ``path`` (and parents) with ``mode``; tighten an existing dir we own."""
+    """Create ``path`` with ``mode``; tighten an existing dir we own.
+
+    Missing parents above it get the usual umask mode: they are outside the
+    repository (e.g. /var/backups) and other users may need to traverse them.
+    """
     if not os.path.isdir(path):
         os.makedirs(path, mode)
         fsync_dir(os.path.dirname(os.path.abspath(path)))

@@ -22,7 +22,7 @@ from ansible_collections.modulo.pgbackup.plugins.module_utils.logical_backup imp
 from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import (
     PgError, psql_query, quote_ident, quote_literal)
 
-DBNAME_RE = re.compile(r'^[A-Za-z_][A-Za-z0-9_-]{0,62}$')
+DBNAME_RE = re.compile(r'^[A-Za-z_][A-Za-z0-9_-]{0,62}\Z')
 SYSTEM_DBS = ('postgres', 'template0', 'template1')
 
 
@@ -59,7 +59,9 @@ def resolve_backup(repo, selector, database=None, s3=None):
                                    ' for database %s' % database if database else ''))
         return complete[-1]
     if os.sep in selector or selector.endswith(('.gz', '.zst', '.lz4', '.sql', '.dump', '.dir')):
-        path = os.path.abspath(selector)
+        # A bare file name means a file of this repository, not of the current directory.
+        path = selector if os.sep in selector else repo.path('full', selector)
+        path = os.path.abspath(path)
         if not os.path.exists(path):
             raise RestoreError('backup file %s does not exist' % path)
         base = os.path.basename(path.rstrip('/'))

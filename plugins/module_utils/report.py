@@ -55,7 +55,7 @@ def write_backup_report(repo, started, status, backups=None, error=None, checks=
     }
     if extra:
         report.update(extra)
-    path = repo.path('logs', 'backup_report_%s.json' % started.strftime(repository.STAMP_FORMAT))
+    path = repo.path('logs', 'backup_report_%s.json' % repository.stamp(started))
     if os.path.exists(path):
         path = path[:-5] + '_%d.json' % os.getpid()
     fsutil.write_json_atomic(path, report)

@@ -21,8 +21,8 @@ from ansible_collections.modulo.pgbackup.plugins.module_utils import fsutil
 FORMAT_VERSION = 1
 SUBDIRS = ('full', 'base', 'wal', 'logs', 'restore-tests')
 STAMP_FORMAT = '%Y%m%d_%H%M%S'
-NAME_RE = re.compile(r'^(?P<prefix>[A-Za-z0-9][A-Za-z0-9_-]*)_(?P<kind>full|base)_(?P<stamp>\d{8}_\d{6})$')
-PREFIX_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9-]*$')
+NAME_RE = re.compile(r'^(?P<prefix>[A-Za-z0-9][A-Za-z0-9_-]*)_(?P<kind>full|base)_(?P<stamp>\d{8}_\d{6})\Z')
+PREFIX_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9-]*\Z')
 
 # format -> base suffix of the dump; compression -> extra suffix when compressed outside pg_dump
 FORMAT_SUFFIX = {'plain': '.sql', 'custom': '.dump', 'directory': '.dir'}
@@ -54,7 +54,14 @@ def validate_prefix(prefix):
 
 def backup_name(prefix, kind, ts):
     """``modulo_full_20261124_020000``: the name every other artefact is keyed on."""
-    return '%s_%s_%s' % (validate_prefix(prefix), kind, ts.strftime(STAMP_FORMAT))
+    return '%s_%s_%s' % (validate_prefix(prefix), kind, stamp(ts))
+
+
+def stamp(ts):
+    """``YYYYMMDD_HHMMSS`` in UTC whatever the zone of ``ts`` (names must sort by real time)."""
+    if ts.tzinfo is not None:
+        ts = ts.astimezone(datetime.timezone.utc)
+    return ts.strftime(STAMP_FORMAT)
 
 
 def dump_suffix(fmt, compression, native_compression):
@@ -115,6 +122,9 @@ class Repository(object):
                     meta = json.load(handle)
             except (OSError, ValueError) as exc:
                 problems.append({'path': meta_file, 'problem': 'unreadable .meta: %s' % exc})
+                continue
+            if not isinstance(meta, dict):
+                problems.append({'path': meta_file, 'problem': 'unreadable .meta: not a JSON object'})
                 continue
             meta['path'] = os.path.join(directory, meta.get('file', name))
             meta['meta_path'] = meta_file
