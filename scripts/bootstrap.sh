@@ -11,10 +11,11 @@ PY=${PYTHON:-python3}
 
 need_pkgs=()
 [ -x /usr/lib/postgresql/15/bin/initdb ] || need_pkgs+=(postgresql-15 postgresql-client-15)
-for tool in zstd lz4 pigz gzip; do
+for tool in zstd lz4 pigz gzip tar shellcheck; do
   command -v "$tool" >/dev/null 2>&1 || need_pkgs+=("$tool")
 done
-command -v runuser >/dev/null 2>&1 || need_pkgs+=(util-linux)
+# runuser lives in /usr/sbin, which a normal user's PATH lacks.
+[ -x /usr/sbin/runuser ] || command -v runuser >/dev/null 2>&1 || need_pkgs+=(util-linux)
 "$PY" -c 'import venv, ensurepip' >/dev/null 2>&1 || need_pkgs+=(python3-venv)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then

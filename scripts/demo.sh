@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 PY=${VENV:-$ROOT/.venv}/bin/python
 export ANSIBLE_CONFIG=$ROOT/ansible.cfg ANSIBLE_NOCOLOR=1
-export PATH=$(dirname "$PY"):$PATH
+PATH=$(dirname "$PY"):$PATH
+export PATH
 
 # The server runs as postgres when we are root: its directory must be reachable by that user.
 SANDBOX=${PGBACKUP_SANDBOX:-$ROOT/.sandbox}
@@ -22,7 +23,8 @@ start=$(date +%s)
 
 echo "== 1/5 sandbox PostgreSQL 15 cluster in $SANDBOX"
 info=$("$PY" tools/pgsandbox.py start "$SANDBOX" --port "${PGBACKUP_PORT:-54329}")
-export PGBACKUP_PORT=$("$PY" -c 'import json,sys; print(json.loads(sys.argv[1])["port"])' "$info")
+PGBACKUP_PORT=$("$PY" -c 'import json,sys; print(json.loads(sys.argv[1])["port"])' "$info")
+export PGBACKUP_PORT
 BIN=/usr/lib/postgresql/15/bin
 export PGHOST=127.0.0.1 PGPORT=$PGBACKUP_PORT PGUSER=postgres
 if [ "$("$BIN/psql" -XAtqc "SELECT count(*) FROM pg_database WHERE datname='modulodb'" postgres)" = 0 ]; then

@@ -19,8 +19,9 @@ description:
     C(zstd -t), C(pg_restore) of the archive to C(/dev/null)).
   - Evaluates the runbook's health thresholds (backup age against the RPO, backup duration, size growth).
 author:
-  - modulo.pgbackup contributors
+  - modulo.pgbackup contributors (@modulo)
 extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
   - modulo.pgbackup.connection
   - modulo.pgbackup.repository
   - modulo.pgbackup.s3
@@ -57,6 +58,9 @@ attributes:
     details: Read-only; runs the same in check mode.
   diff_mode:
     support: none
+    details: Nothing to diff.
+  platform:
+    platforms: posix
 seealso:
   - module: modulo.pgbackup.pg_backup
   - module: modulo.pgbackup.backup_restore

@@ -4,6 +4,7 @@
 import json
 import os
 
+
 def make_meta(name, started_at, finished_at=None, status='complete', database='modulodb',
               kind='logical', size_bytes=1000, duration_s=60.0, file_suffix='.sql.gz', **extra):
     meta = {
