@@ -62,13 +62,13 @@ def decompress_test(meta, path, pg_restore=None):
     try:
         if codec != 'none':
             argv = compression.test_argv(codec, path)
-            proc = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            proc = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
             if proc.returncode:
                 return False, '%s reports a damaged file: %s' % (' '.join(argv[:2]), proc.stderr.decode().strip())
         if fmt in ('custom', 'directory') and codec == 'none' and pg_restore:
             # pg_restore reads every block (and inflates pg_dump's own compression) to write the script.
             proc = subprocess.run([pg_restore, '-f', '/dev/null', path], stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.PIPE)
+                                  stderr=subprocess.PIPE, check=False)
             if proc.returncode:
                 return False, 'pg_restore cannot read the archive: %s' % proc.stderr.decode().strip()[-500:]
     except compression.CompressionError as exc:

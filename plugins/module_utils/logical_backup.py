@@ -16,6 +16,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import os
+import re
 import time
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import compression, fsutil, pipeline, repository
@@ -62,13 +63,38 @@ def plan(repo, db, fmt, codec, level, prefix, pg_dump_major, now=None):
     return {'name': name, 'file': filename, 'path': repo.path('full', filename),
             'meta_path': repo.meta_path('full', name), 'database': db, 'format': fmt,
             'compression': codec, 'compression_level': level, 'native_compression': native,
-            'started': now}
+            'started': now, 'prefix': prefix, 'pg_dump_major': pg_dump_major}
+
+
+def unused_plan(repo, planned, attempts=3):
+    """``planned`` again, timed now, under a name no backup in the repository has yet.
+
+    Names have one-second resolution; a second run in the same second (two
+    schedulers, or a retry right after a quick backup) would otherwise dump
+    everything and then be refused at the rename.
+    """
+    for attempt in range(attempts):
+        fresh = plan(repo, planned['database'], planned['format'], planned['compression'],
+                     planned['compression_level'], planned['prefix'], planned['pg_dump_major'],
+                     now=repository.utcnow())
+        taken = (fresh['path'], fresh['meta_path'], repo.path('full', fresh['name'] + '.globals.sql'))
+        if not any(os.path.lexists(path) for path in taken):
+            break
+        if attempt < attempts - 1:
+            time.sleep(max(0.05, 1.0 - (time.time() % 1.0)))
+    return fresh
 
 
 def pg_dump_major(conn):
     import subprocess
-    out = subprocess.check_output([conn.bin('pg_dump'), '--version']).decode()
-    return int(out.split()[-1].split('.')[0])
+    try:
+        out = subprocess.check_output([conn.bin('pg_dump'), '--version']).decode()
+        # "pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)": the first number is the version,
+        # whatever a packager appends after it.
+        return int(re.search(r'\)\s*(\d+)', out).group(1))
+    except (OSError, subprocess.CalledProcessError, AttributeError, ValueError) as exc:
+        raise PgError('cannot run %s --version (%s): check pg_bindir and the PostgreSQL client '
+                      'installation' % (conn.bin('pg_dump'), exc))
 
 
 def _dump_argv(conn, p, snapshot, jobs, out_path=None):
@@ -116,7 +142,14 @@ def dump_globals(conn, repo, name, log):
             fsutil.remove_quietly(tmp)
             last_error = str(exc)
             continue
-        fsutil.publish(tmp, final)
+        except BaseException:
+            fsutil.remove_quietly(tmp)
+            raise
+        try:
+            fsutil.publish(tmp, final)
+        except BaseException:
+            fsutil.remove_quietly(tmp)
+            raise
         return {'file': os.path.basename(final), 'role_passwords': not extra}
     return {'file': None, 'error': last_error}
 
@@ -147,7 +180,8 @@ def take(conn, repo, p, jobs=None, log=None):
                                                                 threads=jobs))
                     pipeline.run(stages, env=env, stdout_path=tmp, log=log, started=count_while_dumping)
             except pipeline.PipelineError as exc:
-                raise BackupError('backup of database %s failed, nothing was kept: %s' % (p['database'], exc))
+                raise BackupError('backup of database %s failed, nothing was kept: %s%s'
+                                  % (p['database'], exc, _advice(exc, repo)))
             session.query('COMMIT')
         fsutil.chmod_tree(tmp)
         size = fsutil.size_of(tmp)
@@ -157,8 +191,30 @@ def take(conn, repo, p, jobs=None, log=None):
         fsutil.remove_quietly(tmp)
         raise
     finished = repository.utcnow()
-    globals_info = dump_globals(conn, repo, p['name'], log)
-    meta = {
+    # The dump now has its final name; until its .meta exists it is an orphan
+    # that readers ignore, but a failed run must not leave one behind either.
+    globals_info = {}
+    try:
+        globals_info = dump_globals(conn, repo, p['name'], log)
+        meta = _meta(p, facts, finished, start, size, digest, table_rows, globals_info)
+        fsutil.write_json_atomic(p['meta_path'], meta)
+    except BaseException:
+        fsutil.remove_quietly(p['path'])
+        if globals_info.get('file'):
+            fsutil.remove_quietly(repo.path('full', globals_info['file']))
+        raise
+    return meta
+
+
+def _advice(exc, repo):
+    if 'No space left on device' in str(exc):
+        return (' -- the file system holding backup_root %s is full: free space there or point '
+                'backup_root at a larger disk' % repo.root)
+    return ''
+
+
+def _meta(p, facts, finished, start, size, digest, table_rows, globals_info):
+    return {
         'format_version': repository.FORMAT_VERSION,
         'name': p['name'], 'file': p['file'], 'type': 'logical', 'database': p['database'],
         'format': p['format'], 'compression': p['compression'],
@@ -169,8 +225,6 @@ def take(conn, repo, p, jobs=None, log=None):
         'table_rows': table_rows, 'row_total': sum(table_rows.values()),
         'globals': globals_info, 'tool': 'modulo.pgbackup', 'status': 'complete',
     }
-    fsutil.write_json_atomic(p['meta_path'], meta)
-    return meta
 
 
 def database_rows(conn, db, log=None):

@@ -140,7 +140,7 @@ def psql_query(conn, sql, db=None, log=None, check=True):
             '-v', 'ON_ERROR_STOP=1', '-c', sql]
     if log is not None:
         log.add(argv)
-    proc = subprocess.run(argv, env=conn.env(db), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.run(argv, env=conn.env(db), stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
     if proc.returncode != 0:
         if not check:
             return None

@@ -45,47 +45,75 @@ def run(stages, env=None, stdin_path=None, stdout_path=None, stdout_mode=0o600, 
     procs, errs = [], []
     stdin = open(stdin_path, 'rb') if stdin_path else subprocess.DEVNULL
     stdout_fd = None
-    if stdout_path:
-        stdout_fd = os.open(stdout_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, stdout_mode)
     try:
-        prev = stdin
-        for index, argv in enumerate(stages):
-            if log is not None:
-                log.add(argv)
-            last = index == len(stages) - 1
-            err = tempfile.TemporaryFile()
-            errs.append(err)
-            out = (stdout_fd if stdout_fd is not None else subprocess.DEVNULL) if last else subprocess.PIPE
-            proc = subprocess.Popen(argv, stdin=prev, stdout=out, stderr=err, env=env)
-            if index > 0 and prev is not None:
-                prev.close()  # so the upstream stage gets SIGPIPE if we die
-            prev = proc.stdout if not last else None
-            procs.append(proc)
-        if started is not None:
-            try:
+        if stdout_path:
+            stdout_fd = os.open(stdout_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, stdout_mode)
+        try:
+            prev = stdin
+            for index, argv in enumerate(stages):
+                if log is not None:
+                    log.add(argv)
+                last = index == len(stages) - 1
+                err = tempfile.TemporaryFile()
+                errs.append(err)
+                out = (stdout_fd if stdout_fd is not None else subprocess.DEVNULL) if last else subprocess.PIPE
+                proc = subprocess.Popen(argv, stdin=prev, stdout=out, stderr=err, env=env)
+                if index > 0 and prev is not None:
+                    prev.close()  # so the upstream stage gets SIGPIPE if we die
+                prev = proc.stdout if not last else None
+                procs.append(proc)
+            if started is not None:
                 started(procs)
-            except BaseException:
-                _kill(procs)
-                raise
+        except BaseException:
+            # A stage that could not start (or a failing ``started``) must not
+            # leave the earlier stages running, blocked on a pipe nobody reads.
+            _kill(procs)
+            raise
         codes = [p.wait() for p in procs]
         if stdout_fd is not None:
             os.fsync(stdout_fd)
+        texts = []
+        for err in errs:
+            err.seek(0)
+            texts.append(err.read().decode('utf-8', 'replace'))
     finally:
         if stdin_path:
             stdin.close()
         if stdout_fd is not None:
             os.close(stdout_fd)
-    texts = []
-    for err in errs:
-        err.seek(0)
-        texts.append(err.read().decode('utf-8', 'replace'))
-        err.close()
-    for index, code in enumerate(codes):
-        if code != 0:
-            name = os.path.basename(stages[index][0])
-            raise PipelineError('%s failed (%s): %s' % (name, _describe_rc(code), texts[index].strip()[-1500:]),
-                                stage=name, returncode=code, stderr=texts[index])
+        for err in errs:
+            err.close()
+    failed = [index for index, code in enumerate(codes) if code != 0]
+    if failed:
+        raise _failure(stages, codes, texts, failed)
     return texts
+
+
+def _is_pipe_victim(code, text):
+    """Did this stage die only because a later stage stopped reading its output?"""
+    return code == -signal.SIGPIPE or 'Broken pipe' in text
+
+
+def _failure(stages, codes, texts, failed):
+    """One error naming the root cause first.
+
+    When ``gzip`` fails (disk full), ``pg_dump`` upstream dies of SIGPIPE with
+    nothing on stderr; reporting that first would hide the real reason.
+    """
+    causes = [i for i in failed if not _is_pipe_victim(codes[i], texts[i])] or failed
+    first = causes[0]
+    parts = []
+    for index in [first] + [i for i in failed if i != first]:
+        name = os.path.basename(stages[index][0])
+        text = texts[index].strip()[-1500:]
+        part = '%s failed (%s)' % (name, _describe_rc(codes[index]))
+        if text:
+            part += ': ' + text
+        elif index != first and _is_pipe_victim(codes[index], texts[index]):
+            part += ' because its output pipe closed'
+        parts.append(part)
+    name = os.path.basename(stages[first][0])
+    return PipelineError('; '.join(parts), stage=name, returncode=codes[first], stderr=texts[first])
 
 
 def _kill(procs):

@@ -22,10 +22,13 @@ try:
     from boto3.s3.transfer import TransferConfig
     from botocore.config import Config
     from botocore.exceptions import BotoCoreError, ClientError
+    # upload_file/download_file wrap ClientError in these (S3UploadFailedError,
+    # RetriesExceededError), which are not botocore exceptions.
+    from boto3.exceptions import Boto3Error
     HAS_BOTO3 = True
 except ImportError:
     HAS_BOTO3 = False
-    BotoCoreError = ClientError = Exception
+    BotoCoreError = ClientError = Boto3Error = Exception
 
 DEFAULT_PREFIX = 'database-backups/'
 MULTIPART_THRESHOLD = 64 * 1024 * 1024
@@ -34,6 +37,16 @@ ATTEMPTS = 4
 
 class S3Error(Exception):
     pass
+
+
+def _unwrap(exc):
+    """The botocore error behind boto3's transfer wrappers, so its error code can be read."""
+    if isinstance(exc, (BotoCoreError, ClientError)):
+        return exc
+    for inner in (getattr(exc, 'last_exception', None), exc.__cause__, exc.__context__):
+        if isinstance(inner, (BotoCoreError, ClientError)):
+            return inner
+    return exc
 
 
 def normalize_prefix(prefix):
@@ -80,7 +93,8 @@ class S3Store(object):
         for attempt in range(1, ATTEMPTS + 1):
             try:
                 return func()
-            except (BotoCoreError, ClientError) as exc:
+            except (BotoCoreError, ClientError, Boto3Error) as error:
+                exc = _unwrap(error)
                 code = exc.response.get('Error', {}).get('Code', '') if isinstance(exc, ClientError) else ''
                 permanent = code in ('NoSuchBucket', 'AccessDenied', 'InvalidAccessKeyId',
                                      'SignatureDoesNotMatch', 'NoSuchKey', '404')
@@ -136,8 +150,10 @@ class S3Store(object):
             token = page.get('NextContinuationToken')
 
     def read_json(self, key):
-        body = self._retry('read s3://%s/%s' % (self.bucket, key),
-                           lambda: self.client.get_object(Bucket=self.bucket, Key=key)['Body'].read())
+        def fetch():
+            return self.client.get_object(Bucket=self.bucket, Key=key)['Body'].read()
+
+        body = self._retry('read s3://%s/%s' % (self.bucket, key), fetch)
         return json.loads(body.decode('utf-8'))
 
     def list_metas(self, kind_dir='full'):

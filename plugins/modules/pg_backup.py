@@ -24,8 +24,9 @@ description:
   - Optionally uploads the backup to S3 (same layout under O(s3_prefix)), verified after upload.
   - Concurrent backups into one repository are serialized by a lock; a second run fails with a clear message.
 author:
-  - modulo.pgbackup contributors
+  - modulo.pgbackup contributors (@modulo)
 extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
   - modulo.pgbackup.connection
   - modulo.pgbackup.repository
   - modulo.pgbackup.s3
@@ -90,6 +91,8 @@ attributes:
     details: Reports the backup it would take (name, path) without connecting for the dump or writing.
   diff_mode:
     support: none
+  platform:
+    platforms: posix
 notes:
   - The password of O(login_user) reaches C(pg_dump) through the environment only.
   - Backup files are mode 0600 and directories 0700, owned by the user that runs the module.
@@ -213,6 +216,10 @@ def main():
     started = plan['started']
     try:
         with repo.lock('backup', wait_s=p['lock_wait']):
+            # Named after the moment the lock was ours: a run that waited for another
+            # one must neither pretend to have started earlier nor take its name.
+            plan = logical_backup.unused_plan(repo, plan)
+            started = plan['started']
             logical_backup.check_database_reachable(conn, p['db'], log=log)
             meta = logical_backup.take(conn, repo, plan, jobs=p['jobs'], log=log)
             result['changed'] = True
@@ -229,7 +236,7 @@ def main():
         message = str(exc)
         if isinstance(exc, OSError):
             message = 'backup failed writing to %s: %s (is the disk full or read-only?)' % (
-                repo.root, exc.strerror or exc)
+                exc.filename or repo.root, exc.strerror or exc)
         if isinstance(exc, S3Error) and result.get('backup'):
             message = 'the local backup %s is complete, but the S3 upload failed: %s' % (plan['name'], message)
         try:
@@ -241,8 +248,14 @@ def main():
         module.fail_json(msg=message, **result)
 
     result['thresholds'] = checks
-    result['report_path'], _report = reports.write_backup_report(
-        repo, started, 'success', backups=[dict(meta, s3_uri=backup['s3_uri'])], checks=checks)
+    try:
+        result['report_path'], _report = reports.write_backup_report(
+            repo, started, 'success', backups=[dict(meta, s3_uri=backup['s3_uri'])], checks=checks)
+    except OSError as exc:
+        # The backup itself is complete; monitoring reads the reports, so say so plainly.
+        module.fail_json(msg='the backup %s is complete, but its run report could not be written to %s: %s '
+                             '(is the disk full or read-only?)' % (meta['name'], repo.path('logs'),
+                                                                   exc.strerror or exc), **result)
     breached = [c['check'] for c in checks if c.get('breached')]
     if breached:
         module.warn('backup %s breached the runbook threshold(s): %s' % (meta['name'], ', '.join(breached)))
