@@ -27,9 +27,13 @@ class PgError(Exception):
 
 def find_bindir(preferred=None):
     """Directory holding pg_dump & co: explicit, then pg_config, then well-known paths."""
-    candidates = []
     if preferred:
-        candidates.append(preferred)
+        # An explicit pg_bindir is a promise about which PostgreSQL to use: never swap it silently.
+        if os.path.isfile(os.path.join(preferred, 'pg_dump')):
+            return preferred
+        raise PgError('pg_bindir %s does not contain pg_dump: set it to the directory of the PostgreSQL client '
+                      'programs (e.g. /usr/lib/postgresql/15/bin) or leave it empty to find them' % preferred)
+    candidates = []
     try:
         out = subprocess.check_output(['pg_config', '--bindir'], stderr=subprocess.DEVNULL)
         candidates.append(out.decode().strip())
@@ -108,7 +112,7 @@ class CommandLog(object):
 
 def _quote(arg):
     arg = str(arg)
-    if re.match(r'^[\w@%+=:,./-]+$', arg):
+    if re.match(r'^[\w@%+=:,./-]+\Z', arg):
         return arg
     return "'" + arg.replace("'", "'\"'\"'") + "'"
 
@@ -126,7 +130,7 @@ def explain_connection_error(stderr, conn, db=None):
     where = conn.describe(db)
     if 'password authentication failed' in msg or 'no password supplied' in msg:
         return 'authentication failed for %s: check login_user/login_password (%s)' % (where, msg)
-    if 'does not exist' in msg and 'database' in msg:
+    if re.search(r'database "[^"]*" does not exist', msg):
         return 'database does not exist on %s: check db/target_db (%s)' % (where, msg)
     if 'Connection refused' in msg or 'could not connect' in msg or 'No such file or directory' in msg:
         return ('cannot reach PostgreSQL at %s: is the server running and are login_host/port/'

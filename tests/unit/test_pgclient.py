@@ -68,8 +68,6 @@ def test_command_log_stringifies_numbers():
     assert log.commands == ['pg_dump --jobs 4']
 
 
-@pytest.mark.xfail(strict=True, reason="_quote's regex ends with '$', so an argument with a trailing newline "
-                                       "is shown unquoted")
 def test_command_log_quotes_a_trailing_newline():
     log = pgclient.CommandLog()
     log.add(['psql', '-d', 'modulodb\n'])
@@ -126,8 +124,6 @@ def test_explain_connection_error(conn, stderr, start):
     assert 's3cret' not in advice
 
 
-@pytest.mark.xfail(strict=True, reason='any message containing "database" and "does not exist" is read as a '
-                                       'missing database, e.g. a missing table named database_events')
 def test_explain_connection_error_missing_relation_is_not_a_missing_database(conn):
     advice = pgclient.explain_connection_error('ERROR:  relation "public.database_events" does not exist', conn)
     assert not advice.startswith('database does not exist')
@@ -180,8 +176,6 @@ def test_find_bindir_prefers_an_explicit_dir(tmp_path, monkeypatch):
     assert pgclient.find_bindir(None) == PG15_BIN
 
 
-@pytest.mark.xfail(strict=True, reason='an explicit pg_bindir without pg_dump is silently replaced by the '
-                                       'pg_config/well-known directories instead of being reported')
 def test_find_bindir_reports_a_bogus_explicit_dir(tmp_path, monkeypatch):
     monkeypatch.setenv('PATH', path_without_pg_config(tmp_path))
     bogus = str(tmp_path / 'opt' / 'pg16' / 'bin')
@@ -194,12 +188,11 @@ def test_find_bindir_error_when_nothing_is_found(tmp_path, monkeypatch):
     monkeypatch.setenv('PATH', path_without_pg_config(tmp_path))
     nowhere = str(tmp_path / 'nowhere')
     monkeypatch.setattr(pgclient, 'DEFAULT_BINDIRS', (nowhere,))
-    bogus = str(tmp_path / 'bogus')
     with pytest.raises(PgError) as info:
-        pgclient.find_bindir(bogus)
+        pgclient.find_bindir(None)
     message = str(info.value)
     assert 'PostgreSQL client programs (pg_dump, psql) not found' in message
     assert 'set pg_bindir' in message
-    assert 'tried: %s, %s' % (bogus, nowhere) in message
+    assert 'tried: %s' % nowhere in message
     with pytest.raises(PgError):
-        pgclient.Connection(bindir=bogus)
+        pgclient.Connection(bindir=None)
