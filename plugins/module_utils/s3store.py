@@ -11,6 +11,8 @@ interrupted upload never leaves a ``.meta`` pointing at a partial object.
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
+import base64
+import binascii
 import json
 import os
 import time
@@ -104,8 +106,13 @@ class S3Store(object):
                 delay *= 2
 
     def upload_file(self, local_path, relpath, sha256=None):
-        """Upload one file and read it back (size and sha256) before calling it done."""
-        extra = {'Metadata': {}}
+        """Upload one file and check what S3 stored before calling it done.
+
+        S3 validates the SHA-256 checksum of every part on receipt (ChecksumAlgorithm),
+        and for a single-part object we compare the whole-object checksum S3 reports
+        with our own; the size is compared for every object.
+        """
+        extra = {'Metadata': {}, 'ChecksumAlgorithm': 'SHA256'}
         if self.sse:
             extra['ServerSideEncryption'] = 'AES256'
         sha256 = sha256 or fsutil.sha256_file(local_path)
@@ -114,11 +121,16 @@ class S3Store(object):
         self._retry('upload %s' % self.uri(relpath), lambda: self.client.upload_file(
             local_path, self.bucket, key, ExtraArgs=extra, Config=self.transfer))
         head = self._retry('check %s' % self.uri(relpath),
-                           lambda: self.client.head_object(Bucket=self.bucket, Key=key))
+                           lambda: self.client.head_object(Bucket=self.bucket, Key=key, ChecksumMode='ENABLED'))
         size = os.path.getsize(local_path)
-        if head.get('ContentLength') != size or head.get('Metadata', {}).get('sha256') != sha256:
-            raise S3Error('S3 object %s does not match the local file after upload (size %s vs %s): '
-                          'the upload is not trusted' % (self.uri(relpath), head.get('ContentLength'), size))
+        stored = head.get('ChecksumSHA256') or ''
+        expected = base64.b64encode(binascii.unhexlify(sha256)).decode('ascii')
+        # A multipart object's checksum is a checksum of part checksums; S3 checked each part on receipt.
+        whole_object = stored and size < MULTIPART_THRESHOLD
+        if head.get('ContentLength') != size or (whole_object and stored != expected):
+            raise S3Error('S3 object %s does not match the local file after upload (size %s vs %s, sha256 %s vs %s): '
+                          'the upload is not trusted' % (self.uri(relpath), head.get('ContentLength'), size,
+                                                         stored, expected))
         return self.uri(relpath)
 
     def upload_backup(self, root, backup_path, meta_path, extra_paths=()):

@@ -1,0 +1,544 @@
+# -*- coding: utf-8 -*-
+"""walarchive: WAL name arithmetic, durable push, duplicate/conflict rules, sysid guard, fetch, CLI.
+
+Segments here are synthetic but carry a real XLogLongPageHeaderData (the
+integration tests check the parser against a real cluster), 1 MiB long so the
+tests stay fast; the code takes the segment size from the header.
+"""
+
+import errno
+import hashlib
+import json
+import os
+import stat
+import struct
+import subprocess
+import time
+
+import pytest
+
+from ansible_collections.modulo.pgbackup.plugins.module_utils import walarchive
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SCRIPT = os.path.join(ROOT, 'plugins', 'module_utils', 'walarchive.py')
+SYSTEM_PYTHON = '/usr/bin/python3'
+SEG = 1024 * 1024
+SYSID = 7312345678901234567
+OTHER_SYSID = 7399999999999999999
+MAGIC_PG15 = 0xD110
+
+
+def make_segment(directory, name, sysid=SYSID, seg_size=SEG, seed=b'x', magic=MAGIC_PG15, size=None):
+    """A file that looks like a WAL segment: long page header, some varied content, zeros."""
+    tli, segno = walarchive.parse_segment_name(name, seg_size)
+    header = struct.pack('<HHIQI4xQII', magic, walarchive.XLP_LONG_HEADER, tli, segno * seg_size, 0,
+                         sysid, seg_size, 8192)
+    body = hashlib.sha256(seed + name.encode()).digest() * 2048   # 64 KiB that compress a little
+    data = (header + body).ljust(seg_size, b'\0')
+    if size is not None:
+        data = data[:size]
+    path = os.path.join(str(directory), name)
+    with open(path, 'wb') as handle:
+        handle.write(data)
+    return path
+
+
+def sha(path):
+    with open(path, 'rb') as handle:
+        return hashlib.sha256(handle.read()).hexdigest()
+
+
+def mode_of(path):
+    return stat.S_IMODE(os.lstat(path).st_mode)
+
+
+def temp_files(repo):
+    found = []
+    for base, _dirs, files in os.walk(str(repo)):
+        found.extend(os.path.join(base, n) for n in files if n.startswith(walarchive.TMP_PREFIX))
+    return found
+
+
+def today():
+    return time.strftime('%Y%m%d', time.gmtime())
+
+
+@pytest.fixture
+def repo(tmp_path):
+    path = tmp_path / 'backups'
+    path.mkdir()
+    return str(path)
+
+
+@pytest.fixture
+def pg_wal(tmp_path):
+    path = tmp_path / 'pg_wal'
+    path.mkdir()
+    return path
+
+
+# --- names and LSN arithmetic -----------------------------------------------------------------
+
+def test_parse_lsn():
+    assert walarchive.parse_lsn('0/2000028') == 0x2000028
+    assert walarchive.parse_lsn('16/B374D848') == (0x16 << 32) | 0xB374D848
+    assert walarchive.parse_lsn(42) == 42
+    assert walarchive.format_lsn(walarchive.parse_lsn('1/FF000000')) == '1/FF000000'
+    for bad in ('', '0x2000028', '0/', '1/2/3', 'G/0'):
+        with pytest.raises(ValueError):
+            walarchive.parse_lsn(bad)
+
+
+def test_segment_name():
+    assert walarchive.segment_name(1, '0/2000028') == '000000010000000000000002'
+    assert walarchive.segment_name(1, '0/FF000000') == '0000000100000000000000FF'
+    assert walarchive.segment_name(1, '0/FFFFFFFF') == '0000000100000000000000FF'
+    # 0xFF is the last segment of an xlogid with 16 MiB segments: the next one starts 1/00.
+    assert walarchive.segment_name(1, '1/0') == '000000010000000100000000'
+    assert walarchive.segment_name(3, '1/1000000') == '000000030000000100000001'
+    # A stop LSN exactly on a boundary belongs to the previous segment (pg_walfile_name).
+    assert walarchive.segment_name(1, '1/0', prev=True) == '0000000100000000000000FF'
+    assert walarchive.segment_name(1, '0/2000028', prev=True) == '000000010000000000000002'
+    assert walarchive.segment_name(2, '0/100000', seg_size=SEG) == '000000020000000000000001'
+    assert walarchive.segment_name(1, '0/FFF00000', seg_size=SEG) == '000000010000000000000FFF'
+    with pytest.raises(ValueError):
+        walarchive.segment_name(1, '0/0', seg_size=3 * SEG)
+
+
+def test_wal_range_crosses_the_xlogid_boundary():
+    assert walarchive.wal_range('0000000100000000000000FE', '000000010000000100000001') == [
+        '0000000100000000000000FE', '0000000100000000000000FF',
+        '000000010000000100000000', '000000010000000100000001']
+    assert walarchive.wal_range('000000010000000000000003', '000000010000000000000003') == [
+        '000000010000000000000003']
+    assert len(walarchive.wal_range('000000020000000000000001', '000000020000000200000000')) == 2 * 256
+    with pytest.raises(ValueError):
+        walarchive.wal_range('000000010000000000000005', '000000010000000000000004')
+    with pytest.raises(ValueError):
+        walarchive.wal_range('000000010000000000000001', '000000020000000000000002')
+    with pytest.raises(ValueError):   # 0x100 cannot exist with 16 MiB segments
+        walarchive.wal_range('000000010000000000000001', '000000010000000000000100')
+    with pytest.raises(ValueError):
+        walarchive.wal_range('00000001.history', '000000010000000000000001')
+
+
+def test_segment_name_and_range_agree():
+    names = walarchive.wal_range('0000000100000000000000FD', '000000010000000100000002')
+    lsns = ['0/FD000000', '0/FE000000', '0/FF000000', '1/0', '1/1000000', '1/2000000']
+    assert names == [walarchive.segment_name(1, lsn) for lsn in lsns]
+
+
+def test_wal_kind():
+    assert walarchive.wal_kind('000000010000000000000001') == 'segment'
+    assert walarchive.wal_kind('000000010000000000000001.partial') == 'partial'
+    assert walarchive.wal_kind('000000010000000000000002.00000028.backup') == 'backup'
+    assert walarchive.wal_kind('00000002.history') == 'history'
+    for bad in ('../etc/passwd', '000000010000000000000001.zst', 'RECOVERYXLOG', '00000001000000000000001',
+                '0000000100000000000000g1', '/tmp/000000010000000000000001'):
+        with pytest.raises(ValueError):
+            walarchive.wal_kind(bad)
+
+
+def test_read_sysid_and_header_checks(tmp_path):
+    path = make_segment(tmp_path, '000000010000000000000007')
+    with open(path, 'rb') as handle:
+        first = handle.read(8192)
+    assert walarchive.read_sysid(first) == SYSID
+    header = walarchive.read_long_header(first)
+    assert header['seg_size'] == SEG and header['pageaddr'] == 7 * SEG and header['pg_version'] == 15
+    with pytest.raises(ValueError, match='magic'):
+        walarchive.read_sysid(b'\0' * 64)
+    no_long = bytearray(first)
+    struct.pack_into('<H', no_long, 2, 0)
+    with pytest.raises(ValueError, match='long header'):
+        walarchive.read_sysid(bytes(no_long))
+    with pytest.raises(ValueError, match='too short'):
+        walarchive.read_sysid(first[:30])
+
+
+# --- push and fetch ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize('codec,magic', [('zstd', b'\x28\xb5\x2f\xfd'), ('gzip', b'\x1f\x8b'), ('none', None)])
+def test_push_fetch_round_trip(repo, pg_wal, tmp_path, codec, magic):
+    name = '000000010000000000000003'
+    src = make_segment(pg_wal, name)
+    result = walarchive.push(src, name, repo=repo, compression=codec)
+    stored = os.path.join(repo, 'wal', today(), name + walarchive.SUFFIX[codec])
+    assert result['status'] == 'archived' and result['path'] == stored
+    assert result['relpath'] == 'wal/%s/%s' % (today(), os.path.basename(stored))
+    with open(stored, 'rb') as handle:
+        head = handle.read(4)
+    if magic:
+        assert head.startswith(magic)
+        assert os.path.getsize(stored) < SEG
+    else:
+        assert sha(stored) == sha(src)
+    assert mode_of(stored) == 0o600
+    assert mode_of(os.path.dirname(stored)) == 0o700 and mode_of(os.path.join(repo, 'wal')) == 0o700
+    info = json.load(open(os.path.join(repo, 'wal', 'archive.json')))
+    assert info['system_identifier'] == str(SYSID) and info['wal_segment_size'] == SEG
+
+    dest = str(tmp_path / 'RECOVERYXLOG')
+    assert walarchive.fetch(name, dest, repo=repo) == 'local'
+    assert sha(dest) == sha(src)
+    assert mode_of(dest) == 0o600
+    assert temp_files(repo) == [] and temp_files(tmp_path) == []
+
+
+def test_auto_compression_prefers_zstd_and_falls_back_to_gzip(repo, pg_wal, monkeypatch):
+    assert walarchive.resolve_codec('auto') == 'zstd'
+    monkeypatch.setattr(walarchive, 'zstd_program', lambda: None)
+    assert walarchive.resolve_codec('auto') == 'gzip'
+    with pytest.raises(walarchive.WalArchiveError, match='zstd program'):
+        walarchive.resolve_codec('zstd')
+    name = '000000010000000000000004'
+    assert walarchive.push(make_segment(pg_wal, name), name, repo=repo)['path'].endswith('.gz')
+
+
+def test_compression_level_is_checked(repo, pg_wal):
+    name = '000000010000000000000004'
+    src = make_segment(pg_wal, name)
+    with pytest.raises(walarchive.WalArchiveError, match='out of range'):
+        walarchive.push(src, name, repo=repo, compression='gzip', level=12)
+    assert walarchive.push(src, name, repo=repo, compression='zstd', level=19)['status'] == 'archived'
+
+
+def test_identical_duplicate_push_succeeds_without_rewriting(repo, pg_wal):
+    name = '000000010000000000000005'
+    src = make_segment(pg_wal, name)
+    yesterday = time.time() - 86400
+    first = walarchive.push(src, name, repo=repo, compression='gzip', now=yesterday)
+    before = os.stat(first['path'])
+    # Another day and another codec: still found, still the same WAL.
+    again = walarchive.push(src, name, repo=repo, compression='zstd')
+    assert again['status'] == 'duplicate' and again['path'] == first['path']
+    after = os.stat(first['path'])
+    assert (after.st_ino, after.st_mtime_ns, after.st_size) == (before.st_ino, before.st_mtime_ns, before.st_size)
+    assert [e['file'] for e in walarchive.list_archive(repo)] == [name + '.gz']
+    assert temp_files(repo) == []
+
+
+def test_conflicting_push_fails_and_keeps_the_original(repo, pg_wal, tmp_path):
+    name = '000000010000000000000006'
+    src = make_segment(pg_wal, name)
+    stored = walarchive.push(src, name, repo=repo)['path']
+    digest = sha(stored)
+    other_dir = tmp_path / 'other'
+    other_dir.mkdir()
+    different = make_segment(other_dir, name, seed=b'something else')
+    with pytest.raises(walarchive.Conflict) as info:
+        walarchive.push(different, name, repo=repo)
+    assert 'CONFLICT' in str(info.value) and stored in str(info.value)
+    assert sha(stored) == digest
+    assert len(walarchive.list_archive(repo)) == 1 and temp_files(repo) == []
+    dest = str(tmp_path / 'RECOVERYXLOG')
+    walarchive.fetch(name, dest, repo=repo)
+    assert sha(dest) == sha(src)
+
+
+def test_unreadable_archived_copy_is_a_conflict_not_an_overwrite(repo, pg_wal):
+    name = '000000010000000000000006'
+    src = make_segment(pg_wal, name)
+    stored = walarchive.push(src, name, repo=repo)['path']
+    with open(stored, 'r+b') as handle:
+        handle.seek(10)
+        handle.write(b'garbage garbage')
+    digest = sha(stored)
+    with pytest.raises(walarchive.Conflict, match='cannot be read'):
+        walarchive.push(src, name, repo=repo)
+    assert sha(stored) == digest
+
+
+def test_wal_from_another_cluster_is_refused(repo, pg_wal, tmp_path):
+    walarchive.push(make_segment(pg_wal, '000000010000000000000001'), '000000010000000000000001', repo=repo)
+    other_dir = tmp_path / 'other'
+    other_dir.mkdir()
+    foreign = make_segment(other_dir, '000000010000000000000002', sysid=OTHER_SYSID)
+    with pytest.raises(walarchive.WalArchiveError) as info:
+        walarchive.push(foreign, '000000010000000000000002', repo=repo)
+    message = str(info.value)
+    assert str(SYSID) in message and str(OTHER_SYSID) in message and 'must not archive here' in message
+    assert walarchive.find_segment(repo, '000000010000000000000002') is None
+    # .partial files carry the header too.
+    partial = make_segment(other_dir, '000000010000000000000002.partial', sysid=OTHER_SYSID)
+    with pytest.raises(walarchive.WalArchiveError, match='REFUSED'):
+        walarchive.push(partial, '000000010000000000000002.partial', repo=repo)
+    assert temp_files(repo) == []
+
+
+def test_preseeded_archive_json_is_enforced(repo, pg_wal):
+    os.mkdir(os.path.join(repo, 'wal'))
+    with open(os.path.join(repo, 'wal', 'archive.json'), 'w') as handle:
+        json.dump({'system_identifier': str(OTHER_SYSID)}, handle)
+    name = '000000010000000000000001'
+    with pytest.raises(walarchive.WalArchiveError, match=str(OTHER_SYSID)):
+        walarchive.push(make_segment(pg_wal, name), name, repo=repo)
+    with open(os.path.join(repo, 'wal', 'archive.json'), 'w') as handle:
+        handle.write('{broken')
+    with pytest.raises(walarchive.WalArchiveError, match='not valid JSON'):
+        walarchive.push(make_segment(pg_wal, name), name, repo=repo)
+    assert walarchive.list_archive(repo) == []
+
+
+def test_history_backup_and_partial_files(repo, pg_wal, tmp_path):
+    history = pg_wal / '00000002.history'
+    history.write_text('1\t0/3000000\tno recovery target specified\n')
+    label = pg_wal / '000000010000000000000002.00000028.backup'
+    label.write_text('START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\n')
+    # Text files have no header: accepted before any segment, no archive.json yet, stored as-is.
+    for path in (history, label):
+        result = walarchive.push(str(path), path.name, repo=repo, compression='zstd')
+        assert result['path'].endswith(os.sep + path.name)
+        assert open(result['path']).read() == path.read_text()
+    assert not os.path.exists(os.path.join(repo, 'wal', 'archive.json'))
+    partial_name = '000000010000000000000003.partial'
+    partial = make_segment(pg_wal, partial_name)
+    assert walarchive.push(partial, partial_name, repo=repo)['path'].endswith(partial_name + '.zst')
+    kinds = {e['name']: e['kind'] for e in walarchive.list_archive(repo)}
+    assert kinds == {'00000002.history': 'history', '000000010000000000000002.00000028.backup': 'backup',
+                     partial_name: 'partial'}
+    for name, src in (('00000002.history', str(history)), (partial_name, partial)):
+        dest = str(tmp_path / ('restored-' + name))
+        walarchive.fetch(name, dest, repo=repo)
+        assert sha(dest) == sha(src)
+
+
+def test_fetch_missing_is_not_found(repo, tmp_path):
+    dest = str(tmp_path / 'RECOVERYXLOG')
+    with pytest.raises(walarchive.NotFound):
+        walarchive.fetch('000000010000000000000009', dest, repo=repo)   # no wal/ at all
+    os.makedirs(os.path.join(repo, 'wal', today()))
+    with pytest.raises(walarchive.NotFound):
+        walarchive.fetch('00000005.history', dest, repo=repo)
+    assert not os.path.exists(dest) and temp_files(tmp_path) == []
+
+
+def test_fetch_of_a_corrupt_copy_is_fatal_and_leaves_nothing(repo, pg_wal, tmp_path):
+    name = '000000010000000000000003'
+    stored = walarchive.push(make_segment(pg_wal, name), name, repo=repo)['path']
+    with open(stored, 'r+b') as handle:
+        handle.truncate(os.path.getsize(stored) // 2)
+    dest = str(tmp_path / 'RECOVERYXLOG')
+    with pytest.raises(walarchive.FatalError):
+        walarchive.fetch(name, dest, repo=repo)
+    assert not os.path.exists(dest) and temp_files(tmp_path) == []
+    assert walarchive.main(['fetch', '--repo', repo, name, dest]) == walarchive.EXIT_FATAL
+
+
+def test_bad_sources_are_refused(repo, pg_wal, tmp_path):
+    name = '000000010000000000000003'
+    short = make_segment(pg_wal, name, size=SEG // 2)
+    with pytest.raises(walarchive.WalArchiveError, match='truncated'):
+        walarchive.push(short, name, repo=repo)
+    elsewhere = tmp_path / 'x'
+    elsewhere.mkdir()
+    wrong = make_segment(elsewhere, '000000010000000000000004')
+    with pytest.raises(walarchive.WalArchiveError, match='wrong file'):
+        walarchive.push(wrong, name, repo=repo)
+    not_wal = pg_wal / 'junk'
+    not_wal.write_bytes(b'\0' * SEG)
+    with pytest.raises(walarchive.WalArchiveError, match='not a valid WAL segment'):
+        walarchive.push(str(not_wal), name, repo=repo)
+    with pytest.raises(walarchive.WalArchiveError, match='not a WAL file name'):
+        walarchive.push(str(not_wal), '../../etc/cron.d/x', repo=repo)
+    with pytest.raises(walarchive.WalArchiveError, match='does not exist'):
+        walarchive.push(short, name, repo=str(tmp_path / 'not-mounted'))
+    assert walarchive.list_archive(repo) == [] and temp_files(repo) == []
+
+
+# --- failures never leave temporary files or partial archives ---------------------------------
+
+def test_compressor_failure_leaves_no_temp_file(repo, pg_wal, monkeypatch):
+    name = '000000010000000000000003'
+    src = make_segment(pg_wal, name)
+    monkeypatch.setattr(walarchive, 'zstd_program', lambda: '/bin/false')
+    with pytest.raises(walarchive.WalArchiveError, match='zstd failed'):
+        walarchive.push(src, name, repo=repo, compression='zstd')
+    assert walarchive.list_archive(repo) == [] and temp_files(repo) == []
+
+
+def test_fsync_failure_leaves_no_temp_file(repo, pg_wal, monkeypatch):
+    name = '000000010000000000000003'
+    src = make_segment(pg_wal, name)
+    walarchive.push(make_segment(pg_wal, '000000010000000000000002'), '000000010000000000000002', repo=repo)
+
+    def broken_fsync(fd):
+        raise OSError(errno.EIO, 'Input/output error')
+
+    monkeypatch.setattr(walarchive.os, 'fsync', broken_fsync)
+    with pytest.raises(OSError):
+        walarchive.push(src, name, repo=repo)
+    monkeypatch.undo()
+    assert walarchive.find_segment(repo, name) is None and temp_files(repo) == []
+    assert walarchive.main(['push', '--repo', repo, src, name]) == 0
+
+
+def test_source_read_error_does_not_publish_a_truncated_copy(repo, pg_wal, monkeypatch):
+    name = '000000010000000000000003'
+    src = make_segment(pg_wal, name)
+    real_compress = walarchive._compress_into
+
+    class FailingReader(object):
+        def __init__(self, handle):
+            self.handle, self.calls = handle, 0
+
+        def read(self, size):
+            self.calls += 1
+            if self.calls > 1:
+                raise OSError(errno.EIO, 'read error')
+            return self.handle.read(size // 4)
+
+    monkeypatch.setattr(walarchive, '_compress_into',
+                        lambda src_, fd, codec, level: real_compress(FailingReader(src_), fd, codec, level))
+    with pytest.raises(OSError):
+        walarchive.push(src, name, repo=repo, compression='zstd')
+    assert walarchive.list_archive(repo) == [] and temp_files(repo) == []
+
+
+def test_stale_temp_file_of_a_dead_push_is_removed(repo, pg_wal):
+    name = '000000010000000000000003'
+    proc = subprocess.Popen(['true'])
+    proc.wait()
+    directory = os.path.join(repo, 'wal', today())
+    os.makedirs(directory)
+    stale = os.path.join(directory, '.tmp-%s.zst.%d' % (name, proc.pid))
+    open(stale, 'wb').close()
+    old = time.time() - 2 * walarchive.STALE_TMP_S
+    os.utime(stale, (old, old))
+    walarchive.push(make_segment(pg_wal, name), name, repo=repo, compression='zstd')
+    assert not os.path.exists(stale)
+
+
+def test_list_archive_and_status(repo, pg_wal):
+    names = walarchive.wal_range('0000000100000000000000FE', '000000010000000000000100', seg_size=SEG)
+    for n in names:
+        walarchive.push(make_segment(pg_wal, n), n, repo=repo, now=time.time() - 86400 if n == names[0] else None)
+    (pg_wal / '00000002.history').write_text('1\t0/3000000\tx\n')
+    walarchive.push(str(pg_wal / '00000002.history'), '00000002.history', repo=repo)
+    entries = walarchive.list_archive(repo)
+    assert [e['name'] for e in entries] == names + ['00000002.history']
+    assert set(entries[0]) >= {'name', 'file', 'date', 'path', 'size', 'compression', 'kind'}
+    assert all(os.path.getsize(e['path']) == e['size'] for e in entries)
+    summary = walarchive.status(repo)
+    assert summary['segments'] == 3 and summary['history'] == 1 and summary['files'] == 4
+    assert summary['newest_segment'] == '000000010000000000000100'
+    assert summary['oldest_segment'] == names[0]
+    assert summary['system_identifier'] == str(SYSID)
+    assert summary['newest_segment_archived_at'].endswith('Z') and len(summary['date_dirs']) in (1, 2)
+
+
+# --- the command line, run the way PostgreSQL runs it -------------------------------------------
+
+def system_python_env():
+    """No virtualenv, no PYTHONPATH: what the postmaster's environment offers at most."""
+    return {'PATH': '/usr/bin:/bin', 'LANG': 'C.UTF-8', 'HOME': '/nonexistent'}
+
+
+def cli(*args, **kwargs):
+    return subprocess.run([SYSTEM_PYTHON, SCRIPT] + list(args), env=kwargs.pop('env', system_python_env()),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
+                          cwd=kwargs.pop('cwd', None), check=False)
+
+
+def test_cli_with_the_system_python(repo, pg_wal, tmp_path):
+    name = '000000010000000000000003'
+    src = make_segment(pg_wal, name)
+    proc = cli('push', '--repo', repo, src, name)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ''
+    assert os.path.exists(os.path.join(repo, 'wal', today(), name + '.zst'))
+
+    proc = cli('push', '--repo', repo, src, name)
+    assert proc.returncode == 0 and 'identical' in proc.stderr
+
+    other = tmp_path / 'other'
+    other.mkdir()
+    proc = cli('push', '--repo', repo, make_segment(other, name, seed=b'different'), name)
+    assert proc.returncode == 1 and 'CONFLICT' in proc.stderr
+
+    proc = cli('push', '--repo', repo, make_segment(other, '000000010000000000000004', sysid=OTHER_SYSID),
+               '000000010000000000000004')
+    assert proc.returncode == 1 and 'system identifier' in proc.stderr and str(OTHER_SYSID) in proc.stderr
+
+    # restore_command runs in the data directory with a relative %p.
+    proc = cli('fetch', '--repo', repo, name, 'pg_wal/RECOVERYXLOG', cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert sha(str(pg_wal / 'RECOVERYXLOG')) == sha(src)
+
+    proc = cli('fetch', '--repo', repo, '000000010000000000000009', str(tmp_path / 'x'))
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1
+    proc = cli('fetch', '--repo', repo, '00000002.history', str(tmp_path / 'x'))
+    assert proc.returncode == 1 and proc.stderr == ''
+    assert not os.path.exists(str(tmp_path / 'x'))
+
+    proc = cli('status', '--repo', repo)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary['segments'] == 1 and summary['newest_segment'] == name
+    assert summary['system_identifier'] == str(SYSID)
+
+    assert cli('push', '--repo', repo, src).returncode == 2
+    assert cli('frobnicate').returncode == 2
+
+
+def test_cli_config_file(repo, pg_wal, tmp_path):
+    config = tmp_path / 'walarchive.json'
+    config.write_text(json.dumps({'repo': repo, 'compression': 'gzip', 'level': 1}))
+    name = '000000010000000000000003'
+    src = make_segment(pg_wal, name)
+    proc = cli('push', '--config', str(config), src, name)
+    assert proc.returncode == 0, proc.stderr
+    assert walarchive.find_segment(repo, name).endswith('.gz')
+    proc = cli('fetch', '--config', str(config), name, str(tmp_path / 'back'))
+    assert proc.returncode == 0 and sha(str(tmp_path / 'back')) == sha(src)
+    config.write_text(json.dumps({'repo': repo, 'compresion': 'gzip'}))
+    proc = cli('push', '--config', str(config), src, name)
+    assert proc.returncode == 1 and 'compresion' in proc.stderr
+
+
+def test_cli_fetch_of_a_corrupt_copy_exits_fatal(repo, pg_wal, tmp_path):
+    name = '000000010000000000000003'
+    stored = walarchive.push(make_segment(pg_wal, name), name, repo=repo)['path']
+    with open(stored, 'r+b') as handle:
+        handle.truncate(100)
+    proc = cli('fetch', '--repo', repo, name, str(tmp_path / 'RECOVERYXLOG'))
+    assert proc.returncode == walarchive.EXIT_FATAL >= 126, proc.stderr
+    assert 'ERROR' in proc.stderr and not os.path.exists(str(tmp_path / 'RECOVERYXLOG'))
+
+
+def test_cli_s3_without_boto3_is_a_clear_error(repo, pg_wal):
+    has_boto3 = subprocess.run([SYSTEM_PYTHON, '-c', 'import boto3'], env=system_python_env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False).returncode == 0
+    if has_boto3:
+        pytest.skip('/usr/bin/python3 has boto3 here')
+    name = '000000010000000000000003'
+    proc = cli('push', '--repo', repo, '--s3-bucket', 'b', make_segment(pg_wal, name), name)
+    assert proc.returncode == 1 and 'boto3 is not installed' in proc.stderr and 'python3-boto3' in proc.stderr
+    # Nothing half-done locally either: the S3 setting is checked before anything is written.
+    assert walarchive.list_archive(repo) == []
+
+
+def test_module_imports_nothing_outside_the_standard_library():
+    with open(SCRIPT) as handle:
+        source = handle.read()
+    assert 'ansible' not in ''.join(line for line in source.splitlines() if line.startswith(('import', 'from')))
+    proc = subprocess.run([SYSTEM_PYTHON, '-I', '-c', 'import runpy, sys; sys.argv = ["walarchive", "--help"]; '
+                           'runpy.run_path(%r, run_name="__main__")' % SCRIPT],
+                          env=system_python_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          universal_newlines=True, check=False)
+    assert proc.returncode == 0 and 'push' in proc.stdout, proc.stderr
+
+
+def test_concurrent_push_that_loses_the_race_never_replaces(repo, pg_wal, tmp_path, monkeypatch):
+    """Two pushes of one name both see no copy; link(2) lets only one publish."""
+    name = '000000010000000000000003'
+    src = make_segment(pg_wal, name)
+    stored = walarchive.push(src, name, repo=repo)['path']
+    digest = sha(stored)
+    monkeypatch.setattr(walarchive, 'find_segment', lambda repo_, name_: None)
+    assert walarchive.push(src, name, repo=repo)['status'] == 'duplicate'
+    other = tmp_path / 'other'
+    other.mkdir()
+    with pytest.raises(walarchive.Conflict):
+        walarchive.push(make_segment(other, name, seed=b'different'), name, repo=repo)
+    assert sha(stored) == digest and temp_files(repo) == []
