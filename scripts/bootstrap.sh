@@ -17,6 +17,8 @@ done
 # runuser lives in /usr/sbin, which a normal user's PATH lacks.
 [ -x /usr/sbin/runuser ] || command -v runuser >/dev/null 2>&1 || need_pkgs+=(util-linux)
 "$PY" -c 'import venv, ensurepip' >/dev/null 2>&1 || need_pkgs+=(python3-venv)
+# The WAL archive command runs under the system python3 as postgres; S3 needs boto3 there.
+/usr/bin/python3 -c 'import boto3' >/dev/null 2>&1 || need_pkgs+=(python3-boto3)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "bootstrap: installing Debian packages: ${need_pkgs[*]}"

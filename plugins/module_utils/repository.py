@@ -81,27 +81,60 @@ class Repository(object):
     def path(self, *parts):
         return os.path.join(self.root, *parts)
 
+    def owner(self):
+        """(uid, gid) of the repository root: the one owner of everything in it."""
+        st = os.stat(self.root)
+        return st.st_uid, st.st_gid
+
+    def adopt(self, *paths):
+        """Hand files a root-run module wrote to the repository's owner.
+
+        The archive command runs as the server's OS user and retention may too;
+        a repository of mixed owners would lock them out of their own files.
+        """
+        if os.geteuid() != 0 or not os.path.isdir(self.root):
+            return
+        uid, gid = self.owner()
+        if uid == 0:
+            return
+        for path in paths:
+            if not path or not os.path.lexists(path):
+                continue
+            os.lchown(path, uid, gid)
+            if os.path.isdir(path) and not os.path.islink(path):
+                for base, dirs, files in os.walk(path):
+                    for name in dirs + files:
+                        os.lchown(os.path.join(base, name), uid, gid)
+
     def ensure(self):
         """Create the layout with 0700 dirs; say clearly when the root is not writable."""
         try:
             fsutil.ensure_dir(self.root)
             for sub in SUBDIRS:
+                fresh = not os.path.isdir(self.path(sub))
                 fsutil.ensure_dir(self.path(sub))
+                if fresh:
+                    self.adopt(self.path(sub))
         except OSError as exc:
             raise RepositoryError('cannot create the backup repository at %s (%s): check that '
                                   'backup_root exists or can be created and is writable by user %s'
                                   % (self.root, exc.strerror or exc, _whoami()))
         for sub in ('full', 'logs'):
             if not os.access(self.path(sub), os.W_OK | os.X_OK):
-                raise RepositoryError('backup_root %s is not writable by user %s: fix its owner or '
-                                      'mode, or run as the repository owner' % (self.path(sub), _whoami()))
+                raise RepositoryError('backup_root %s is not writable by user %s: fix its owner or mode (or '
+                                      'remount it read-write if the file system is read-only), or run as the '
+                                      'repository owner' % (self.path(sub), _whoami()))
         return self
 
     def meta_path(self, kind_dir, name):
         return self.path(kind_dir, name + '.meta')
 
     def lock(self, operation, wait_s=0):
-        return fsutil.RepositoryLock(self.root, operation, wait_s=wait_s)
+        lock = fsutil.RepositoryLock(self.root, operation, wait_s=wait_s)
+        if not os.path.exists(lock.path):
+            os.close(os.open(lock.path, os.O_RDWR | os.O_CREAT, fsutil.FILE_MODE))
+            self.adopt(lock.path)
+        return lock
 
     def scan(self, kind_dir='full'):
         """All ``.meta`` in ``kind_dir`` (oldest first) plus the names of orphans.

@@ -191,7 +191,7 @@ class S3Store(object):
             raise S3Error('backup %s has a .meta in S3 but no data at %s' % (meta.get('name'), self.uri(relpath)))
         tmp = fsutil.tmp_path_for(final)
         try:
-            if meta.get('format') == 'directory':
+            if meta.get('format') == 'directory' or meta.get('type') == 'physical':
                 fsutil.ensure_dir(tmp)
                 base_key = self.key(relpath) + '/'
                 for key in keys:

@@ -20,11 +20,20 @@ description:
   - Replacing an existing non-empty database requires O(confirm) equal to O(target_db). The replaced
     database is kept, renamed to C(<target_db>_old_YYYYMMDD_HHMMSS), unless O(keep_old=false).
   - Fetches the backup from S3 into the local repository (checksum verified) when it is not present locally.
-  - Point-in-time recovery options are reserved for physical backups, which this release does not provide;
-    setting them fails with a message saying so.
+  - Point-in-time recovery (any of O(target_time), O(target_xid), O(target_lsn), O(target_name), O(target)) uses a
+    physical base backup and the WAL archive. It picks the newest complete base backup that ends before the target,
+    refuses targets that are malformed, in the future, before the oldest base backup or after the newest archived WAL,
+    and recovers with C(recovery_target_action=promote).
+  - With O(mode=database) (the default) the recovery runs in a scratch cluster (own directory and port,
+    C(archive_mode=off), private socket, removed afterwards) and the database O(db) is copied from it into
+    O(target_db) through the same checked staging-and-swap path as a logical restore.
+  - With O(mode=cluster) the live data directory O(pgdata) is replaced. PostgreSQL is stopped, the directory is renamed
+    to C(<pgdata>.old-YYYYMMDD_HHMMSS) (never deleted), the base backup is unpacked, today's configuration files are
+    kept, and the server is started to recover and promote. This needs O(confirm) equal to O(pgdata).
 author:
-  - modulo.pgbackup contributors
+  - modulo.pgbackup contributors (@modulo)
 extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
   - modulo.pgbackup.connection
   - modulo.pgbackup.repository
   - modulo.pgbackup.s3
@@ -37,16 +46,19 @@ options:
     default: latest
   db:
     description:
-      - With O(backup=latest), only consider backups of this source database.
+      - With O(backup=latest), only consider logical backups of this source database.
+      - For point-in-time recovery with O(mode=database), the database copied out of the recovered cluster
+        (default C(modulodb)).
     type: str
   target_db:
     description:
       - Database to restore into. Letters, digits, C(_) and C(-) only.
+      - Required unless O(mode=cluster).
     type: str
-    required: true
   confirm:
     description:
       - Must equal O(target_db) to replace a database that exists and is not empty.
+      - With O(mode=cluster), must equal O(pgdata).
       - A safety catch against restoring over production by mistake.
     type: str
   keep_old:
@@ -61,35 +73,62 @@ options:
     default: 2
   mode:
     description:
-      - C(database) restores into O(target_db) on the live server. C(cluster) is for physical backups (not in this release).
+      - C(database) restores into O(target_db) on the live server (for PITR through a scratch cluster).
+      - C(cluster) replaces the live data directory O(pgdata) with a point-in-time recovery.
     type: str
     choices: [ database, cluster ]
     default: database
   target_time:
-    description: Point-in-time recovery target (physical backups only; not in this release).
+    description:
+      - Recover up to this time, e.g. C(2026-11-24 14:30:00) (read as UTC when no offset is given) or
+        C(2026-11-24T14:30:00+01:00).
     type: str
   target_xid:
-    description: Point-in-time recovery target transaction id (not in this release).
+    description: Recover up to and including this transaction id.
     type: str
   target_lsn:
-    description: Point-in-time recovery target LSN (not in this release).
+    description: Recover up to this WAL location, e.g. C(0/3000060).
     type: str
   target_name:
-    description: Point-in-time recovery target restore point (not in this release).
+    description: Recover up to this named restore point (C(pg_create_restore_point)).
     type: str
   target:
-    description: Point-in-time recovery end point, C(latest) or C(immediate) (not in this release).
+    description:
+      - C(latest) replays all archived WAL; C(immediate) stops as soon as the base backup is consistent.
     type: str
     choices: [ latest, immediate ]
   pgdata:
-    description: Data directory replaced by O(mode=cluster) (not in this release).
+    description: Live data directory replaced by O(mode=cluster).
     type: path
+  pg_service:
+    description:
+      - systemd unit of the live server for O(mode=cluster). Empty means C(pg_ctl) on O(pgdata).
+    type: str
+  pg_os_user:
+    description:
+      - OS user that runs PostgreSQL (the recovered copies run as this user when the module runs as root).
+    type: str
+    default: postgres
+  scratch_dir:
+    description:
+      - Where the scratch cluster of a PITR with O(mode=database) is built. Default C(<backup_root>/restore-tests/).
+    type: path
+  scratch_port:
+    description: Port of the scratch cluster (it listens only on its private socket). Default a free port.
+    type: int
+  recovery_timeout:
+    description: Seconds to wait for recovery to reach the target and promote.
+    type: int
+    default: 3600
 attributes:
   check_mode:
     support: full
     details: Resolves the backup and checks the target, then reports what it would do without changing anything.
   diff_mode:
     support: none
+    details: Nothing to diff.
+  platform:
+    platforms: posix
 seealso:
   - module: modulo.pgbackup.pg_backup
   - module: modulo.pgbackup.backup_info
@@ -100,6 +139,13 @@ EXAMPLES = r'''
   modulo.pgbackup.backup_restore:
     backup_root: /var/backups/postgresql
     target_db: modulodb_test
+
+- name: Recover modulodb as it was at 14:29 UTC into a new database (runbook "pitr")
+  modulo.pgbackup.backup_restore:
+    backup_root: /var/backups/postgresql
+    target_time: "2026-11-24 14:29:00"
+    db: modulodb
+    target_db: modulodb_recovery
 
 - name: Restore a specific backup file over production (old database kept aside)
   modulo.pgbackup.backup_restore:
@@ -134,8 +180,16 @@ restore:
       description: Row counts of the restored database, equal to the backup's C(.meta).
       type: dict
     rows_match:
-      description: True when every table's row count equals the C(.meta).
+      description: True when every table's row count equals the C(.meta) (or the recovered copy for PITR).
       type: bool
+    recovery:
+      description:
+        - For point-in-time recovery, the target, the base backup used, where recovery stopped (C(stop),
+          C(last_transaction_time), C(timeline)) and C(recovery_s).
+      type: dict
+    old_pgdata:
+      description: With O(mode=cluster), where the replaced data directory was kept.
+      type: str
 backup:
   description: The C(.meta) of the backup used, with C(path) and C(location).
   returned: always
@@ -147,45 +201,24 @@ executed_commands:
   elements: str
 '''
 
+import os
+import shutil
+import subprocess
+import time
+
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import common, logical_restore, repository
+from ansible_collections.modulo.pgbackup.plugins.module_utils import common, logical_restore, pitr, repository, scratch
 from ansible_collections.modulo.pgbackup.plugins.module_utils.fsutil import LockBusy
-from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import CommandLog, Connection, PgError
+from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import CommandLog, Connection, PgError, psql_query
 from ansible_collections.modulo.pgbackup.plugins.module_utils.s3store import S3Error
 
 PITR_OPTIONS = ('target_time', 'target_xid', 'target_lsn', 'target_name', 'target')
+ERRORS = (logical_restore.RestoreError, repository.RepositoryError, PgError, S3Error, LockBusy,
+          pitr.PitrError, scratch.ScratchError)
 
 
-def main():
-    module = AnsibleModule(
-        argument_spec=common.full_argspec(
-            backup=dict(type='str', default='latest'),
-            db=dict(type='str'),
-            target_db=dict(type='str', required=True),
-            confirm=dict(type='str'),
-            keep_old=dict(type='bool', default=True),
-            jobs=dict(type='int', default=2),
-            mode=dict(type='str', default='database', choices=['database', 'cluster']),
-            target_time=dict(type='str'),
-            target_xid=dict(type='str'),
-            target_lsn=dict(type='str'),
-            target_name=dict(type='str'),
-            target=dict(type='str', choices=['latest', 'immediate']),
-            pgdata=dict(type='path'),
-        ),
-        mutually_exclusive=[PITR_OPTIONS],
-        supports_check_mode=True,
-    )
-    p = module.params
-    log = CommandLog()
-    result = dict(changed=False, backup=None, executed_commands=log.commands)
-    given = [name for name in PITR_OPTIONS if p[name]]
-    if given or p['mode'] == 'cluster':
-        module.fail_json(msg='point-in-time recovery and mode=cluster need physical backups and WAL archiving, '
-                             'which this release of modulo.pgbackup does not provide (got %s); restore a logical '
-                             'backup with backup: latest|<name>|<path>' % ', '.join(given or ['mode=cluster']),
-                         **result)
+def logical(module, p, log, result):
     try:
         logical_restore.validate_dbname(p['target_db'])
         conn = Connection.from_params(p, db=p['target_db'])
@@ -216,7 +249,7 @@ def main():
                 meta['location'] = 'both'
             outcome = logical_restore.restore(conn, meta, p['target_db'], confirm=p['confirm'],
                                               keep_old=p['keep_old'], jobs=p['jobs'], log=log)
-    except (logical_restore.RestoreError, repository.RepositoryError, PgError, S3Error, LockBusy) as exc:
+    except ERRORS as exc:
         module.fail_json(msg=str(exc), **result)
     except OSError as exc:
         module.fail_json(msg='restore failed: %s (is the repository readable and the disk not full?)' % exc, **result)
@@ -224,6 +257,161 @@ def main():
                   msg='restored %s into %s: %d rows in %d tables, matching the backup' % (
                       meta['name'], p['target_db'], outcome['row_total'], len(outcome['table_rows'])))
     module.exit_json(**result)
+
+
+def _live_server_control(p, log):
+    """stop/start callables for the live server: its systemd unit, or pg_ctl on pgdata."""
+    def run(argv):
+        log.add(argv)
+        proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False)
+        if proc.returncode:
+            raise scratch.ScratchError('%s failed: %s' % (' '.join(argv), proc.stdout.decode('utf-8', 'replace')[-500:]))
+
+    bindir = Connection.from_params(p).bindir
+    pg_ctl = scratch.run_as(p['pg_os_user']) + [os.path.join(bindir, 'pg_ctl'), '-D', p['pgdata']]
+    logfile = os.path.join(os.path.dirname(p['pgdata'].rstrip('/')), 'pitr-%s.log' % os.path.basename(p['pgdata'].rstrip('/')))
+    if p['pg_service']:
+        return (lambda: run(['systemctl', 'stop', p['pg_service']]),
+                lambda: run(['systemctl', 'start', p['pg_service']]), None)
+
+    def stop():
+        if os.path.exists(os.path.join(p['pgdata'], 'postmaster.pid')):
+            run(pg_ctl + ['-m', 'fast', '-w', '-t', '300', 'stop'])
+
+    def start():
+        run(pg_ctl + ['-l', logfile, '-w', '-t', str(p['recovery_timeout']), 'start'])
+    return stop, start, logfile
+
+
+def point_in_time(module, p, log, result):
+    try:
+        target_settings, description, when = pitr.build_target(p)
+        repo = repository.Repository(p['backup_root'])
+        s3_settings = common.s3_settings(p)
+        s3 = common.s3_store(p)
+        bases, _problems = repo.scan('base')
+        if s3 is not None:
+            local = set(b['name'] for b in bases)
+            bases = sorted(bases + [m for m in s3.list_metas('base') if m['name'] not in local],
+                           key=lambda m: (m.get('started_at') or '', m['name']))
+        base = pitr.choose_base(bases, p, when)
+        result['backup'] = base
+        if when is not None and s3 is None:
+            pitr.check_archive_reaches(repo.root, when)
+        if p['mode'] == 'database':
+            logical_restore.validate_dbname(p['target_db'])
+            conn = Connection.from_params(p, db=p['target_db'])
+            state = logical_restore.database_state(conn, p['target_db'], log=log)
+            if state and p['confirm'] != p['target_db']:
+                raise pitr.PitrError('database %s exists and is not empty (%d relations): to replace it, set '
+                                     'confirm: %s (the old one is kept renamed unless keep_old is false)'
+                                     % (p['target_db'], state, p['target_db']))
+        else:
+            if not p['pgdata']:
+                raise pitr.PitrError('mode=cluster replaces a data directory: set pgdata')
+            if p['confirm'] != p['pgdata']:
+                raise pitr.PitrError('mode=cluster replaces the live data directory %s (it is kept renamed, never '
+                                     'deleted): to go ahead, set confirm: %s' % (p['pgdata'], p['pgdata']))
+    except (ERRORS + (OSError, ValueError)) as exc:
+        module.fail_json(msg=str(exc), **result)
+
+    planned = dict(base_backup=base['name'], target=description, mode=p['mode'])
+    if module.check_mode:
+        result.update(changed=True, restore=dict(recovery=planned, target_db=p['target_db']),
+                      msg='would recover to %s from %s (%s mode)' % (description, base['name'], p['mode']))
+        module.exit_json(**result)
+
+    started = time.time()
+    try:
+        repo.ensure()
+        if base.get('location') == 's3':
+            base['path'] = s3.download_backup(repo.root, base, kind_dir='base')
+        if p['mode'] == 'database':
+            with repo.lock('restore-%s' % p['target_db']):
+                workdir = pitr.scratch_workdir(p['scratch_dir'] or repo.path('restore-tests'), p['pg_os_user'])
+                recovery = pitr.ScratchRecovery(Connection.from_params(p).bindir, workdir, p['pg_os_user'],
+                                                port=p['scratch_port'])
+                try:
+                    reached = recovery.recover(base, repo.root, target_settings, s3_settings=s3_settings,
+                                               timeout_s=p['recovery_timeout'], log=log)
+                    reached['last_replayed_transaction'] = recovery.query(
+                        'SELECT pg_last_xact_replay_timestamp()')[0][0]
+                    outcome = pitr.copy_database(recovery, p['db'] or 'modulodb', conn, p['target_db'],
+                                                 p['confirm'], p['keep_old'], p['jobs'], workdir, log=log)
+                finally:
+                    recovery.close()
+        else:
+            stop, start, logfile = _live_server_control(p, log)
+            aside, workdir = pitr.replace_cluster(base, repo.root, p['pgdata'], Connection.from_params(p).bindir,
+                                                  target_settings, p['pg_os_user'], stop, start,
+                                                  s3_settings=s3_settings, timeout_s=p['recovery_timeout'], log=log)
+            result['old_pgdata'] = aside
+            try:
+                start()
+                live = Connection.from_params(p, db='postgres')
+                server = scratch.Server(live.bindir, p['pgdata'], logfile or '/dev/null', p['pg_os_user'])
+                scratch.wait_promoted(lambda sql: psql_query(live, sql, db='postgres'), p['recovery_timeout'], server)
+                reached = server.recovery_outcome() if logfile else {}
+                reached['last_replayed_transaction'] = psql_query(
+                    live, 'SELECT pg_last_xact_replay_timestamp()', db='postgres')[0][0]
+                reached['timeline'] = int(psql_query(live, 'SELECT timeline_id FROM pg_control_checkpoint()',
+                                                     db='postgres')[0][0])
+                # Recovery settings must not linger in the live configuration.
+                for name in ['restore_command', 'recovery_target_action', 'recovery_target_timeline'] + list(target_settings):
+                    psql_query(live, 'ALTER SYSTEM RESET %s' % name, db='postgres', log=log)
+                psql_query(live, 'SELECT pg_reload_conf()', db='postgres', log=log)
+            except ERRORS as exc:
+                raise pitr.PitrError('%s. The previous data directory is intact at %s; to roll back: stop PostgreSQL, '
+                                     'move %s away, rename %s to %s, start PostgreSQL'
+                                     % (exc, aside, p['pgdata'], aside, p['pgdata']))
+            finally:
+                shutil.rmtree(workdir, ignore_errors=True)
+            outcome = {'target_db': None, 'old_pgdata': aside}
+    except ERRORS as exc:
+        module.fail_json(msg=str(exc), **result)
+    except OSError as exc:
+        module.fail_json(msg='point-in-time recovery failed: %s' % exc, **result)
+    reached.update(planned)
+    outcome['recovery'] = reached
+    outcome['duration_s'] = round(time.time() - started, 3)
+    where = (' into database %s' % p['target_db']) if p['mode'] == 'database' else (' as the live cluster %s' % p['pgdata'])
+    result.update(changed=True, restore=outcome, msg='recovered to %s from %s%s' % (description, base['name'], where))
+    module.exit_json(**result)
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=common.full_argspec(
+            backup=dict(type='str', default='latest'),
+            db=dict(type='str'),
+            target_db=dict(type='str'),
+            confirm=dict(type='str'),
+            keep_old=dict(type='bool', default=True),
+            jobs=dict(type='int', default=2),
+            mode=dict(type='str', default='database', choices=['database', 'cluster']),
+            target_time=dict(type='str'),
+            target_xid=dict(type='str'),
+            target_lsn=dict(type='str'),
+            target_name=dict(type='str'),
+            target=dict(type='str', choices=['latest', 'immediate']),
+            pgdata=dict(type='path'),
+            pg_service=dict(type='str'),
+            pg_os_user=dict(type='str', default='postgres'),
+            scratch_dir=dict(type='path'),
+            scratch_port=dict(type='int'),
+            recovery_timeout=dict(type='int', default=3600),
+        ),
+        mutually_exclusive=[PITR_OPTIONS],
+        required_if=[('mode', 'database', ('target_db',))],
+        supports_check_mode=True,
+    )
+    p = module.params
+    log = CommandLog()
+    result = dict(changed=False, backup=None, executed_commands=log.commands)
+    if any(p[name] for name in PITR_OPTIONS) or p['mode'] == 'cluster':
+        point_in_time(module, p, log, result)
+    else:
+        logical(module, p, log, result)
 
 
 if __name__ == '__main__':

@@ -39,9 +39,11 @@ options:
     aliases: [ database ]
   type:
     description:
-      - C(logical) runs C(pg_dump) of O(db).
-      - C(physical) (a C(pg_basebackup) of the whole cluster for point-in-time recovery) is not available in this release
-        and fails with a message saying so.
+      - C(logical) runs C(pg_dump) of O(db) into C(full/).
+      - C(physical) runs C(pg_basebackup) of the whole cluster into C(base/<name_prefix>_base_YYYYMMDD_HHMMSS/)
+        (tar format, server-side compression, fast checkpoint, SHA-256 backup manifest, no WAL inside) for
+        point-in-time recovery. It needs WAL archiving into the same repository (M(modulo.pgbackup.wal_archive)),
+        and the backup is marked complete only once the archive holds every WAL segment from its start to its stop.
     type: str
     choices: [ logical, physical ]
     default: logical
@@ -57,9 +59,10 @@ options:
     description:
       - Compression codec. C(gzip) uses C(pigz) when installed.
       - C(zstd) and C(lz4) need the programs of the same name on the host.
+      - Defaults to C(gzip) for logical backups (the runbook's C(.sql.gz)) and C(zstd) (done by the server)
+        for physical ones.
     type: str
     choices: [ gzip, zstd, lz4, none ]
-    default: gzip
   compression_level:
     description:
       - Codec level (gzip 1-9, zstd 1-19, lz4 1-12). Defaults to the codec's usual level.
@@ -85,6 +88,12 @@ options:
       - Seconds to wait for another backup of the same repository to finish before failing.
     type: int
     default: 0
+  wait_archive:
+    description:
+      - For O(type=physical), seconds to wait for the WAL the base backup needs to reach the archive.
+        A base backup whose WAL is not archived by then is discarded and the task fails.
+    type: int
+    default: 300
 attributes:
   check_mode:
     support: full
@@ -160,14 +169,81 @@ executed_commands:
   sample: ["/usr/lib/postgresql/15/bin/pg_dump --snapshot=00000003-00000002-1 --format=plain --dbname=modulodb"]
 '''
 
+import os
+import time
+
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import common, logical_backup, repository
+from ansible_collections.modulo.pgbackup.plugins.module_utils import common, logical_backup, physical_backup, repository
 from ansible_collections.modulo.pgbackup.plugins.module_utils import report as reports
 from ansible_collections.modulo.pgbackup.plugins.module_utils.compression import CompressionError
 from ansible_collections.modulo.pgbackup.plugins.module_utils.fsutil import LockBusy
 from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import CommandLog, Connection, PgError
 from ansible_collections.modulo.pgbackup.plugins.module_utils.s3store import S3Error
+
+
+def _fail_with_report(module, repo, started, result, exc, name):
+    message = str(exc)
+    if isinstance(exc, OSError):
+        message = 'backup failed writing to %s: %s (is the disk full or read-only?)' % (
+            exc.filename or repo.root, exc.strerror or exc)
+    if isinstance(exc, S3Error) and result.get('backup'):
+        message = 'the local backup %s is complete, but the S3 upload failed: %s' % (name, message)
+    try:
+        result['report_path'], _report = reports.write_backup_report(
+            repo, started, 'failed', backups=[result['backup']['meta']] if result.get('backup') else [],
+            error=message)
+        repo.adopt(result['report_path'])
+    except OSError:
+        pass
+    module.fail_json(msg=message, **result)
+
+
+def physical(module, p, log, result):
+    """A pg_basebackup into base/, complete only once its WAL is archived."""
+    codec = p['compression'] or 'zstd'
+    try:
+        conn = Connection.from_params(p, db='postgres')
+        repo = repository.Repository(p['backup_root'])
+        plan = physical_backup.plan(repo, p['name_prefix'], codec, p['compression_level'])
+        s3 = common.s3_store(p) if p['upload'] else None
+        physical_backup.check_archiving(conn, log=log)
+    except (PgError, repository.RepositoryError, physical_backup.PhysicalBackupError, S3Error) as exc:
+        module.fail_json(msg=str(exc), **result)
+    if module.check_mode:
+        result.update(changed=True, backup=dict(path=plan['path'], meta=None,
+                                                s3_uri=s3.uri('base/' + plan['name']) if s3 else None),
+                      msg='would take a base backup of the cluster into %s' % plan['path'])
+        module.exit_json(**result)
+    try:
+        repo.ensure()
+    except repository.RepositoryError as exc:
+        module.fail_json(msg=str(exc), **result)
+    started = plan['started']
+    try:
+        with repo.lock('backup', wait_s=p['lock_wait']):
+            plan = physical_backup.plan(repo, p['name_prefix'], codec, p['compression_level'])
+            if os.path.lexists(plan['path']) or os.path.lexists(plan['meta_path']):
+                time.sleep(1.0)
+                plan = physical_backup.plan(repo, p['name_prefix'], codec, p['compression_level'])
+            started = plan['started']
+            meta = physical_backup.take(conn, repo, plan, wait_archive_s=p['wait_archive'], log=log)
+            result['changed'] = True
+            entries, _problems = repo.scan('base')
+            checks = reports.thresholds(meta, reports.previous_backup(entries, meta))
+            backup = dict(path=plan['path'], meta=meta, s3_uri=None)
+            result['backup'] = backup
+            if s3:
+                backup['s3_uri'], _objects = s3.upload_backup(repo.root, plan['path'], plan['meta_path'])
+    except (PgError, physical_backup.PhysicalBackupError, LockBusy, S3Error, OSError) as exc:
+        _fail_with_report(module, repo, started, result, exc, plan['name'])
+    result['thresholds'] = checks
+    result['report_path'], _report = reports.write_backup_report(
+        repo, started, 'success', backups=[dict(meta, s3_uri=backup['s3_uri'])], checks=checks)
+    repo.adopt(plan['path'], plan['meta_path'], result['report_path'])
+    result['msg'] = 'base backup %s (%d bytes, %.1f s, WAL %s..%s archived)' % (
+        meta['name'], meta['size_bytes'], meta['duration_s'], meta['wal_start'], meta['wal_stop'])
+    module.exit_json(**result)
 
 
 def main():
@@ -176,12 +252,13 @@ def main():
             db=dict(type='str', default='modulodb', aliases=['database']),
             type=dict(type='str', default='logical', choices=['logical', 'physical']),
             format=dict(type='str', default='plain', choices=['plain', 'custom', 'directory']),
-            compression=dict(type='str', default='gzip', choices=['gzip', 'zstd', 'lz4', 'none']),
+            compression=dict(type='str', choices=['gzip', 'zstd', 'lz4', 'none']),
             compression_level=dict(type='int'),
             jobs=dict(type='int', default=2),
             name_prefix=dict(type='str', default='modulo'),
             upload=dict(type='bool', default=True),
             lock_wait=dict(type='int', default=0),
+            wait_archive=dict(type='int', default=300),
         ),
         supports_check_mode=True,
     )
@@ -189,8 +266,9 @@ def main():
     log = CommandLog()
     result = dict(changed=False, backup=None, executed_commands=log.commands)
     if p['type'] == 'physical':
-        module.fail_json(msg='type=physical (pg_basebackup for point-in-time recovery) is not available in this '
-                             'release of modulo.pgbackup; use type=logical', **result)
+        physical(module, p, log, result)
+    if p['compression'] is None:
+        p['compression'] = 'gzip'
     if p['jobs'] < 1:
         module.fail_json(msg='jobs must be 1 or more', **result)
     try:
@@ -233,19 +311,7 @@ def main():
                     repo.root, plan['path'], plan['meta_path'],
                     extra_paths=[repo.path('full', globals_file)] if globals_file else [])
     except (PgError, logical_backup.BackupError, LockBusy, S3Error, CompressionError, OSError) as exc:
-        message = str(exc)
-        if isinstance(exc, OSError):
-            message = 'backup failed writing to %s: %s (is the disk full or read-only?)' % (
-                exc.filename or repo.root, exc.strerror or exc)
-        if isinstance(exc, S3Error) and result.get('backup'):
-            message = 'the local backup %s is complete, but the S3 upload failed: %s' % (plan['name'], message)
-        try:
-            result['report_path'], _report = reports.write_backup_report(
-                repo, started, 'failed', backups=[result['backup']['meta']] if result.get('backup') else [],
-                error=message)
-        except OSError:
-            pass
-        module.fail_json(msg=message, **result)
+        _fail_with_report(module, repo, started, result, exc, plan['name'])
 
     result['thresholds'] = checks
     try:
@@ -256,6 +322,8 @@ def main():
         module.fail_json(msg='the backup %s is complete, but its run report could not be written to %s: %s '
                              '(is the disk full or read-only?)' % (meta['name'], repo.path('logs'),
                                                                    exc.strerror or exc), **result)
+    repo.adopt(plan['path'], plan['meta_path'], repo.path('full', plan['name'] + '.globals.sql'),
+               result['report_path'])
     breached = [c['check'] for c in checks if c.get('breached')]
     if breached:
         module.warn('backup %s breached the runbook threshold(s): %s' % (meta['name'], ', '.join(breached)))

@@ -1,0 +1,171 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, modulo.pgbackup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Physical base backups for point-in-time recovery.
+
+``pg_basebackup`` in tar format with server-side zstd, a fast checkpoint and a
+manifest, *without* WAL: the WAL comes from the archive, like every other
+segment a PITR replays.  That is why a base backup is only marked complete
+once the archive holds every segment from its start to its stop; until then
+it has no ``.meta`` and nothing will ever try to restore from it.
+"""
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+import json
+import os
+import re
+import time
+
+from ansible_collections.modulo.pgbackup.plugins.module_utils import fsutil, pipeline, repository, walarchive
+from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import psql_query, server_facts
+
+START_RE = re.compile(r'write-ahead log start point: ([0-9A-F]+/[0-9A-F]+) on timeline (\d+)')
+END_RE = re.compile(r'write-ahead log end point: ([0-9A-F]+/[0-9A-F]+)')
+
+
+class PhysicalBackupError(Exception):
+    pass
+
+
+def plan(repo, prefix, codec='zstd', level=None, now=None):
+    if codec not in ('zstd', 'gzip', 'lz4', 'none'):
+        raise PhysicalBackupError('compression for physical backups must be zstd, gzip, lz4 or none')
+    now = now or repository.utcnow()
+    name = repository.backup_name(prefix, 'base', now)
+    return {'name': name, 'file': name, 'path': repo.path('base', name),
+            'meta_path': repo.meta_path('base', name), 'compression': codec,
+            'compression_level': level, 'started': now}
+
+
+def check_archiving(conn, log=None):
+    """A base backup without archived WAL cannot be restored: refuse early, say what to do."""
+    rows = psql_query(conn, "SELECT current_setting('archive_mode'), current_setting('archive_command'), "
+                            "current_setting('wal_level')", db='postgres', log=log)
+    mode, command, level = rows[0]
+    if mode not in ('on', 'always') or not command or level == 'minimal':
+        raise PhysicalBackupError(
+            'WAL archiving is not configured on this server (archive_mode=%s, wal_level=%s, archive_command=%r): '
+            'a physical backup needs it to be restorable; run playbooks/configure-pitr.yml first'
+            % (mode, level, command))
+    if archiver_failing(conn, log=log):
+        raise PhysicalBackupError(
+            'WAL archiving is failing right now (%s): a base backup would wait for it forever; fix the archive '
+            '(permissions, disk space, S3) until pg_stat_archiver shows new successes, then retry'
+            % archiver_failing(conn))
+
+
+ARCHIVER_SQL = ("SELECT last_failed_wal, last_failed_time, last_archived_wal FROM pg_stat_archiver "
+                "WHERE last_failed_time IS NOT NULL AND last_failed_time > coalesce(last_archived_time, '-infinity')")
+
+
+def archiver_failing(conn, log=None):
+    """A description of the archiver's current failure, or None when it is keeping up."""
+    rows = psql_query(conn, ARCHIVER_SQL, db='postgres', log=log)
+    if not rows:
+        return None
+    return 'last failed WAL %s at %s, last archived %s' % tuple(rows[0])
+
+
+def _watch_archiver(conn, limit_s):
+    """pg_basebackup waits for the archive without a limit: give up when archiving keeps failing."""
+    def watch(procs):
+        failing_since = None
+        while procs[0].poll() is None:
+            try:
+                failing = archiver_failing(conn)
+            except Exception:  # noqa: BLE001  a monitoring query must not break the backup
+                failing = None
+            if failing and failing_since is None:
+                failing_since = time.time()
+            elif not failing:
+                failing_since = None
+            if failing_since is not None and time.time() - failing_since > limit_s:
+                raise PhysicalBackupError('WAL archiving failed for more than %d s during the base backup (%s): '
+                                          'the backup was stopped and discarded; fix the archive and retry'
+                                          % (limit_s, failing))
+            time.sleep(1.0)
+    return watch
+
+
+def _compress_arg(codec, level):
+    if codec == 'none':
+        return ['--compress=none']
+    detail = ':%d' % level if level else ''
+    return ['--compress=server-%s%s' % (codec, detail)]
+
+
+def wait_for_wal(repo_root, names, timeout_s, poll_s=0.5):
+    """Block until every segment in ``names`` is in the archive; return the missing ones on timeout."""
+    deadline = time.time() + timeout_s
+    missing = list(names)
+    while True:
+        missing = [n for n in missing if walarchive.find_segment(repo_root, n) is None]
+        if not missing or time.time() >= deadline:
+            return missing
+        time.sleep(poll_s)
+
+
+def wal_points(backup_dir, stderr_text=''):
+    """(start LSN, timeline, end LSN) from the backup manifest's WAL-Ranges (or pg_basebackup's output)."""
+    try:
+        with open(os.path.join(backup_dir, 'backup_manifest')) as handle:
+            ranges = json.load(handle)['WAL-Ranges']
+        first, last = ranges[0], ranges[-1]
+        return first['Start-LSN'], int(last['Timeline']), last['End-LSN']
+    except (OSError, ValueError, KeyError, IndexError):
+        pass
+    start_match, end_match = START_RE.search(stderr_text), END_RE.search(stderr_text)
+    if not start_match or not end_match:
+        raise PhysicalBackupError('the base backup has no readable manifest and pg_basebackup did not report its '
+                                  'WAL start and end points: %s' % stderr_text.strip()[-800:])
+    return start_match.group(1), int(start_match.group(2)), end_match.group(1)
+
+
+def take(conn, repo, p, wait_archive_s=300, log=None):
+    """Run the base backup planned by ``plan``; return its ``.meta``."""
+    facts = server_facts(conn, db='postgres', log=log)
+    check_archiving(conn, log=log)
+    tmp = fsutil.tmp_path_for(p['path'])
+    start = time.time()
+    argv = [conn.bin('pg_basebackup'), '--pgdata=%s' % tmp, '--format=tar', '--wal-method=none',
+            '--checkpoint=fast', '--manifest-checksums=SHA256', '--label=%s' % p['name'],
+            '--no-password', '--verbose'] + _compress_arg(p['compression'], p['compression_level'])
+    try:
+        try:
+            errs = pipeline.run([argv], env=conn.env('postgres'), log=log,
+                                started=_watch_archiver(conn, wait_archive_s))
+        except pipeline.PipelineError as exc:
+            raise PhysicalBackupError('pg_basebackup failed, nothing was kept: %s' % exc)
+        start_lsn, timeline, stop_lsn = wal_points(tmp, errs[0])
+        wal_start = walarchive.segment_name(timeline, walarchive.parse_lsn(start_lsn))
+        # The stop LSN points just past the last record: the last segment needed holds the byte before it.
+        wal_stop = walarchive.segment_name(timeline, walarchive.parse_lsn(stop_lsn) - 1)
+        needed = walarchive.wal_range(wal_start, wal_stop)
+        missing = wait_for_wal(repo.root, needed, wait_archive_s)
+        if missing:
+            raise PhysicalBackupError(
+                'the base backup finished but the WAL it needs (%s) was not archived within %d s, so it '
+                'could never be restored and was discarded: check pg_stat_archiver and the archive_command'
+                % (', '.join(missing[:5]), wait_archive_s))
+        fsutil.chmod_tree(tmp)
+        size = fsutil.size_of(tmp)
+        digest = fsutil.sha256_path(tmp)
+        fsutil.publish(tmp, p['path'])
+    except BaseException:
+        fsutil.remove_quietly(tmp)
+        raise
+    meta = {
+        'format_version': repository.FORMAT_VERSION, 'name': p['name'], 'file': p['name'],
+        'type': 'physical', 'database': None, 'format': 'tar', 'compression': p['compression'],
+        'compression_level': p['compression_level'],
+        'started_at': repository.iso(p['started']), 'finished_at': repository.iso(repository.utcnow()),
+        'duration_s': round(time.time() - start, 3), 'size_bytes': size, 'sha256': digest,
+        'server_version': facts['server_version'], 'system_identifier': facts['system_identifier'],
+        'start_lsn': start_lsn, 'stop_lsn': stop_lsn, 'timeline': timeline,
+        'wal_start': wal_start, 'wal_stop': wal_stop, 'files': sorted(os.listdir(p['path'])),
+        'tool': 'modulo.pgbackup', 'status': 'complete',
+    }
+    fsutil.write_json_atomic(p['meta_path'], meta)
+    return meta

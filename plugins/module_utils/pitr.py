@@ -1,0 +1,262 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, modulo.pgbackup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Point-in-time recovery from a physical base backup and the WAL archive.
+
+``mode=database``: recover a scratch cluster to the target, then copy one
+database from it into ``target_db`` on the live server through the same
+staging-and-swap path as a logical restore (row counts checked, old database
+kept).  ``mode=cluster``: replace the live data directory (the old one is
+renamed, never deleted) and let the live server recover and promote.
+"""
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+import datetime
+import os
+import pwd
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+
+from ansible_collections.modulo.pgbackup.plugins.module_utils import (
+    fsutil, logical_restore, pipeline, repository, scratch, walarchive)
+from ansible_collections.modulo.pgbackup.plugins.module_utils.logical_backup import database_rows
+from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import Connection, psql_query
+
+LSN_RE = re.compile(r'^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}\Z')
+
+
+class PitrError(Exception):
+    pass
+
+
+def parse_target_time(text, now=None):
+    """Parse a target time; naive times are UTC (returned flag says so)."""
+    raw = (text or '').strip()
+    value = raw.replace(' UTC', '+00:00').replace('Z', '+00:00')
+    if re.search(r'[+-]\d{2}$', value):
+        value += ':00'
+    try:
+        parsed = datetime.datetime.fromisoformat(value)
+    except ValueError:
+        raise PitrError('target_time %r is not a time: use "YYYY-MM-DD HH:MM:SS" (UTC) or ISO 8601 with an offset, '
+                        'e.g. "2026-11-24 14:30:00+01:00"' % raw)
+    naive = parsed.tzinfo is None
+    if naive:
+        parsed = parsed.replace(tzinfo=datetime.timezone.utc)
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    if parsed > now:
+        raise PitrError('target_time %s is in the future (now %s): nothing to recover there; use target: latest '
+                        'for the newest archived point' % (parsed.isoformat(), now.replace(microsecond=0).isoformat()))
+    return parsed, naive
+
+
+def build_target(params, now=None):
+    """(recovery settings, description, parsed time or None) from the module's target options."""
+    if params.get('target_time'):
+        when, naive = parse_target_time(params['target_time'], now=now)
+        pg_time = when.astimezone(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M:%S.%f+00')
+        return ({'recovery_target_time': pg_time},
+                'time %s%s' % (when.isoformat(), ' (no zone given: read as UTC)' if naive else ''), when)
+    if params.get('target_xid'):
+        if not str(params['target_xid']).isdigit():
+            raise PitrError('target_xid %r must be a transaction id (digits)' % params['target_xid'])
+        return {'recovery_target_xid': str(params['target_xid'])}, 'xid %s' % params['target_xid'], None
+    if params.get('target_lsn'):
+        if not LSN_RE.match(params['target_lsn']):
+            raise PitrError('target_lsn %r is not an LSN like 0/3000060' % params['target_lsn'])
+        return {'recovery_target_lsn': params['target_lsn']}, 'LSN %s' % params['target_lsn'], None
+    if params.get('target_name'):
+        return {'recovery_target_name': params['target_name']}, 'restore point %s' % params['target_name'], None
+    if params.get('target') == 'immediate':
+        return {'recovery_target': 'immediate'}, 'end of the base backup (immediate)', None
+    return {}, 'end of the archived WAL (latest)', None
+
+
+def choose_base(bases, params, when=None):
+    """The newest complete base backup that ends before the target."""
+    complete = [b for b in bases if repository.is_complete(b)]
+    if params.get('backup') not in (None, '', 'latest'):
+        chosen = [b for b in complete if b['name'] == params['backup']]
+        if not chosen:
+            raise PitrError('no complete base backup named %s' % params['backup'])
+        return chosen[0]
+    if not complete:
+        raise PitrError('no complete physical base backup in the repository: point-in-time recovery needs one '
+                        '(pg_backup type=physical, taken by playbooks/nightly-backup.yml once PITR is configured)')
+    usable = complete
+    if when is not None:
+        usable = [b for b in complete if repository.parse_iso(b['finished_at']) <= when]
+        if not usable:
+            raise PitrError('target %s is before the end of the oldest usable base backup %s (%s): the archive '
+                            'cannot go back that far' % (when.isoformat(), complete[0]['name'],
+                                                         complete[0]['finished_at']))
+    if params.get('target_lsn'):
+        target = walarchive.parse_lsn(params['target_lsn'])
+        usable = [b for b in usable if walarchive.parse_lsn(b['stop_lsn']) <= target]
+        if not usable:
+            raise PitrError('target_lsn %s is before the end of the oldest base backup' % params['target_lsn'])
+    return usable[-1]
+
+
+def check_archive_reaches(repo_root, when):
+    """Refuse a target after the newest archived WAL: recovery would stop short silently."""
+    entries = walarchive.list_archive(repo_root)
+    if not entries:
+        raise PitrError('the WAL archive in %s is empty: run playbooks/configure-pitr.yml' % repo_root)
+    newest = max(e['mtime'] for e in entries)
+    newest_dt = datetime.datetime.fromtimestamp(newest, datetime.timezone.utc)
+    if when is not None and when > newest_dt:
+        raise PitrError('target %s is after the newest archived WAL (archived %s): the data after that point '
+                        'is not in the archive yet; wait for archive_timeout or use target: latest'
+                        % (when.isoformat(), newest_dt.replace(microsecond=0).isoformat()))
+    return newest_dt
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+class ScratchRecovery(object):
+    """A recovered copy of the cluster in ``workdir``; always removed by ``close``."""
+
+    def __init__(self, bindir, workdir, os_user, port=None):
+        self.bindir = bindir
+        self.workdir = workdir
+        self.os_user = os_user
+        self.pgdata = os.path.join(workdir, 'data')
+        # Unix socket paths are limited to 107 bytes: the socket gets a short private directory.
+        self.socket_dir = tempfile.mkdtemp(prefix='pgbackup-', dir='/tmp')
+        self.port = port or _free_port()
+        self.server = scratch.Server(bindir, self.pgdata, os.path.join(workdir, 'server.log'), os_user)
+
+    def conn(self, db='postgres'):
+        return Connection(login_user='postgres', login_unix_socket=self.socket_dir, port=self.port,
+                          db=db, bindir=self.bindir)
+
+    def query(self, sql, db='postgres'):
+        return psql_query(self.conn(db), sql, db=db)
+
+    def recover(self, base, repo_root, target_settings, s3_settings=None, timeout_s=3600, log=None):
+        fsutil.ensure_dir(self.workdir)
+        scratch.chown_to(self.workdir, self.os_user)
+        scratch.chown_to(self.socket_dir, self.os_user)
+        restore_command = scratch.install_wal_command(self.workdir, repo_root, s3_settings, self.os_user)
+        scratch.extract_base(base['path'], self.pgdata, self.os_user, log=log)
+        if not os.path.exists(os.path.join(self.pgdata, 'postgresql.conf')):
+            # Debian keeps the configuration outside the data directory.
+            with open(os.path.join(self.pgdata, 'postgresql.conf'), 'w') as handle:
+                handle.write('# minimal configuration for a restored copy (modulo.pgbackup)\n')
+        with open(os.path.join(self.pgdata, 'pg_hba.conf'), 'w') as handle:
+            handle.write('# restored copy: private socket only\nlocal all all trust\n')
+        for stale in ('postmaster.pid', 'standby.signal'):
+            fsutil.remove_quietly(os.path.join(self.pgdata, stale))
+        scratch.write_auto_conf(self.pgdata, scratch.recovery_settings(
+            target_settings, restore_command, port=self.port, socket_dir=self.socket_dir), self.os_user)
+        open(os.path.join(self.pgdata, 'recovery.signal'), 'w').close()
+        scratch.chown_to(self.workdir, self.os_user)
+        os.chmod(self.pgdata, 0o700)
+        started = time.time()
+        self.server.start(timeout_s)
+        scratch.wait_promoted(self.query, timeout_s, self.server)
+        outcome = self.server.recovery_outcome()
+        outcome['recovery_s'] = round(time.time() - started, 3)
+        outcome['timeline'] = int(self.query('SELECT timeline_id FROM pg_control_checkpoint()')[0][0])
+        return outcome
+
+    def close(self):
+        try:
+            self.server.stop('immediate')
+        finally:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            shutil.rmtree(self.socket_dir, ignore_errors=True)
+
+
+def copy_database(recovery, source_db, live_conn, target_db, confirm, keep_old, jobs, workdir, log=None):
+    """Dump ``source_db`` from the recovered copy and restore it into ``target_db`` (checked, swapped)."""
+    names = [r[0] for r in recovery.query('SELECT datname FROM pg_database WHERE NOT datistemplate')]
+    if source_db not in names:
+        raise PitrError('database %s does not exist at the recovery target (databases there: %s)'
+                        % (source_db, ', '.join(sorted(names))))
+    dump_dir = os.path.join(workdir, 'dump')
+    src = recovery.conn(source_db)
+    argv = [src.bin('pg_dump'), '--format=directory', '--jobs=%d' % max(1, jobs), '--compress=0',
+            '--no-password', '--file=%s' % dump_dir, '--dbname=%s' % source_db]
+    try:
+        pipeline.run([argv], env=src.env(source_db), log=log)
+    except pipeline.PipelineError as exc:
+        raise PitrError('copying %s out of the recovered cluster failed: %s' % (source_db, exc))
+    rows = database_rows(src, source_db, log=log)
+    meta = {'name': 'pitr:%s' % source_db, 'path': dump_dir, 'format': 'directory', 'table_rows': rows}
+    return logical_restore.restore(live_conn, meta, target_db, confirm=confirm, keep_old=keep_old,
+                                   jobs=jobs, log=log)
+
+
+def scratch_workdir(base_dir, os_user):
+    """A fresh directory for a scratch cluster that the server's OS user can use.
+
+    Restored clusters can be as big as production, so they are built next to
+    the repository (not in /tmp); the directory is handed to the server's OS
+    user because PostgreSQL refuses to run as root.
+    """
+    fsutil.ensure_dir(base_dir)
+    stamp = repository.utcnow().strftime(repository.STAMP_FORMAT)
+    workdir = os.path.join(base_dir, '.pitr-%s-%d' % (stamp, os.getpid()))
+    fsutil.ensure_dir(workdir)
+    if os.geteuid() == 0 and os_user and os_user != 'root':
+        pw = pwd.getpwnam(os_user)
+        if os.stat(base_dir).st_uid == 0:
+            os.chown(base_dir, pw.pw_uid, pw.pw_gid)
+        scratch.chown_to(workdir, os_user)
+        probe = subprocess.run(scratch.run_as(os_user) + ['test', '-w', workdir], check=False)
+        if probe.returncode != 0:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise PitrError('the scratch directory %s is not reachable by the OS user %s (PostgreSQL runs as that '
+                            'user): set scratch_dir to a directory it can write, or hand %s to it'
+                            % (workdir, os_user, base_dir))
+    return workdir
+
+
+def replace_cluster(base, repo_root, pgdata, bindir, target_settings, os_user, stop, start, s3_settings=None,
+                    timeout_s=3600, log=None):
+    """Swap the live data directory for a recovered one; the old directory is kept beside it.
+
+    ``stop`` and ``start`` are callables (systemd unit or pg_ctl) supplied by the module.
+    """
+    pgdata = os.path.abspath(pgdata.rstrip('/'))
+    stamp = repository.utcnow().strftime(repository.STAMP_FORMAT)
+    aside = '%s.old-%s' % (pgdata, stamp)
+    workdir = '%s.pitr-%s' % (pgdata, stamp)
+    config_files = ('postgresql.conf', 'pg_hba.conf', 'pg_ident.conf', 'postgresql.auto.conf')
+    stop()
+    os.rename(pgdata, aside)
+    try:
+        fsutil.ensure_dir(workdir)
+        scratch.chown_to(workdir, os_user)
+        restore_command = scratch.install_wal_command(workdir, repo_root, s3_settings, os_user)
+        scratch.extract_base(base['path'], pgdata, os_user, log=log)
+        for name in config_files:
+            # Today's configuration, not the one at backup time (ports, archive_command, memory).
+            if os.path.exists(os.path.join(aside, name)):
+                shutil.copy2(os.path.join(aside, name), os.path.join(pgdata, name))
+        for stale in ('postmaster.pid', 'standby.signal'):
+            fsutil.remove_quietly(os.path.join(pgdata, stale))
+        scratch.write_auto_conf(pgdata, scratch.recovery_settings(target_settings, restore_command, scratch=False),
+                                os_user)
+        open(os.path.join(pgdata, 'recovery.signal'), 'w').close()
+        scratch.chown_to(pgdata, os_user)
+        os.chmod(pgdata, 0o700)
+    except BaseException:
+        # Put the live directory back exactly as it was.
+        shutil.rmtree(pgdata, ignore_errors=True)
+        os.rename(aside, pgdata)
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    return aside, workdir

@@ -1,0 +1,184 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, modulo.pgbackup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""A PostgreSQL data directory restored from a base backup, run privately.
+
+Used for PITR into a named database (a scratch cluster that is thrown away)
+and for replacing a live data directory.  Scratch clusters listen only on a
+Unix socket in their own 0700 directory, with ``archive_mode=off`` so that a
+restored copy can never write into the production archive.
+"""
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+import inspect
+import json
+import os
+import pwd
+import re
+import subprocess
+import time
+
+from ansible_collections.modulo.pgbackup.plugins.module_utils import compression, fsutil, pipeline, walarchive
+
+
+class ScratchError(Exception):
+    pass
+
+
+def run_as(os_user):
+    """argv prefix that runs a command as the server's OS user (PostgreSQL refuses root)."""
+    if os.geteuid() == 0 and os_user and os_user != 'root':
+        return ['runuser', '-u', os_user, '--']
+    return []
+
+
+def chown_to(path, os_user):
+    if os.geteuid() == 0 and os_user and os_user != 'root':
+        pw = pwd.getpwnam(os_user)
+        for base, dirs, files in os.walk(path):
+            os.chown(base, pw.pw_uid, pw.pw_gid)
+            for name in files:
+                os.lchown(os.path.join(base, name), pw.pw_uid, pw.pw_gid)
+        os.chown(path, pw.pw_uid, pw.pw_gid)
+
+
+def install_wal_command(workdir, repo_root, s3_settings=None, os_user=None):
+    """A private copy of the archive command for restore_command (no host install needed)."""
+    script = os.path.join(workdir, 'pgbackup-wal')
+    source = inspect.getsource(walarchive)
+    fsutil.write_atomic(script, '#!/usr/bin/python3\n' + source, mode=0o755, overwrite=True)
+    os.chmod(script, 0o755)
+    config = {'repo': repo_root}
+    if s3_settings:
+        config.update({'s3_bucket': s3_settings['bucket'], 's3_prefix': s3_settings.get('prefix'),
+                       's3_endpoint_url': s3_settings.get('endpoint_url'),
+                       'aws_region': s3_settings.get('region')})
+    config_path = os.path.join(workdir, 'pgbackup-wal.json')
+    fsutil.write_json_atomic(config_path, config, overwrite=True)
+    os.chmod(config_path, 0o644)
+    return "/usr/bin/python3 %s fetch --config %s %%f %%p" % (script, config_path)
+
+
+def extract_base(base_dir, pgdata, os_user=None, log=None):
+    """Unpack base.tar[.zst|.gz|.lz4] (and the manifest) into an empty ``pgdata``."""
+    archives = [n for n in os.listdir(base_dir) if n.startswith('base.tar')]
+    if not archives:
+        raise ScratchError('%s holds no base.tar*: not a physical base backup' % base_dir)
+    others = [n for n in os.listdir(base_dir) if n.endswith(('.tar', '.tar.zst', '.tar.gz', '.tar.lz4'))
+              and not n.startswith(('base.', 'pg_wal.'))]
+    if others:
+        raise ScratchError('base backup %s contains tablespaces (%s): restoring tablespaces is not supported '
+                           'by this release' % (base_dir, ', '.join(others)))
+    archive = os.path.join(base_dir, archives[0])
+    fsutil.ensure_dir(pgdata)
+    chown_to(pgdata, os_user)
+    codec = compression.codec_of_path(archive)
+    tar = run_as(os_user) + ['tar', '-x', '-C', pgdata, '-f', '-']
+    stages = ([compression.decompress_argv(codec, archive)] if codec != 'none' else []) + [tar]
+    try:
+        pipeline.run(stages, stdin_path=archive if codec == 'none' else None, log=log)
+    except pipeline.PipelineError as exc:
+        raise ScratchError('cannot unpack %s: %s' % (archive, exc))
+
+
+def recovery_settings(target, restore_command, port=None, socket_dir=None, scratch=True):
+    """postgresql.auto.conf lines for a targeted recovery that promotes at the target."""
+    settings = {'restore_command': restore_command, 'recovery_target_action': 'promote',
+                'recovery_target_timeline': 'latest'}
+    settings.update(target)
+    if scratch:
+        settings.update({'archive_mode': 'off', 'port': str(port), 'listen_addresses': '',
+                         'unix_socket_directories': socket_dir, 'hot_standby': 'off',
+                         'logging_collector': 'off', 'archive_command': '',
+                         'shared_preload_libraries': '', 'max_wal_senders': '0', 'wal_level': 'replica'})
+    return settings
+
+
+def write_auto_conf(pgdata, settings, os_user=None):
+    lines = ['# added by modulo.pgbackup for recovery\n']
+    for key, value in settings.items():
+        lines.append("%s = '%s'\n" % (key, str(value).replace("'", "''")))
+    path = os.path.join(pgdata, 'postgresql.auto.conf')
+    with open(path, 'a') as handle:
+        handle.writelines(lines)
+    chown_to(path, os_user)
+
+
+class Server(object):
+    """pg_ctl around a data directory, as the server's OS user."""
+
+    def __init__(self, bindir, pgdata, logfile, os_user=None):
+        self.bindir = bindir
+        self.pgdata = pgdata
+        self.logfile = logfile
+        self.os_user = os_user
+
+    def _pg_ctl(self, *args, **kwargs):
+        argv = run_as(self.os_user) + [os.path.join(self.bindir, 'pg_ctl'), '-D', self.pgdata] + list(args)
+        return subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False, cwd='/', **kwargs)
+
+    def start(self, timeout_s):
+        proc = self._pg_ctl('-l', self.logfile, '-w', '-t', str(int(timeout_s)), 'start')
+        if proc.returncode != 0:
+            raise ScratchError('the restored server did not come up: %s; server log: %s' % (
+                proc.stdout.decode('utf-8', 'replace').strip()[-300:], self.log_tail()))
+
+    def stop(self, mode='fast'):
+        if os.path.exists(os.path.join(self.pgdata, 'postmaster.pid')):
+            self._pg_ctl('-m', mode, '-w', '-t', '120', 'stop')
+
+    def running(self):
+        return self._pg_ctl('status').returncode == 0
+
+    def log_tail(self, lines=12):
+        try:
+            with open(self.logfile, 'rb') as handle:
+                text = handle.read().decode('utf-8', 'replace')
+        except OSError:
+            return '(no log)'
+        return ' | '.join(text.strip().splitlines()[-lines:])
+
+    def recovery_outcome(self):
+        """What the server said about where recovery stopped."""
+        try:
+            with open(self.logfile, 'rb') as handle:
+                text = handle.read().decode('utf-8', 'replace')
+        except OSError:
+            text = ''
+        outcome = {}
+        match = re.findall(r'recovery stopping .*', text)
+        if match:
+            outcome['stop'] = match[-1].strip()
+        match = re.findall(r'last completed transaction was at log time (.+)', text)
+        if match:
+            outcome['last_transaction_time'] = match[-1].strip()
+        match = re.findall(r'selected new timeline ID: (\d+)', text)
+        if match:
+            outcome['new_timeline'] = int(match[-1])
+        match = re.findall(r'redo done at ([0-9A-F]+/[0-9A-F]+)', text)
+        if match:
+            outcome['redo_done_at'] = match[-1]
+        outcome['reached_target'] = 'recovery stopping' in text
+        return outcome
+
+
+def wait_promoted(query, timeout_s, server):
+    """Poll ``pg_is_in_recovery()`` until false; fail early if the server died."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        try:
+            if query('SELECT pg_is_in_recovery()')[0][0] == 'f':
+                return
+        except Exception:  # noqa: BLE001  the server may still be starting
+            pass
+        if not server.running():
+            raise ScratchError('the restored server stopped during recovery: %s' % server.log_tail())
+        time.sleep(0.5)
+    raise ScratchError('recovery did not finish within %d s: %s' % (timeout_s, server.log_tail()))
+
+
+def write_json(path, data):
+    with open(path, 'w') as handle:
+        json.dump(data, handle)
