@@ -29,6 +29,10 @@ class PhysicalBackupError(Exception):
     pass
 
 
+class ArchivingNotConfigured(PhysicalBackupError):
+    pass
+
+
 def plan(repo, prefix, codec='zstd', level=None, now=None):
     if codec not in ('zstd', 'gzip', 'lz4', 'none'):
         raise PhysicalBackupError('compression for physical backups must be zstd, gzip, lz4 or none')
@@ -45,7 +49,7 @@ def check_archiving(conn, log=None):
                             "current_setting('wal_level')", db='postgres', log=log)
     mode, command, level = rows[0]
     if mode not in ('on', 'always') or not command or level == 'minimal':
-        raise PhysicalBackupError(
+        raise ArchivingNotConfigured(
             'WAL archiving is not configured on this server (archive_mode=%s, wal_level=%s, archive_command=%r): '
             'a physical backup needs it to be restorable; run playbooks/configure-pitr.yml first'
             % (mode, level, command))

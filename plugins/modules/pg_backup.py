@@ -88,6 +88,12 @@ options:
       - Seconds to wait for another backup of the same repository to finish before failing.
     type: int
     default: 0
+  only_if_archiving:
+    description:
+      - For O(type=physical), skip (without failing) when WAL archiving is not configured on the server,
+        instead of failing. The nightly backup uses this to add a base backup only once PITR is set up.
+    type: bool
+    default: false
   wait_archive:
     description:
       - For O(type=physical), seconds to wait for the WAL the base backup needs to reach the archive.
@@ -151,6 +157,10 @@ backup:
       description: Where the backup was uploaded, or null.
       type: str
       sample: s3://modulo-backups/database-backups/full/modulo_full_20261124_020000.sql.gz
+skipped_reason:
+  description: Why no base backup was taken with O(only_if_archiving=true).
+  returned: when skipped
+  type: str
 report_path:
   description: Path of the run's JSON report in C(logs/).
   returned: unless check mode
@@ -208,6 +218,11 @@ def physical(module, p, log, result):
         plan = physical_backup.plan(repo, p['name_prefix'], codec, p['compression_level'])
         s3 = common.s3_store(p) if p['upload'] else None
         physical_backup.check_archiving(conn, log=log)
+    except physical_backup.ArchivingNotConfigured as exc:
+        if p['only_if_archiving']:
+            result.update(skipped_reason=str(exc), msg='no base backup taken: WAL archiving is not configured')
+            module.exit_json(**result)
+        module.fail_json(msg=str(exc), **result)
     except (PgError, repository.RepositoryError, physical_backup.PhysicalBackupError, S3Error) as exc:
         module.fail_json(msg=str(exc), **result)
     if module.check_mode:
@@ -258,6 +273,7 @@ def main():
             name_prefix=dict(type='str', default='modulo'),
             upload=dict(type='bool', default=True),
             lock_wait=dict(type='int', default=0),
+            only_if_archiving=dict(type='bool', default=False),
             wait_archive=dict(type='int', default=300),
         ),
         supports_check_mode=True,
