@@ -207,3 +207,16 @@ def test_pitr_from_s3_base_and_s3_wal(ansible, new_cluster, backup_root, s3_buck
         cluster, repo, db='shop', target_db='shop_from_s3', target='latest', **s3_args), env=env)
     assert not res.get('failed'), res.get('msg')
     assert count(cluster, 'shop_from_s3') == 80
+
+
+def test_pitr_playbook_like_the_runbook(ansible, history):
+    """restore-script.sh pitr "<time>" modulodb_recovery, as the playbook."""
+    cluster = history['cluster']
+    extra = dict(cluster.connection_vars(), pgbackup_backup_root=history['repo'], pgbackup_db=history['db'],
+                 target_time=history['marks']['time'], target_db='shop_recovery')
+    proc = ansible.playbook('pitr.yml', extra_vars=extra)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert 'recovery stopping' in proc.stdout and 'shop_recovery' in proc.stdout
+    assert count(cluster, 'shop_recovery') == 200
+    proc = ansible.playbook('pitr.yml', extra_vars=dict(extra, target_time='', target_db='x'))
+    assert proc.returncode != 0 and 'Say where to recover to' in proc.stdout
