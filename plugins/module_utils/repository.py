@@ -131,7 +131,7 @@ class Repository(object):
 
     def lock(self, operation, wait_s=0):
         lock = fsutil.RepositoryLock(self.root, operation, wait_s=wait_s)
-        if not os.path.exists(lock.path):
+        if os.path.isdir(self.root) and not os.path.exists(lock.path):
             os.close(os.open(lock.path, os.O_RDWR | os.O_CREAT, fsutil.FILE_MODE))
             self.adopt(lock.path)
         return lock

@@ -1,0 +1,737 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, modulo.pgbackup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Host provisioning for continuous WAL archiving: the logic of the ``wal_archive`` module.
+
+Three things must agree for point-in-time recovery to work, and this file
+keeps them together:
+
+* the archive command on the host: walarchive.py's own source with a
+  ``#!/usr/bin/python3`` shebang, plus a small JSON config next to it (no
+  secrets: AWS credentials come from the server's environment or instance
+  profile), both readable by the server's OS user;
+* the repository's ``wal/``, owned by that same user (one owner for the whole
+  repository), and ``wal/archive.json`` naming the one cluster allowed to
+  archive there;
+* the server settings (``wal_level``, ``archive_mode``, ``archive_command``,
+  ``archive_timeout``), changed with ALTER SYSTEM only where they differ.
+
+Everything is planned first (``plan_*``), then applied, so check mode reports
+exactly what a real run would do.  Nothing here ever restarts PostgreSQL: it
+says ``restart_required`` and the role's handler restarts.
+"""
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+import errno
+import inspect
+import json
+import os
+import shlex
+import subprocess
+import time
+
+from ansible_collections.modulo.pgbackup.plugins.module_utils import walarchive
+from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import PgError, psql_query, quote_literal
+
+DEFAULT_COMMAND_PATH = '/usr/local/lib/modulo-pgbackup/pgbackup-wal'
+SYSTEM_PYTHON = '/usr/bin/python3'
+SHEBANG = '#!%s\n' % SYSTEM_PYTHON
+COMMAND_MODE = 0o755
+CONFIG_MODE = 0o644
+PARENT_MODE = 0o755
+REPO_DIR_MODE = 0o700
+INFO_MODE = 0o600
+MANAGED_BY = 'modulo.pgbackup wal_archive (Ansible): edits here are overwritten on its next run'
+
+RESTART_SETTINGS = ('wal_level', 'archive_mode')
+SETTINGS = ('wal_level', 'archive_mode', 'archive_command', 'archive_timeout', 'archive_library')
+AUTO_CONF = 'postgresql.auto.conf'
+DISABLED = '(disabled)'
+_TRUE = ('on', 'true', 'yes', '1')
+_FALSE = ('off', 'false', 'no', '0')
+
+
+class ArchivingError(Exception):
+    """Configuration refused or verification failed; ``str()`` is meant for the operator."""
+
+
+# --------------------------------------------------------------------------------------------
+# The archive command and its config
+# --------------------------------------------------------------------------------------------
+
+def config_path_for(command_path, config_path=None):
+    return config_path or command_path + '.json'
+
+
+def command_arg(path):
+    """``path`` as one /bin/sh word inside archive_command, with ``%`` kept literal.
+
+    PostgreSQL hands archive_command to /bin/sh after replacing ``%p``, ``%f``
+    and ``%%``; a path with a blank or a ``%`` must survive both.
+    """
+    if '\n' in path or '\r' in path or '\0' in path:
+        raise ArchivingError('%r cannot be used in archive_command: it contains a line break' % (path,))
+    return shlex.quote(path).replace('%', '%%')
+
+
+def commands(command_path, config_path):
+    """(archive_command, restore_command) running the installed command with the system Python."""
+    prefix = '%s %s' % (SYSTEM_PYTHON, command_arg(command_path))
+    config = command_arg(config_path)
+    return ('%s push --config %s %%p %%f' % (prefix, config),
+            '%s fetch --config %s %%f %%p' % (prefix, config))
+
+
+def command_source():
+    """walarchive.py's source as an executable script (bytes).
+
+    The installed command is the very code the collection tests and imports,
+    so the host runs what this version of the collection ships, nothing else.
+    """
+    source = inspect.getsource(walarchive)
+    if source.startswith('#!'):
+        source = source.split('\n', 1)[1]
+    return (SHEBANG + source).encode('utf-8')
+
+
+def config_document(repo, compression='auto', level=None, s3=None):
+    """The command's --config (walarchive.CONFIG_KEYS); ``s3`` is common.s3_settings() or None."""
+    s3 = s3 or {}
+    doc = {
+        '_managed_by': MANAGED_BY,
+        'repo': repo,
+        'compression': compression or 'auto',
+        'level': level,
+        's3_bucket': s3.get('bucket') or None,
+        's3_prefix': s3.get('prefix') if s3.get('bucket') else None,
+        's3_endpoint_url': s3.get('endpoint_url') or None,
+        'aws_region': s3.get('region') or None,
+    }
+    unknown = [k for k in doc if not k.startswith('_') and k not in walarchive.CONFIG_KEYS]
+    if unknown:
+        raise ArchivingError('the archive command does not know the config keys %s' % ', '.join(unknown))
+    return doc
+
+
+def render_config(doc):
+    return (json.dumps(doc, indent=2, sort_keys=True) + '\n').encode('utf-8')
+
+
+def check_compression(compression, level):
+    """Fail now, not in the archiver, when the codec or level cannot work on this host."""
+    try:
+        codec = walarchive.resolve_codec(compression or 'auto')
+        if compression in (None, 'auto') and level is not None:
+            # 'auto' may pick either codec on a later day: the level must suit both.
+            for candidate in ('zstd', 'gzip'):
+                walarchive.check_level(candidate, level)
+        else:
+            walarchive.check_level(codec, level)
+    except walarchive.WalArchiveError as exc:
+        raise ArchivingError(str(exc))
+    return codec
+
+
+# --------------------------------------------------------------------------------------------
+# Files: plan, then write
+# --------------------------------------------------------------------------------------------
+
+def plan_file(path, content, mode):
+    """None when ``path`` already has ``content`` and ``mode``, else 'create', 'update' or 'mode'."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            return 'create'
+        raise
+    try:
+        with open(path, 'rb') as handle:
+            current = handle.read()
+    except OSError as exc:
+        raise ArchivingError('cannot read %s: %s' % (path, exc.strerror or exc))
+    if current != content:
+        return 'update'
+    if st.st_mode & 0o7777 != mode:
+        return 'mode'
+    return None
+
+
+def missing_dirs(path):
+    """Directories above ``path`` that do not exist yet, outermost first."""
+    missing = []
+    parent = os.path.dirname(os.path.abspath(path))
+    while parent and not os.path.isdir(parent):
+        missing.append(parent)
+        up = os.path.dirname(parent)
+        if up == parent:
+            break
+        parent = up
+    return list(reversed(missing))
+
+
+def make_dirs(dirs, mode=PARENT_MODE):
+    for directory in dirs:
+        try:
+            os.mkdir(directory, mode)
+        except OSError as exc:
+            if exc.errno != errno.EEXIST:
+                raise
+            continue
+        # mkdir is subject to the umask; the server's user must be able to traverse these.
+        os.chmod(directory, mode)
+
+
+def write_file(path, content, mode):
+    """Replace ``path`` atomically with ``content``, already at ``mode`` when it appears."""
+    make_dirs(missing_dirs(path))
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(directory, '.%s.tmp.%d' % (os.path.basename(path), os.getpid()))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        try:
+            view = memoryview(content)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fchmod(fd, mode)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        # The archiver may be running the old command right now: rename swaps
+        # the file atomically, it never sees a half-written one.
+        os.rename(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    walarchive._fsync_dir(directory)  # pylint: disable=protected-access
+
+
+# --------------------------------------------------------------------------------------------
+# Who must be able to read and write what
+# --------------------------------------------------------------------------------------------
+
+def os_user(name):
+    """(uid, gid, groups) of ``name``; ArchivingError when the user does not exist."""
+    import grp
+    import pwd
+    try:
+        pw = pwd.getpwnam(name)
+    except KeyError:
+        raise ArchivingError('OS user %s does not exist on this host: set pg_os_user to the user the '
+                             'PostgreSQL server runs as' % name)
+    groups = set([pw.pw_gid] + [g.gr_gid for g in grp.getgrall() if name in g.gr_mem])
+    return pw.pw_uid, pw.pw_gid, groups
+
+
+def current_user():
+    import pwd
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
+
+
+def _has_acl(path):
+    try:
+        return bool(os.getxattr(path, 'system.posix_acl_access'))
+    except (OSError, AttributeError):
+        return False
+
+
+def _allowed(st, uid, groups, bits):
+    """Whether mode bits ``bits`` (r=4, w=2, x=1) are granted to uid/groups by ``st``."""
+    if uid == 0:
+        return True
+    if st.st_uid == uid:
+        return st.st_mode >> 6 & bits == bits
+    if st.st_gid in groups:
+        return st.st_mode >> 3 & bits == bits
+    return st.st_mode & bits == bits
+
+
+def first_blocking_dir(path, uid, groups):
+    """The first existing directory above ``path`` that ``uid`` cannot traverse, or None.
+
+    Mode bits only: a directory with an ACL is given the benefit of the doubt
+    (the verification at the end is the real test).
+    """
+    parts = []
+    current = os.path.dirname(os.path.abspath(path))
+    while True:
+        parts.append(current)
+        up = os.path.dirname(current)
+        if up == current:
+            break
+        current = up
+    for directory in reversed(parts):
+        try:
+            st = os.stat(directory)
+        except OSError:
+            return None  # the rest does not exist yet: it will be created 0755
+        if not _allowed(st, uid, groups, 1) and not _has_acl(directory):
+            return directory
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# The repository's wal/
+# --------------------------------------------------------------------------------------------
+
+def plan_repository(repo, owner=None):
+    """Actions making ``repo`` and ``repo/wal`` exist, 0700, owned by ``owner`` ((uid, gid) or None).
+
+    Each action is a dict (path, action in create|chown|chmod, mode, owner).  An
+    existing backup_root keeps its mode (other tools may rely on it) but gets
+    the one owner of the repository; ``wal/`` belongs to the archive command
+    alone and is forced to 0700.
+    """
+    actions = []
+    for path, force_mode in ((repo, False), (walarchive.wal_dir(repo), True)):
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+            actions.append({'path': path, 'action': 'create', 'mode': REPO_DIR_MODE, 'owner': owner})
+            continue
+        if not os.path.isdir(path):
+            raise ArchivingError('%s exists and is not a directory' % path)
+        if owner and (st.st_uid, st.st_gid) != tuple(owner):
+            actions.append({'path': path, 'action': 'chown', 'mode': None, 'owner': owner})
+        if force_mode and st.st_mode & 0o7777 != REPO_DIR_MODE:
+            actions.append({'path': path, 'action': 'chmod', 'mode': REPO_DIR_MODE, 'owner': None})
+        elif not force_mode and st.st_mode & 0o700 != 0o700:
+            # The owner needs rwx on backup_root to create wal/ and its date directories.
+            actions.append({'path': path, 'action': 'chmod', 'mode': st.st_mode & 0o7777 | 0o700, 'owner': None})
+    wal = walarchive.wal_dir(repo)
+    if owner and os.path.isdir(wal):
+        # Date directories or archive.json left by a push run as another user (root, by hand) would
+        # make the server's own pushes fail: the archive has one owner, all the way down.
+        for base, dirs, files in os.walk(wal):
+            for name in sorted(dirs) + sorted(files):
+                path = os.path.join(base, name)
+                st = os.lstat(path)
+                if (st.st_uid, st.st_gid) != tuple(owner):
+                    actions.append({'path': path, 'action': 'chown', 'mode': None, 'owner': owner})
+    return actions
+
+
+def apply_repository(actions):
+    for act in actions:
+        path = act['path']
+        if act['action'] == 'create':
+            make_dirs(missing_dirs(path))
+            os.mkdir(path, REPO_DIR_MODE)
+            os.chmod(path, REPO_DIR_MODE)
+            walarchive._fsync_dir(os.path.dirname(os.path.abspath(path)))  # pylint: disable=protected-access
+        if act['owner']:
+            os.lchown(path, act['owner'][0], act['owner'][1])
+        if act['action'] == 'chmod':
+            os.chmod(path, act['mode'])
+
+
+def archive_owner(repo, sysid):
+    """'absent' or 'same' for ``wal/archive.json``; ArchivingError when another cluster owns the archive."""
+    try:
+        info = walarchive.read_archive_info(repo)
+    except walarchive.WalArchiveError as exc:
+        raise ArchivingError(str(exc))
+    if info is None:
+        return 'absent'
+    recorded = str(info.get('system_identifier'))
+    if recorded != str(sysid):
+        raise ArchivingError(
+            'the WAL archive %s belongs to another cluster: its archive.json records system identifier %s, '
+            'this server is %s. Archiving here would mix two clusters\' WAL (or a restored copy\'s) in one '
+            'archive. Give this server its own backup_root; if the old cluster is gone for good, move %s '
+            'aside yourself (nothing is deleted for you).'
+            % (walarchive.wal_dir(repo), recorded, sysid, walarchive.wal_dir(repo)))
+    return 'same'
+
+
+def seed_archive_info(repo, sysid, seg_size, owner=None):
+    """Write ``wal/archive.json`` for this server, readable by the archive command's user."""
+    path = walarchive.write_archive_info(repo, sysid, seg_size)
+    if owner:
+        os.chown(path, owner[0], owner[1])
+    os.chmod(path, INFO_MODE)
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# Server settings
+# --------------------------------------------------------------------------------------------
+
+def normalize(name, value):
+    """Compare settings the way PostgreSQL reads them: booleans and enums by meaning."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    if name == 'archive_mode':
+        low = text.lower()
+        if low in _TRUE:
+            return 'on'
+        if low in _FALSE:
+            return 'off'
+        return low
+    if name == 'wal_level':
+        low = text.lower()
+        # Names from before 9.6, still accepted by the server.
+        return {'archive': 'replica', 'hot_standby': 'replica'}.get(low, low)
+    return text
+
+
+def read_settings(conn, log=None):
+    """What the server runs with and what its configuration files say, for SETTINGS.
+
+    Returns ``{name: {setting, context, pending_restart, configured, in_auto_conf,
+    configured_elsewhere}}``: ``configured`` is the value the files give (the
+    last valid line wins, postgresql.auto.conf being read last) or None when
+    no file sets it; ``configured_elsewhere`` is that value ignoring
+    postgresql.auto.conf.
+    """
+    names = ', '.join(quote_literal(n) for n in SETTINGS)
+    rows = psql_query(conn, 'SELECT name, setting, context, pending_restart FROM pg_settings '
+                            'WHERE name IN (%s)' % names, db='postgres', log=log)
+    settings = {}
+    for name, setting, context, pending in rows:
+        settings[name] = {'setting': setting if setting is not None else '', 'context': context,
+                          'pending_restart': pending == 't', 'configured': None, 'in_auto_conf': False,
+                          'configured_elsewhere': None}
+    missing = [n for n in SETTINGS if n not in settings and n != 'archive_library']
+    if missing:
+        raise ArchivingError('the server does not know %s: PostgreSQL 15 or newer is needed' % ', '.join(missing))
+    rows = psql_query(conn, 'SELECT name, setting, sourcefile, error IS NOT NULL FROM pg_file_settings '
+                            'WHERE name IN (%s) ORDER BY seqno' % names, db='postgres', log=log)
+    for name, setting, sourcefile, has_error in rows:
+        entry = settings.get(name)
+        if entry is None:
+            continue
+        # A valid value waiting for a restart is listed with an error too ("setting could not be
+        # applied", in the server's language): only pending_restart tells it from an invalid value.
+        if has_error == 't' and not entry['pending_restart']:
+            continue
+        entry['configured'] = setting if setting is not None else ''
+        if os.path.basename(sourcefile or '') == AUTO_CONF:
+            entry['in_auto_conf'] = True
+        else:
+            entry['configured_elsewhere'] = entry['configured']
+    command = settings['archive_command']
+    if command['setting'] == DISABLED:
+        # While archive_mode is off the server shows this placeholder instead of the value; a
+        # reload has applied what the files say, so that is the value it runs with.
+        command['setting'] = command['configured'] or ''
+    return settings
+
+
+def _configured(entry):
+    return entry['configured'] if entry['configured'] is not None else entry['setting']
+
+
+def plan_settings(state, current, archive_command=None, archive_timeout=60):
+    """Pure: the ALTER SYSTEM statements for ``state`` and whether a restart is then needed.
+
+    ``current`` is read_settings()'s result.  Returns a dict: ``statements``
+    (list of (name, sql)), ``changed`` (names), ``restart_required``, ``before``
+    and ``after`` (configured values, for diff mode), ``warnings``.
+    """
+    statements, warnings = [], []
+    before, after = {}, {}
+    for name in ('wal_level', 'archive_mode', 'archive_command', 'archive_timeout'):
+        before[name] = after[name] = _configured(current[name])
+
+    def set_value(name, value):
+        statements.append((name, 'ALTER SYSTEM SET %s = %s' % (name, quote_literal(value))))
+        after[name] = str(value)
+
+    def reset(name, value_after):
+        statements.append((name, 'ALTER SYSTEM RESET %s' % name))
+        after[name] = value_after
+
+    library = (current.get('archive_library') or {}).get('setting') or ''
+    if state == 'present':
+        if library:
+            raise ArchivingError(
+                'archive_library is set to %r: PostgreSQL then ignores archive_command. Another archiving '
+                'tool is configured on this server; remove it (ALTER SYSTEM RESET archive_library) before '
+                'handing archiving to modulo.pgbackup' % library)
+        level = normalize('wal_level', _configured(current['wal_level']))
+        if level == 'minimal':
+            set_value('wal_level', 'replica')
+        mode = normalize('archive_mode', _configured(current['archive_mode']))
+        if mode not in ('on', 'always'):
+            set_value('archive_mode', 'on')
+        if current['archive_command']['setting'] != archive_command or \
+                _configured(current['archive_command']) != archive_command:
+            set_value('archive_command', archive_command)
+        if normalize('archive_timeout', current['archive_timeout']['setting']) != str(int(archive_timeout)):
+            set_value('archive_timeout', int(archive_timeout))
+    else:
+        mode = normalize('archive_mode', _configured(current['archive_mode']))
+        if mode != 'off':
+            set_value('archive_mode', 'off')
+        command = current['archive_command']
+        remaining = command['configured_elsewhere'] or ''
+        if remaining:
+            # postgresql.conf sets it: RESET would fall back to that, so write the empty value instead.
+            set_value('archive_command', '')
+        elif command['in_auto_conf']:
+            reset('archive_command', '')
+        if current['archive_timeout']['in_auto_conf']:
+            reset('archive_timeout', current['archive_timeout']['configured_elsewhere'] or '0')
+
+    changed = [name for name, _sql in statements]
+    restart = []
+    for name in RESTART_SETTINGS:
+        running = normalize(name, current[name]['setting'])
+        wanted = normalize(name, after[name])
+        if running != wanted or (name not in changed and current[name]['pending_restart']):
+            restart.append(name)
+    if state == 'absent' and 'archive_mode' in restart:
+        warnings.append('archive_mode stays on until PostgreSQL restarts; meanwhile archive_command is empty, '
+                        'so the server keeps its WAL in pg_wal (nothing is lost, nothing is archived): '
+                        'restart it soon')
+    return {'statements': statements, 'changed': changed, 'restart_required': bool(restart),
+            'restart_settings': restart, 'before': before, 'after': after, 'warnings': warnings}
+
+
+def apply_settings(conn, statements, log=None):
+    """Run the ALTER SYSTEM statements (each on its own: they cannot share a transaction), then reload."""
+    for _name, sql in statements:
+        try:
+            psql_query(conn, sql, db='postgres', log=log)
+        except PgError as exc:
+            raise ArchivingError('%s failed: %s (ALTER SYSTEM needs a superuser, or a role granted '
+                                 'ALTER SYSTEM on these parameters)' % (sql.split(' = ')[0], exc))
+    if statements:
+        psql_query(conn, 'SELECT pg_reload_conf()', db='postgres', log=log)
+
+
+def wait_for_setting(conn, name, value, timeout=10, log=None, sleep=time.sleep):
+    """After pg_reload_conf(), until new backends (and so the archiver) see ``value``."""
+    deadline = time.time() + timeout
+    while True:
+        # Compared in SQL: psql prints an empty value as an empty line, which reads as no row.
+        rows = psql_query(conn, 'SELECT setting = %s FROM pg_settings WHERE name = %s'
+                          % (quote_literal(value), quote_literal(name)), db='postgres', log=log)
+        if rows and rows[0][0] == 't':
+            return True
+        if time.time() >= deadline:
+            return False
+        sleep(0.2)
+
+
+# --------------------------------------------------------------------------------------------
+# The server's identity and the archiver
+# --------------------------------------------------------------------------------------------
+
+def server_identity(conn, log=None):
+    """(system identifier as text, WAL segment size in bytes, in recovery?)."""
+    rows = psql_query(conn, "SELECT (SELECT system_identifier FROM pg_control_system())::text, "
+                            "(SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'), "
+                            "pg_is_in_recovery()", db='postgres', log=log)
+    sysid, seg_size, recovery = rows[0]
+    return sysid, int(seg_size), recovery == 't'
+
+
+def archiver_stats(conn, log=None):
+    """The pg_stat_archiver row as a dict (counts as ints, times as text)."""
+    rows = psql_query(conn, 'SELECT row_to_json(a)::text FROM pg_stat_archiver a', db='postgres', log=log)
+    return json.loads(rows[0][0]) if rows else {}
+
+
+def switch_wal(conn, log=None):
+    """Close the current segment and return its name.
+
+    pg_switch_wal() does nothing when no WAL was written since the last
+    switch, so first commit a transaction that has an xid (its commit record
+    is WAL) in a session of its own; in one session both would be a single
+    transaction and the commit would come after the switch.
+    """
+    psql_query(conn, 'SELECT txid_current()', db='postgres', log=log)
+    rows = psql_query(conn, 'SELECT pg_walfile_name(pg_switch_wal())', db='postgres', log=log)
+    return rows[0][0]
+
+
+def verify_archiving(conn, repo, store=None, timeout=60, log=None, sleep=time.sleep, clock=time.time,
+                     hint=''):
+    """Switch WAL and wait until the segment is in the archive; returns (segment, archiver stats).
+
+    Fails as soon as pg_stat_archiver counts a new failure: the archiver
+    retries a failing segment forever, so waiting for the timeout would only
+    delay the bad news.
+    """
+    before = archiver_stats(conn, log=log)
+    failed_before = int(before.get('failed_count') or 0)
+    segment = switch_wal(conn, log=log)
+    deadline = clock() + timeout
+    stats = before
+    where = walarchive.wal_dir(repo) + (' and %s' % store.uri(store.key('wal/')) if store else '')
+    while True:
+        try:
+            local = walarchive.find_segment(repo, segment)
+        except OSError as exc:
+            raise ArchivingError('cannot look into %s to verify archiving: %s (run the module as root or as '
+                                 'the repository owner)' % (walarchive.wal_dir(repo), exc.strerror or exc))
+        remote = True
+        if local and store:
+            try:
+                remote = store.find(segment)
+            except walarchive.WalArchiveError as exc:
+                raise ArchivingError('cannot check the S3 archive: %s' % exc)
+        stats = archiver_stats(conn, log=log)
+        failed = int(stats.get('failed_count') or 0)
+        if failed > failed_before:
+            raise ArchivingError(
+                'the archiver failed to archive %s (pg_stat_archiver: failed_count %d -> %d, last_failed_wal '
+                '%s at %s). The server log has the command\'s message (lines starting with "walarchive:"). %s'
+                % (stats.get('last_failed_wal') or segment, failed_before, failed, stats.get('last_failed_wal'),
+                   stats.get('last_failed_time'), hint))
+        if local and remote:
+            return segment, stats
+        if clock() >= deadline:
+            raise ArchivingError(
+                'segment %s was not archived into %s within %d s (pg_stat_archiver: last_archived_wal %s, '
+                'failed_count %d). Is archive_mode on (restart done?) and is the archiver running? %s'
+                % (segment, where, timeout, stats.get('last_archived_wal'), failed, hint))
+        sleep(0.5)
+
+
+def check_system_python(need_boto3, log=None):
+    """The archive command runs with /usr/bin/python3: it must exist, and import boto3 when S3 is used."""
+    if not os.access(SYSTEM_PYTHON, os.X_OK):
+        raise ArchivingError('%s is missing: the archive command runs with the system Python 3 '
+                             '(apt-get install python3)' % SYSTEM_PYTHON)
+    if not need_boto3:
+        return
+    argv = [SYSTEM_PYTHON, '-c', 'import boto3']
+    if log is not None:
+        log.add(argv)
+    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False,
+                          cwd='/', env={'PATH': '/usr/bin:/bin', 'LC_ALL': 'C'})
+    if proc.returncode:
+        raise ArchivingError('S3 is configured but %s cannot import boto3, so every push would fail: install '
+                             'python3-boto3 (Debian) or remove the S3 settings (%s)'
+                             % (SYSTEM_PYTHON, proc.stdout.decode('utf-8', 'replace').strip()[-300:]))
+
+
+def hint(pg_user, command_path, config_path, repo):
+    run = '%s %s status --config %s' % (SYSTEM_PYTHON, shlex.quote(command_path), shlex.quote(config_path))
+    return ('Check that %s can read %s and %s and write %s; try: runuser -u %s -- %s'
+            % (pg_user, command_path, config_path, walarchive.wal_dir(repo), pg_user, run))
+
+
+# --------------------------------------------------------------------------------------------
+# The whole run
+# --------------------------------------------------------------------------------------------
+
+def new_result(command_path, config_path, log=None):
+    archive_command, restore_command = commands(command_path, config_path)
+    return {'changed': False, 'restart_required': False, 'archive_command': archive_command,
+            'restore_command': restore_command, 'command_path': command_path, 'config_path': config_path,
+            'settings_changed': [], 'files_changed': [], 'archiver': {}, 'system_identifier': None,
+            'verified': False, 'segment': None, 'os_user': current_user(),
+            'executed_commands': log.commands if log is not None else []}
+
+
+def run(conn, params, result, s3=None, check_mode=False, log=None, warn=None):
+    """Configure (state=present) or switch off (state=absent) archiving; fills ``result`` as it goes.
+
+    ``params``: backup_root, state, archive_timeout, compression, compression_level,
+    verify, verify_timeout, pg_os_user (absolute command_path and config_path are
+    already in ``result``).  ``s3``: common.s3_settings() or None.  Raises
+    ArchivingError, PgError or OSError; ``result`` then says what was done.
+    """
+    warn = warn or (lambda message: None)
+    repo = os.path.abspath(params['backup_root'])
+    command_path, config_path = result['command_path'], result['config_path']
+    sysid, seg_size, in_recovery = server_identity(conn, log=log)
+    result['system_identifier'] = sysid
+    current = read_settings(conn, log=log)
+    present = params['state'] == 'present'
+
+    file_plans, repo_plan, seed = [], [], False
+    owner = None
+    if present:
+        check_compression(params['compression'], params['compression_level'])
+        check_system_python(bool(s3), log=log)
+        if os.geteuid() == 0:
+            uid, gid, groups = os_user(params['pg_os_user'])
+            owner = (uid, gid)
+            for path in (repo, command_path, config_path):
+                blocked = first_blocking_dir(path, uid, groups)
+                if blocked:
+                    raise ArchivingError(
+                        'the server\'s OS user %s cannot reach %s: %s is not searchable by it (mode %o). '
+                        'Choose a place %s can traverse (e.g. under /var/lib/postgresql or /var/backups), '
+                        'or open that directory (chmod o+x)'
+                        % (params['pg_os_user'], path, blocked, os.stat(blocked).st_mode & 0o7777,
+                           params['pg_os_user']))
+        elif current_user() != params['pg_os_user']:
+            warn('the module runs as %s, not as root or %s: the repository is owned by %s, and the server '
+                 'can archive into it only if it runs as that user'
+                 % (current_user(), params['pg_os_user'], current_user()))
+        doc = config_document(repo, params['compression'], params['compression_level'], s3)
+        for path, content, mode in ((command_path, command_source(), COMMAND_MODE),
+                                    (config_path, render_config(doc), CONFIG_MODE)):
+            action = plan_file(path, content, mode)
+            if action:
+                file_plans.append((path, content, mode, action))
+        repo_plan = plan_repository(repo, owner)
+        seed = not os.path.isdir(walarchive.wal_dir(repo)) or archive_owner(repo, sysid) == 'absent'
+        store = walarchive.s3_archive(s3) if s3 else None
+        if store:
+            try:
+                info = store.read_info()
+            except walarchive.WalArchiveError as exc:
+                raise ArchivingError('cannot read the S3 archive\'s archive.json: %s' % exc)
+            if info and str(info.get('system_identifier')) != sysid:
+                raise ArchivingError(
+                    'the S3 WAL archive %s belongs to another cluster (system identifier %s, this server is %s): '
+                    'give this server its own s3_prefix'
+                    % (store.uri(store.key('wal/')), info.get('system_identifier'), sysid))
+    else:
+        store = None
+    plan = plan_settings(params['state'], current, result['archive_command'], params['archive_timeout'])
+    for message in plan['warnings']:
+        warn(message)
+
+    result['files_changed'] = [p[0] for p in file_plans] + [a['path'] for a in repo_plan] + \
+        ([os.path.join(walarchive.wal_dir(repo), walarchive.INFO_FILE)] if seed else [])
+    result['settings_changed'] = plan['changed']
+    result['restart_required'] = plan['restart_required']
+    result['diff'] = {'before': dict(plan['before']), 'after': dict(plan['after'])}
+    result['changed'] = bool(result['files_changed'] or result['settings_changed'])
+
+    if not check_mode:
+        # Files first: archive_command must never name a command, config or wal/ that is not there yet.
+        for path, content, mode, _action in file_plans:
+            write_file(path, content, mode)
+        apply_repository(repo_plan)
+        if seed:
+            seed_archive_info(repo, sysid, seg_size, owner)
+        apply_settings(conn, plan['statements'], log=log)
+        if present and 'archive_command' in plan['changed'] and \
+                normalize('archive_mode', current['archive_mode']['setting']) != 'off':
+            wait_for_setting(conn, 'archive_command', plan['after']['archive_command'], log=log)
+
+    if present and params['verify']:
+        if check_mode:
+            pass  # a WAL switch is a change on the server: check mode does not make one
+        elif plan['restart_required']:
+            warn('verification skipped: PostgreSQL must restart first for %s to take effect; run again with '
+                 'verify: true after the restart' % ' and '.join(plan['restart_settings']))
+        elif in_recovery:
+            warn('verification skipped: the server is in recovery (a standby) and cannot switch WAL')
+        else:
+            result['segment'], result['archiver'] = verify_archiving(
+                conn, repo, store=store, timeout=params['verify_timeout'], log=log,
+                hint=hint(params['pg_os_user'], command_path, config_path, repo))
+            result['verified'] = True
+    if not result['archiver']:
+        result['archiver'] = archiver_stats(conn, log=log)
+    return result
