@@ -38,6 +38,12 @@ class PitrError(Exception):
 def parse_target_time(text, now=None):
     """Parse a target time; naive times are UTC (returned flag says so)."""
     raw = (text or '').strip()
+    if re.match(r'^\d{4}-\d{2}-\d{2}\Z', raw):
+        # `-e target_time="2026-11-24 14:30:00"` reaches Ansible as two key=value words and
+        # arrives here as the date alone: recovering to midnight by accident is not an option.
+        raise PitrError('target_time %r has no time of day: give one (e.g. %sT14:30:00, or quote the whole '
+                        'assignment: -e \'target_time="%s 14:30:00"\', because ansible-playbook splits '
+                        '-e key=value at spaces); for midnight write %s 00:00:00' % (raw, raw, raw, raw))
     value = raw.replace(' UTC', '+00:00').replace('Z', '+00:00')
     if re.search(r'[+-]\d{2}$', value):
         value += ':00'

@@ -220,3 +220,9 @@ def test_pitr_playbook_like_the_runbook(ansible, history):
     assert count(cluster, 'shop_recovery') == 200
     proc = ansible.playbook('pitr.yml', extra_vars=dict(extra, target_time='', target_db='x'))
     assert proc.returncode != 0 and 'Say where to recover to' in proc.stdout
+
+
+def test_a_date_without_time_is_refused_not_read_as_midnight(ansible, history):
+    """What an unquoted -e target_time="2026-11-24 14:30:00" turns into."""
+    res = pitr(ansible, history, 'never_made', target_time=history['marks']['time'][:10])
+    assert res.get('failed') and 'no time of day' in res['msg'] and 'quote' in res['msg']
