@@ -229,7 +229,7 @@ def test_cron_guard_runs_the_backup_only_at_02_utc(ansible, sched, fake_clock, r
     command = _cron_command(sched)
 
     # what cron does with the entry: /bin/sh -c COMMAND, in cron's minimal environment
-    proc = subprocess.run(['/bin/sh', '-c', command], env=fake_clock(now),
+    proc = subprocess.run(['/bin/sh', '-c', command], env=fake_clock(now), check=False,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
     assert proc.returncode == 0, proc.stdout
     log = os.path.join(sched['schedule_log_dir'], 'nightly-backup.log')
@@ -257,13 +257,13 @@ def test_cron_guard_never_overlaps_a_running_job(ansible, sched, fake_clock, rec
     os.makedirs(os.path.dirname(lock), exist_ok=True)
     with open(lock, 'a') as held:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)   # a previous run still going
-        proc = subprocess.run(['/bin/sh', '-c', command], env=fake_clock('2026-11-24 02:00:00 UTC'))
+        proc = subprocess.run(['/bin/sh', '-c', command], env=fake_clock('2026-11-24 02:00:00 UTC'), check=False)
         assert proc.returncode == 75
         assert calls() == []
     with open(os.path.join(sched['schedule_log_dir'], 'nightly-backup.log')) as handle:
         assert 'not started, the previous run still holds %s' % lock in handle.read()
     # once the lock is free the next run goes through
-    proc = subprocess.run(['/bin/sh', '-c', command], env=fake_clock('2026-11-24 02:00:00 UTC'))
+    proc = subprocess.run(['/bin/sh', '-c', command], env=fake_clock('2026-11-24 02:00:00 UTC'), check=False)
     assert proc.returncode == 0
     assert len(calls()) == 1
 
