@@ -31,7 +31,7 @@ class LockBusy(Exception):
 
 
 def ensure_dir(path, mode=DIR_MODE):
-    """Create ``path`` with ``mode``; tighten an existing dir we own.
+    """Create ``path`` with ``mode``; remove permissions beyond ``mode`` from an existing dir we own.
 
     Missing parents above it get the usual umask mode: they are outside the
     repository (e.g. /var/backups) and other users may need to traverse them.
@@ -40,8 +40,11 @@ def ensure_dir(path, mode=DIR_MODE):
         os.makedirs(path, mode)
         fsync_dir(os.path.dirname(os.path.abspath(path)))
     st = os.stat(path)
-    if st.st_uid == os.geteuid() and (st.st_mode & 0o777) != mode:
-        os.chmod(path, mode)
+    current = st.st_mode & 0o777
+    # Only ever take permissions away: a directory an operator made read-only
+    # (0500) must stay read-only, and the failure must be reported, not undone.
+    if st.st_uid == os.geteuid() and current & ~mode:
+        os.chmod(path, current & mode)
     return path
 
 
