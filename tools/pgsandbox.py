@@ -33,6 +33,15 @@ def free_port():
         return sock.getsockname()[1]
 
 
+def port_free(port):
+    with socket.socket() as sock:
+        try:
+            sock.bind(('127.0.0.1', port))
+        except OSError:
+            return False
+    return True
+
+
 def is_root():
     return os.geteuid() == 0
 
@@ -222,7 +231,11 @@ def main():
             if not os.path.exists(os.path.join(cluster.pgdata, 'postmaster.pid')):
                 cluster.start()
         else:
-            cluster = Cluster(args.dir, port=args.port).init()
+            port = args.port
+            if port and not port_free(port):
+                # Another sandbox (another user's, or a test's) has it: any free port will do.
+                port = None
+            cluster = Cluster(args.dir, port=port).init()
             cluster.start()
             cluster.save()
         print(json.dumps({'port': cluster.port, 'pgdata': cluster.pgdata}))
