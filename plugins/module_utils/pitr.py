@@ -150,12 +150,16 @@ class ScratchRecovery(object):
     def query(self, sql, db='postgres'):
         return psql_query(self.conn(db), sql, db=db)
 
-    def recover(self, base, repo_root, target_settings, s3_settings=None, timeout_s=3600, log=None):
+    def recover(self, base, repo_root, target_settings, s3_settings=None, timeout_s=3600, log=None,
+                after_extract=None):
+        """Recover to the target; ``after_extract(pgdata)`` runs on the untouched copy (restore drills verify it)."""
         fsutil.ensure_dir(self.workdir)
         scratch.chown_to(self.workdir, self.os_user)
         scratch.chown_to(self.socket_dir, self.os_user)
         restore_command = scratch.install_wal_command(self.workdir, repo_root, s3_settings, self.os_user)
         scratch.extract_base(base['path'], self.pgdata, self.os_user, log=log)
+        if after_extract is not None:
+            after_extract(self.pgdata)
         if not os.path.exists(os.path.join(self.pgdata, 'postgresql.conf')):
             # Debian keeps the configuration outside the data directory.
             with open(os.path.join(self.pgdata, 'postgresql.conf'), 'w') as handle:
