@@ -5,6 +5,8 @@
 #   3. playbooks/list-backups.yml
 #   4. playbooks/restore.yml: latest backup -> modulodb_test
 #   5. a summary checked independently of the modules (row counts read with psql)
+#   6. the monthly restore drill on the latest backup
+#   7-9. WAL archiving, a base backup, rows deleted by mistake and recovered by PITR
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -21,7 +23,7 @@ fi
 export PGBACKUP_SANDBOX=$SANDBOX
 start=$(date +%s)
 
-echo "== 1/8 sandbox PostgreSQL 15 cluster in $SANDBOX"
+echo "== 1/9 sandbox PostgreSQL 15 cluster in $SANDBOX"
 info=$("$PY" tools/pgsandbox.py start "$SANDBOX" --port "${PGBACKUP_PORT:-54329}")
 PGBACKUP_PORT=$("$PY" -c 'import json,sys; print(json.loads(sys.argv[1])["port"])' "$info")
 export PGBACKUP_PORT
@@ -34,24 +36,27 @@ if [ "$("$BIN/psql" -XAtqc "SELECT count(*) FROM pg_database WHERE datname='modu
 fi
 echo "   listening on 127.0.0.1:$PGBACKUP_PORT"
 
-echo "== 2/8 nightly backup (playbooks/nightly-backup.yml)"
+echo "== 2/9 nightly backup (playbooks/nightly-backup.yml)"
 ansible-playbook playbooks/nightly-backup.yml
 
-echo "== 3/8 list backups (playbooks/list-backups.yml)"
+echo "== 3/9 list backups (playbooks/list-backups.yml)"
 ansible-playbook playbooks/list-backups.yml
 
-echo "== 4/8 restore the latest backup into modulodb_test (playbooks/restore.yml)"
+echo "== 4/9 restore the latest backup into modulodb_test (playbooks/restore.yml)"
 # modulodb_test is the demo's own staging copy: replacing it on a re-run is intended.
 ansible-playbook playbooks/restore.yml -e target_db=modulodb_test -e confirm=modulodb_test -e keep_old=false
 
-echo "== 5/8 summary of backup and restore"
+echo "== 5/9 summary of backup and restore"
 "$PY" scripts/demo_summary.py "$SANDBOX/backups" modulodb modulodb_test
 
-echo "== 6/8 point-in-time recovery: WAL archiving (playbooks/configure-pitr.yml) and a base backup"
+echo "== 6/9 monthly restore drill on the latest backup (playbooks/restore-drill.yml)"
+ansible-playbook playbooks/restore-drill.yml
+
+echo "== 7/9 point-in-time recovery: WAL archiving (playbooks/configure-pitr.yml) and a base backup"
 ansible-playbook playbooks/configure-pitr.yml
 ansible-playbook playbooks/nightly-backup.yml
 
-echo "== 7/8 today's orders arrive after the backup, then are deleted by mistake"
+echo "== 8/9 today's orders arrive after the backup, then are deleted by mistake"
 psql_q() { "$BIN/psql" -XAtq -v ON_ERROR_STOP=1 -d modulodb -c "$1"; }
 psql_q "SET client_min_messages = warning; CREATE TABLE IF NOT EXISTS todays_orders (id serial PRIMARY KEY, customer_id bigint, note text,
         created_at timestamptz DEFAULT clock_timestamp())"
@@ -69,7 +74,7 @@ for _ in $(seq 1 100); do
   sleep 0.2
 done
 
-echo "== 8/8 recover modulodb as it was at $just_before UTC into modulodb_recovered (playbooks/pitr.yml)"
+echo "== 9/9 recover modulodb as it was at $just_before UTC into modulodb_recovered (playbooks/pitr.yml)"
 ansible-playbook playbooks/pitr.yml -e target_time="$just_before" -e target_db=modulodb_recovered \
   -e confirm=modulodb_recovered -e keep_old=false
 recovered=$("$BIN/psql" -XAtq -d modulodb_recovered -c "SELECT count(*) FROM todays_orders")
