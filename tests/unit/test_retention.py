@@ -146,10 +146,10 @@ def test_logical_backups_go_after_full_days_by_meta_date_meta_first(repo):
 
 
 def test_min_full_keeps_an_old_backup_when_the_newer_ones_failed(repo):
-    old, _ = logical(repo, 20)
-    older, _ = logical(repo, 25)
+    old = logical(repo, 20)[0]
+    older = logical(repo, 25)[0]
     failed_young = [logical(repo, d, status='failed')[0] for d in (1, 2)]
-    failed_old, _ = logical(repo, 10, status='failed')
+    failed_old = logical(repo, 10, status='failed')[0]
     result = run(repo, min_full=1)
     gone = set(i.get('backup') for i in result['deleted'])
     assert gone == {older, failed_old}
@@ -161,9 +161,9 @@ def test_min_full_keeps_an_old_backup_when_the_newer_ones_failed(repo):
 
 
 def test_min_full_counts_per_database_and_min_full_zero_keeps_nothing_old(repo):
-    a_old, _ = logical(repo, 30, db='modulodb')
-    a_older, _ = logical(repo, 31, db='modulodb')
-    b_old, _ = logical(repo, 40, db='reporting')
+    a_old = logical(repo, 30, db='modulodb')[0]
+    a_older = logical(repo, 31, db='modulodb')[0]
+    b_old = logical(repo, 40, db='reporting')[0]
     result = run(repo, min_full=1)
     assert set(i['backup'] for i in result['deleted']) == {a_older}
     result = run(repo, min_full=2)
