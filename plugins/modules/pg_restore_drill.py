@@ -31,6 +31,12 @@ description:
     interval; the other kinds report it.
   - The report C(monthly_drill_YYYYMMDD_HHMMSS.json) is written to O(report_dir) and copied to C(<backup_root>/logs/),
     passed or failed. The task fails after writing it when any check failed, so AWX and cron see the failure.
+  - O(mode=verify) is the runbook's step 4 "Verify Restore" (C(restore-script.sh verify modulodb)). It checks the
+    live database O(db) with the connection options and never changes it (its sessions are read only). The checks are
+    connectivity (C(SELECT 1) and the server version), C(pg_amcheck --heapallindexed) only when the C(amcheck)
+    extension is already installed in O(db) (otherwise the check is reported as skipped, and C(CREATE EXTENSION amcheck)
+    enables it; nothing is installed), row counts compared with the C(.meta) of O(backup), and the O(smoke_queries).
+    The report C(verify_<db>_YYYYMMDD_HHMMSS.json) is written to C(<backup_root>/logs/).
 author:
   - modulo.pgbackup contributors (@modulo)
 extends_documentation_fragment:
@@ -39,8 +45,23 @@ extends_documentation_fragment:
   - modulo.pgbackup.repository
   - modulo.pgbackup.s3
 options:
+  mode:
+    description:
+      - C(drill) restores a backup into a scratch cluster and checks it; C(verify) checks the live database O(db).
+    type: str
+    choices: [ drill, verify ]
+    default: drill
+  expect_exact_rows:
+    description:
+      - With O(mode=verify), a row count that differs from the backup's C(.meta) fails the verification (use it right
+        after a restore). By default a difference is a warning, since a live database moves on after its backup.
+    type: bool
+    default: false
   backup:
     description:
+      - With O(mode=verify), the logical backup whose C(.meta) row counts the live database is compared with, a name
+        or path, or C(latest) for the newest complete logical backup of O(db); when O(db) has none, the row count
+        check is skipped with a note.
       - C(latest) (the newest complete backup of the O(kind)), or a backup name such as
         C(modulo_full_20261124_020000) or C(modulo_base_20261124_020000); for O(kind=logical) also a path to
         a backup file that has its C(.meta) beside it.
@@ -57,6 +78,7 @@ options:
     description:
       - With O(kind=logical) and O(backup=latest), only consider backups of this source database.
       - With O(kind=physical) or O(kind=pitr), the database checked in the restored cluster (default C(modulodb)).
+      - With O(mode=verify), the live database checked (default C(modulodb)).
     type: str
   scratch_dir:
     description:
@@ -124,6 +146,7 @@ attributes:
   check_mode:
     support: full
     details: Picks the backup and reports what the drill would do; nothing is restored and no report is written.
+      O(mode=verify) only reads, so it runs its checks in check mode too, without writing the report.
   diff_mode:
     support: none
     details: Nothing to diff.
@@ -150,6 +173,12 @@ EXAMPLES = r'''
         sql: SELECT id FROM orders ORDER BY created_at DESC LIMIT 10
         min_rows: 1
 
+- name: Verify the live database (runbook step 4, "restore-script.sh verify modulodb")
+  modulo.pgbackup.pg_restore_drill:
+    backup_root: /var/backups/postgresql
+    mode: verify
+    db: modulodb
+
 - name: Drill a point-in-time recovery to the newest archived WAL
   modulo.pgbackup.pg_restore_drill:
     backup_root: /var/backups/postgresql
@@ -167,12 +196,15 @@ EXAMPLES = r'''
 
 RETURN = r'''
 report:
-  description: The drill report, as written to O(report_dir).
+  description:
+    - The drill report, as written to O(report_dir).
+    - With O(mode=verify), the verification report (C(database), C(server_version), C(backup), C(checks) each with a
+      C(level) of C(error), C(warning) or C(skipped), C(warnings), C(timings), C(status), C(error)).
   returned: always, when a report was written
   type: dict
   contains:
     status:
-      description: C(passed) or C(failed).
+      description: C(passed) or C(failed). Warnings and skipped checks do not fail a verification.
       type: str
     kind:
       description: The O(kind) drilled.
@@ -231,7 +263,7 @@ executed_commands:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import common, drill, repository
+from ansible_collections.modulo.pgbackup.plugins.module_utils import common, drill, repository, verify
 from ansible_collections.modulo.pgbackup.plugins.module_utils.fsutil import LockBusy
 from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import CommandLog, PgError
 from ansible_collections.modulo.pgbackup.plugins.module_utils.s3store import S3Error
@@ -240,6 +272,8 @@ from ansible_collections.modulo.pgbackup.plugins.module_utils.s3store import S3E
 def main():
     module = AnsibleModule(
         argument_spec=common.full_argspec(
+            mode=dict(type='str', default='drill', choices=['drill', 'verify']),
+            expect_exact_rows=dict(type='bool', default=False),
             backup=dict(type='str', default='latest'),
             kind=dict(type='str', default='logical', choices=list(drill.KINDS)),
             db=dict(type='str'),
@@ -265,6 +299,8 @@ def main():
     p = module.params
     log = CommandLog()
     result = dict(changed=False, executed_commands=log.commands)
+    if p['mode'] == 'verify':
+        run_verify(module, log, result)
     try:
         repo = repository.Repository(p['backup_root'])
         runner = drill.Drill(p, repo, s3=common.s3_store(p), s3_settings=common.s3_settings(p), log=log)
@@ -296,6 +332,34 @@ def main():
     module.exit_json(msg='restore drill passed: %s restored and checked (%d checks), RTO %.1f s of %d s; report %s'
                      % (report['backup']['name'], len(report['checks']), rto['measured_s'], rto['target_s'], paths[0]),
                      **result)
+
+
+def run_verify(module, log, result):
+    """Mode verify: read-only checks of the live database; the report is its only output."""
+    p = module.params
+    try:
+        repo = repository.Repository(p['backup_root'])
+        runner = verify.Verify(p, repo, s3=common.s3_store(p), log=log)
+    except (repository.RepositoryError, PgError, S3Error) as exc:
+        module.fail_json(msg=str(exc), **result)
+    report = runner.run()
+    result['report'] = report
+    if not module.check_mode:
+        try:
+            repo.ensure()
+            path = verify.write_report(repo, report)
+        except (repository.RepositoryError, OSError) as exc:
+            module.fail_json(msg='verify could not write its report: %s' % exc, **result)
+        result.update(report_path=path, report_copies=[path])
+    where = result.get('report_path', 'not written in check mode')
+    if report['status'] != 'passed':
+        failed = verify.failed_checks(report) or ['verify']
+        module.fail_json(msg='verify of %s FAILED (%s): %s; report %s' % (
+            report['database'], ', '.join(failed), '; '.join(
+                c['detail'] for c in report['checks'] if c['name'] in failed and not c['passed']), where), **result)
+    module.exit_json(msg='verify of %s passed: %d checks, %d warning(s), %d skipped; report %s' % (
+        report['database'], len(report['checks']), len(report['warnings']),
+        len([c for c in report['checks'] if c.get('level') == 'skipped']), where), **result)
 
 
 if __name__ == '__main__':

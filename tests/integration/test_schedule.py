@@ -5,6 +5,7 @@ Every path the schedule role writes is redirected into the test's temporary dire
 host's /etc/cron.d, /etc/systemd/system, /usr/local/bin and /var/log are never touched.
 """
 
+import datetime
 import fcntl
 import getpass
 import glob
@@ -14,12 +15,14 @@ import re
 import shutil
 import stat
 import subprocess
+import time
 
 import pytest
 
 from conftest import ROOT
 
 NIGHTLY_PLAYBOOK = os.path.join(ROOT, 'playbooks', 'nightly-backup.yml')
+DRILL_PLAYBOOK = os.path.join(ROOT, 'playbooks', 'restore-drill.yml')
 INVENTORY = os.path.join(ROOT, 'inventories', 'local', 'hosts.yml')
 # 02:00 in Tokyo is 17:00 UTC the day before: a guard that read local time would run then.
 LOCAL_TZ = 'JST-9'   # POSIX form: needs no tzdata
@@ -91,7 +94,8 @@ def test_cron_entry_hourly_with_utc_guard_idempotent_and_removable(ansible, sche
     assert first['changed'] > 0
 
     entries = cron_entries(sched['schedule_cron_file'])
-    assert len(entries) == 1
+    # the two default jobs: the nightly backup and the monthly restore drill
+    assert len(entries) == 2
     comment, when, user, command = entries[0]
     assert 'modulo-pgbackup-nightly-backup' in comment and '02:00 UTC' in comment
     # Debian's cron has no CRON_TZ: minute 0 of every hour, the guard picks 02 UTC
@@ -108,6 +112,18 @@ def test_cron_entry_hourly_with_utc_guard_idempotent_and_removable(ansible, sche
     assert os.path.basename(job[0]) == 'ansible-playbook'
     assert os.path.realpath(job[1]) == os.path.realpath(NIGHTLY_PLAYBOOK)
     assert job[2:] == ['-i', INVENTORY]
+    # the drill: hourly too, the guard lets only 04 UTC on a Sunday that is day 1-7 of the month through
+    comment, when, user, command = entries[1]
+    assert 'modulo-pgbackup-restore-drill' in comment and '04:00 UTC on Sun, days 1-7' in comment
+    assert when == ['0', '*', '*', '*', '*']
+    argv = command.split()
+    assert argv[argv.index('--utc-hour') + 1] == '4'
+    assert argv[argv.index('--utc-weekday') + 1] == '7'
+    assert argv[argv.index('--utc-days') + 1] == '1-7'
+    assert argv[argv.index('--lock') + 1] == os.path.join(sched['schedule_lock_dir'],
+                                                          'modulo-pgbackup-restore-drill.lock')
+    job = argv[argv.index('--') + 1:]
+    assert os.path.realpath(job[1]) == os.path.realpath(DRILL_PLAYBOOK)
     # cron.d files must not be writable by group/others, the wrapper must be executable
     assert stat.S_IMODE(os.stat(sched['schedule_cron_file']).st_mode) == 0o644
     assert os.access(sched['schedule_wrapper_path'], os.X_OK)
@@ -131,7 +147,15 @@ def test_cron_entry_hourly_with_utc_guard_idempotent_and_removable(ansible, sche
 def test_systemd_units_in_utc_idempotent_and_removable(ansible, sched):
     run_ok(ansible, dict(sched, schedule_method='systemd'))
     unit_dir = sched['schedule_systemd_unit_dir']
-    assert units(unit_dir) == ['modulo-pgbackup-nightly-backup.service', 'modulo-pgbackup-nightly-backup.timer']
+    assert units(unit_dir) == ['modulo-pgbackup-nightly-backup.service', 'modulo-pgbackup-nightly-backup.timer',
+                               'modulo-pgbackup-restore-drill.service', 'modulo-pgbackup-restore-drill.timer']
+    drill_timer = unit_lines(os.path.join(unit_dir, 'modulo-pgbackup-restore-drill.timer'))
+    # systemd says "first Sunday" itself: a Sunday that is one of days 1-7
+    assert 'OnCalendar=Sun *-*-01..07 04:00:00 UTC' in drill_timer
+    drill_service = unit_lines(os.path.join(unit_dir, 'modulo-pgbackup-restore-drill.service'))
+    drill_argv = [line for line in drill_service if line.startswith('ExecStart=')][0].split()
+    assert '--utc-hour' not in drill_argv and '--utc-weekday' not in drill_argv
+    assert os.path.realpath(drill_argv[drill_argv.index('--') + 2]) == os.path.realpath(DRILL_PLAYBOOK)
 
     timer = unit_lines(os.path.join(unit_dir, 'modulo-pgbackup-nightly-backup.timer'))
     assert 'OnCalendar=*-*-* 02:00:00 UTC' in timer
@@ -166,10 +190,10 @@ def test_switching_method_never_leaves_the_job_scheduled_twice(ansible, sched):
     assert os.path.exists(sched['schedule_cron_file'])
     run_ok(ansible, dict(sched, schedule_method='systemd'))
     assert not os.path.exists(sched['schedule_cron_file'])
-    assert len(units(sched['schedule_systemd_unit_dir'])) == 2
+    assert len(units(sched['schedule_systemd_unit_dir'])) == 4   # a service and a timer per default job
     run_ok(ansible, dict(sched, schedule_method='cron'))
     assert units(sched['schedule_systemd_unit_dir']) == []
-    assert len(cron_entries(sched['schedule_cron_file'])) == 1
+    assert len(cron_entries(sched['schedule_cron_file'])) == 2
 
 
 # -- the UTC guard, run for real with a faked clock ---------------------------------------
@@ -289,6 +313,41 @@ def test_job_list_takes_a_first_sunday_of_the_month_job(ansible, sched, fake_clo
     run_ok(ansible, dict(sched, schedule_jobs=jobs, schedule_method='systemd'))
     timer = unit_lines(os.path.join(sched['schedule_systemd_unit_dir'], 'modulo-pgbackup-first-sunday.timer'))
     assert 'OnCalendar=Sun *-*-01..07 04:00:00 UTC' in timer
+
+
+FIRST_SUNDAYS_2027 = ['2027-01-03', '2027-02-07', '2027-03-07', '2027-04-04', '2027-05-02', '2027-06-06',
+                      '2027-07-04', '2027-08-01', '2027-09-05', '2027-10-03', '2027-11-07', '2027-12-05']
+
+
+def test_installed_drill_guard_runs_exactly_on_the_first_sundays_of_2027(ansible, sched, fake_clock, tmp_path):
+    """Every day of 2027 at 04:00 UTC through the installed cron entry; the first Sundays also at 03 and 05."""
+    record = tmp_path / 'drill-runs.txt'
+    fake_playbook = tmp_path / 'fake-drill-playbook'
+    # Records the faked instant it was started at; sh is much faster than a Python stand-in for 365 runs.
+    fake_playbook.write_text('#!/bin/sh\necho "$FAKE_NOW" >> %s\n' % record)
+    fake_playbook.chmod(0o755)
+    run_ok(ansible, dict(sched, schedule_ansible_playbook=str(fake_playbook)))
+    command = _cron_command(sched, 'modulo-pgbackup-restore-drill')
+
+    days = [datetime.date(2027, 1, 1) + datetime.timedelta(days=n) for n in range(365)]
+    assert days[-1] == datetime.date(2027, 12, 31)
+    instants = ['%s 04:00:00 UTC' % day for day in days]
+    instants += ['%s %s:00:00 UTC' % (day, hour) for day in FIRST_SUNDAYS_2027 for hour in ('03', '05')]
+    instants_file = tmp_path / 'instants.txt'
+    instants_file.write_text('\n'.join(instants) + '\n')
+    # One shell runs cron's command once per instant, the way cron would at each of those hours.
+    loop = 'while IFS= read -r FAKE_NOW; do export FAKE_NOW; /bin/sh -c "$1" || exit 1; done < "$2"'
+    started = time.time()
+    proc = subprocess.run(['/bin/sh', '-c', loop, 'walk', command, str(instants_file)],
+                          env=fake_clock('2027-01-01 00:00:00 UTC'), check=False,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
+    assert proc.returncode == 0, proc.stdout
+    assert time.time() - started < 60
+    ran = record.read_text().splitlines() if record.exists() else []
+    assert ran == ['%s 04:00:00 UTC' % day for day in FIRST_SUNDAYS_2027]
+    # they are Sundays, each the first of its month
+    assert all(datetime.date.fromisoformat(day).isoweekday() == 7 and int(day[8:]) <= 7 for day in FIRST_SUNDAYS_2027)
+    assert len(set(day[:7] for day in FIRST_SUNDAYS_2027)) == 12
 
 
 # -- the nightly backup playbook against a real database -----------------------------------

@@ -136,3 +136,25 @@ def test_port_in_use(tmp_path):
     assert not drill.port_in_use(free, socket_dirs=())
     (tmp_path / ('.s.PGSQL.%d' % free)).write_text('')
     assert drill.port_in_use(free, socket_dirs=(str(tmp_path),))
+
+
+# -- mode verify: warnings and skipped checks never fail a live database's verification --------------
+
+
+def test_verify_report_levels_decide_the_status(tmp_path):
+    from ansible_collections.modulo.pgbackup.plugins.module_utils import verify
+    report = {'checks': [], 'error': None, 'database': 'modulodb',
+              'started_at': repository.iso(datetime.datetime(2027, 1, 3, 4, 0, 0, tzinfo=datetime.timezone.utc))}
+    verify.add_check(report, 'connectivity', True, 'connected')
+    verify.add_check(report, 'amcheck', False, 'skipped: CREATE EXTENSION amcheck enables it', level='skipped')
+    verify.add_check(report, 'table_rows', False, 'public.orders backup 3 live 4', level='warning')
+    verify.finish_report(report)
+    assert report['status'] == 'passed' and report['warnings'] == ['table_rows']
+    assert verify.failed_checks(report) == []
+    verify.add_check(report, 'smoke: orders', False, 'returned 0 row(s)')
+    verify.finish_report(report)
+    assert report['status'] == 'failed' and verify.failed_checks(report) == ['smoke: orders']
+    assert verify.report_name('modulodb', repository.parse_iso(report['started_at'])) == \
+        'verify_modulodb_20270103_040000.json'
+    # whatever a smoke query says, its session cannot write
+    assert 'default_transaction_read_only=on' in verify.ReadOnlyConnection(bindir='/usr/bin').env()['PGOPTIONS']
