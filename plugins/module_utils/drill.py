@@ -41,14 +41,13 @@ import os
 import shutil
 import socket
 import subprocess
-import tempfile
 import time
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import (
     fsutil, logical_restore, pipeline, pitr, repository, scratch)
 from ansible_collections.modulo.pgbackup.plugins.module_utils.logical_backup import database_rows
 from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import (
-    Connection, PgError, psql_query, quote_ident)
+    Connection, PgError, quote_ident)
 
 KINDS = ('logical', 'physical', 'pitr')
 REPORT_PREFIX = 'monthly_drill_'
@@ -232,25 +231,8 @@ def write_report(repo, report, report_dir=None):
 
 # -- the scratch clusters -----------------------------------------------------
 
-class ScratchCluster(object):
+class ScratchCluster(scratch.PrivateCluster):
     """A brand-new empty cluster for loading a logical dump; always removed by ``close``."""
-
-    def __init__(self, bindir, workdir, os_user, port):
-        self.bindir = bindir
-        self.workdir = workdir
-        self.os_user = os_user
-        self.port = port
-        self.pgdata = os.path.join(workdir, 'data')
-        # Unix socket paths are limited to 107 bytes: the socket gets a short private directory.
-        self.socket_dir = tempfile.mkdtemp(prefix='pgbackup-', dir='/tmp')
-        self.server = scratch.Server(bindir, self.pgdata, os.path.join(workdir, 'server.log'), os_user)
-
-    def conn(self, db='postgres'):
-        return Connection(login_user='postgres', login_unix_socket=self.socket_dir, port=self.port,
-                          db=db, bindir=self.bindir)
-
-    def query(self, sql, db='postgres', log=None):
-        return psql_query(self.conn(db), sql, db=db, log=log)
 
     def create(self, timeout_s=600, log=None):
         scratch.chown_to(self.socket_dir, self.os_user)
@@ -263,18 +245,8 @@ class ScratchCluster(object):
         if proc.returncode != 0:
             raise DrillError('initdb of the scratch cluster failed: %s'
                              % proc.stdout.decode('utf-8', 'replace').strip()[-600:], check='scratch_cluster')
-        scratch.write_auto_conf(self.pgdata, {
-            'port': str(self.port), 'listen_addresses': '', 'unix_socket_directories': self.socket_dir,
-            'archive_mode': 'off', 'archive_command': '', 'logging_collector': 'off',
-            'max_wal_senders': '0', 'shared_preload_libraries': ''}, self.os_user)
+        scratch.write_auto_conf(self.pgdata, scratch.private_settings(self.port, self.socket_dir), self.os_user)
         self.server.start(timeout_s)
-
-    def close(self):
-        try:
-            self.server.stop('immediate')
-        finally:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-            shutil.rmtree(self.socket_dir, ignore_errors=True)
 
 
 # -- the drill ----------------------------------------------------------------

@@ -18,15 +18,12 @@ import os
 import pwd
 import re
 import shutil
-import socket
 import subprocess
-import tempfile
 import time
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import (
     fsutil, logical_restore, pipeline, repository, scratch, walarchive)
 from ansible_collections.modulo.pgbackup.plugins.module_utils.logical_backup import database_rows
-from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import Connection, psql_query
 
 LSN_RE = re.compile(r'^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}\Z')
 
@@ -124,31 +121,8 @@ def check_archive_reaches(repo_root, when):
     return newest_dt
 
 
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
-
-
-class ScratchRecovery(object):
+class ScratchRecovery(scratch.PrivateCluster):
     """A recovered copy of the cluster in ``workdir``; always removed by ``close``."""
-
-    def __init__(self, bindir, workdir, os_user, port=None):
-        self.bindir = bindir
-        self.workdir = workdir
-        self.os_user = os_user
-        self.pgdata = os.path.join(workdir, 'data')
-        # Unix socket paths are limited to 107 bytes: the socket gets a short private directory.
-        self.socket_dir = tempfile.mkdtemp(prefix='pgbackup-', dir='/tmp')
-        self.port = port or _free_port()
-        self.server = scratch.Server(bindir, self.pgdata, os.path.join(workdir, 'server.log'), os_user)
-
-    def conn(self, db='postgres'):
-        return Connection(login_user='postgres', login_unix_socket=self.socket_dir, port=self.port,
-                          db=db, bindir=self.bindir)
-
-    def query(self, sql, db='postgres'):
-        return psql_query(self.conn(db), sql, db=db)
 
     def recover(self, base, repo_root, target_settings, s3_settings=None, timeout_s=3600, log=None,
                 after_extract=None):
@@ -180,13 +154,6 @@ class ScratchRecovery(object):
         outcome['recovery_s'] = round(time.time() - started, 3)
         outcome['timeline'] = int(self.query('SELECT timeline_id FROM pg_control_checkpoint()')[0][0])
         return outcome
-
-    def close(self):
-        try:
-            self.server.stop('immediate')
-        finally:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-            shutil.rmtree(self.socket_dir, ignore_errors=True)
 
 
 def copy_database(recovery, source_db, live_conn, target_db, confirm, keep_old, jobs, workdir, log=None):

@@ -17,10 +17,14 @@ import json
 import os
 import pwd
 import re
+import shutil
+import socket
 import subprocess
+import tempfile
 import time
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import compression, fsutil, pipeline, walarchive
+from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import Connection, psql_query
 
 
 class ScratchError(Exception):
@@ -83,16 +87,21 @@ def extract_base(base_dir, pgdata, os_user=None, log=None):
         raise ScratchError('cannot unpack %s: %s' % (archive, exc))
 
 
+def private_settings(port, socket_dir):
+    """What keeps a scratch cluster private: no TCP, own socket, never archiving into production."""
+    return {'port': str(port), 'listen_addresses': '', 'unix_socket_directories': socket_dir,
+            'archive_mode': 'off', 'archive_command': '', 'logging_collector': 'off',
+            'max_wal_senders': '0', 'shared_preload_libraries': ''}
+
+
 def recovery_settings(target, restore_command, port=None, socket_dir=None, scratch=True):
     """postgresql.auto.conf lines for a targeted recovery that promotes at the target."""
     settings = {'restore_command': restore_command, 'recovery_target_action': 'promote',
                 'recovery_target_timeline': 'latest'}
     settings.update(target)
     if scratch:
-        settings.update({'archive_mode': 'off', 'port': str(port), 'listen_addresses': '',
-                         'unix_socket_directories': socket_dir, 'hot_standby': 'off',
-                         'logging_collector': 'off', 'archive_command': '',
-                         'shared_preload_libraries': '', 'max_wal_senders': '0', 'wal_level': 'replica'})
+        settings.update(private_settings(port, socket_dir))
+        settings.update({'hot_standby': 'off', 'wal_level': 'replica'})
     return settings
 
 
@@ -162,6 +171,44 @@ class Server(object):
             outcome['redo_done_at'] = match[-1]
         outcome['reached_target'] = 'recovery stopping' in text
         return outcome
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+class PrivateCluster(object):
+    """A cluster of the module's own in ``workdir``, reachable only through a private socket.
+
+    Shared by PITR scratch recoveries and restore drills; ``close`` always
+    stops it and removes its directories.
+    """
+
+    def __init__(self, bindir, workdir, os_user, port=None):
+        self.bindir = bindir
+        self.workdir = workdir
+        self.os_user = os_user
+        self.pgdata = os.path.join(workdir, 'data')
+        # Unix socket paths are limited to 107 bytes: the socket gets a short private directory.
+        self.socket_dir = tempfile.mkdtemp(prefix='pgbackup-', dir='/tmp')
+        self.port = port or free_port()
+        self.server = Server(bindir, self.pgdata, os.path.join(workdir, 'server.log'), os_user)
+
+    def conn(self, db='postgres'):
+        return Connection(login_user='postgres', login_unix_socket=self.socket_dir, port=self.port,
+                          db=db, bindir=self.bindir)
+
+    def query(self, sql, db='postgres', log=None):
+        return psql_query(self.conn(db), sql, db=db, log=log)
+
+    def close(self):
+        try:
+            self.server.stop('immediate')
+        finally:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            shutil.rmtree(self.socket_dir, ignore_errors=True)
 
 
 def wait_promoted(query, timeout_s, server):
