@@ -7,7 +7,6 @@ repository is handed to that user, exactly as on a production host.
 
 import hashlib
 import os
-import pwd
 import shutil
 import socket
 import struct
@@ -16,6 +15,8 @@ import sys
 import time
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import walarchive
+
+from test_pitr import archiving_cluster, make_repo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(ROOT, 'plugins', 'module_utils', 'walarchive.py')
@@ -28,23 +29,6 @@ def today():
 def sha(path):
     with open(path, 'rb') as handle:
         return hashlib.sha256(handle.read()).hexdigest()
-
-
-def make_repo(path):
-    """The repository, owned by the server's OS user (the single owner of the whole repository)."""
-    os.makedirs(path, 0o700)
-    if os.geteuid() == 0:
-        pw = pwd.getpwnam('postgres')
-        os.chown(path, pw.pw_uid, pw.pw_gid)
-    return path
-
-
-def archiving_cluster(new_cluster, repo):
-    return new_cluster(settings={
-        'archive_mode': 'on',
-        'wal_level': 'replica',
-        'archive_command': "'/usr/bin/python3 %s push --repo %s %%p %%f'" % (SCRIPT, repo),
-    })
 
 
 def archiver(cluster):
