@@ -35,6 +35,11 @@ if [ "$("$BIN/psql" -XAtqc "SELECT count(*) FROM pg_database WHERE datname='modu
   echo "   loaded the Modulo sample database (customers, products, orders, order_items, billing.invoices)"
 fi
 echo "   listening on 127.0.0.1:$PGBACKUP_PORT"
+# As in production, the repository belongs to the server's OS user: the archive command and the
+# scratch clusters of drills and PITR run as postgres and must reach it.
+if [ "$(id -u)" = 0 ] && [ ! -d "$SANDBOX/backups" ]; then
+  install -d -m 0700 -o postgres -g postgres "$SANDBOX/backups"
+fi
 
 echo "== 2/9 nightly backup (playbooks/nightly-backup.yml)"
 ansible-playbook playbooks/nightly-backup.yml
