@@ -33,8 +33,9 @@ Rules (DESIGN.md section 5):
   go after ``wal_days``.  With no retained base backup, WAL is aged by
   ``wal_days`` alone and a warning says there is nothing to recover from.
 * Reports (``logs/backup_report_*``, ``logs/retention_report_*``,
-  ``restore-tests/monthly_drill_*``) are aged by the timestamp in their name
-  and go after ``report_days``.
+  ``logs/verify_*``, ``restore-tests/monthly_drill_*`` and its copy in
+  ``logs/``) are aged by the timestamp in their name and go after
+  ``report_days``; ``logs/health.json`` is the latest health check and stays.
 * Temporary files of interrupted runs (``.tmp-*``) have no ``.meta`` and no
   name-stamp: their mtime is the only age there is, and nothing copies them;
   they go once older than a day.
@@ -58,9 +59,13 @@ TMP_MAX_AGE = DAY
 BACKUP_DIRS = ('full', 'base')
 SCANNED_DIRS = ('full', 'base', 'wal', 'logs', 'restore-tests')
 REPORT_RES = {
-    'logs': re.compile(r'^(?:backup|retention)_report_(?P<stamp>\d{8}_\d{6})(?:_\d+)?\.json\Z'),
+    # The drill writes a copy of its report here too; verify reports are named after their database.
+    'logs': re.compile(r'^(?:backup_report|retention_report|monthly_drill|verify_.+)_(?P<stamp>\d{8}_\d{6})'
+                       r'(?:_\d+)?\.json\Z'),
     'restore-tests': re.compile(r'^monthly_drill_(?P<stamp>\d{8}_\d{6})(?:_\d+)?\.json\Z'),
 }
+# Files of logs/ that are rewritten in place, never aged out.
+KEPT_LOGS = {'health.json': 'the latest health check (playbooks/health-check.yml rewrites it)'}
 DATE_RE = re.compile(r'^\d{8}\Z')
 COMPRESSED = ('.zst', '.gz')
 
@@ -388,6 +393,8 @@ def _decide_reports(out, sub, units, pol, now):
                 out.delete(unit, 'report', 'report %s days old (more than %d days)' % (_days(age), pol['report_days']))
             else:
                 out.keep(unit, 'report', 'report %s days old (keep %d days)' % (_days(age), pol['report_days']))
+        elif sub == 'logs' and name in KEPT_LOGS:
+            out.keep(unit, 'report', KEPT_LOGS[name])
         elif sub == 'restore-tests' and name.startswith('.'):
             out.keep(unit, 'scratch', 'working directory of a restore or drill: removed by its own run')
         else:

@@ -282,15 +282,22 @@ def test_reports_go_after_report_days_by_the_stamp_in_their_name(repo):
     names = {}
     for days, pattern in ((100, 'logs/backup_report_%s.json'), (80, 'logs/backup_report_%s.json'),
                           (91, 'logs/retention_report_%s.json'), (95, 'logs/backup_report_%s_4242.json'),
-                          (91, 'restore-tests/monthly_drill_%s.json'), (30, 'restore-tests/monthly_drill_%s.json')):
+                          (91, 'restore-tests/monthly_drill_%s.json'), (30, 'restore-tests/monthly_drill_%s.json'),
+                          (91, 'logs/monthly_drill_%s.json'), (30, 'logs/monthly_drill_%s.json'),
+                          (92, 'logs/verify_modulo_db_%s.json'), (10, 'logs/verify_modulo_db_%s_2.json')):
         relpath = pattern % stamp(ago(days))
         with open(repo.path(relpath), 'w') as handle:
             handle.write('{}')
         os.utime(repo.path(relpath), (time.time(), time.time()))
         names[(days, pattern)] = relpath
+    with open(repo.path('logs/health.json'), 'w') as handle:
+        handle.write('{}')
+    os.utime(repo.path('logs/health.json'), (0, 0))
     result = run(repo)
     assert deleted(result) == {v for (d, _p), v in names.items() if d > 90}
     assert all(i['kind'] == 'report' for i in result['deleted'])
+    assert 'logs/health.json' in set(i['relpath'] for i in result['kept'])
+    assert unclassified(result) == set()
     assert deleted(run(repo, report_days=100)) == set()
 
 
