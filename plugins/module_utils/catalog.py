@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: (c) 2026, modulo.pgbackup contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""What backups exist (locally and in S3), whether they are intact, and how healthy the set is."""
+"""What backups exist (locally and in S3) and whether they are intact (health: see health.py)."""
 
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
@@ -9,8 +9,7 @@ __metaclass__ = type
 import os
 import subprocess
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import compression, fsutil, repository
-from ansible_collections.modulo.pgbackup.plugins.module_utils import report as reports
+from ansible_collections.modulo.pgbackup.plugins.module_utils import compression, fsutil
 
 KIND_DIRS = {'logical': 'full', 'physical': 'base'}
 
@@ -74,24 +73,3 @@ def decompress_test(meta, path, pg_restore=None):
     except compression.CompressionError as exc:
         return False, str(exc)
     return True, None
-
-
-def health(backups, rpo_target_s=3600, max_duration_s=reports.MAX_BACKUP_DURATION_S,
-           max_growth=reports.MAX_SIZE_GROWTH, now=None):
-    """The runbook's monitoring thresholds over the newest complete backup."""
-    now = now or repository.utcnow()
-    complete = [b for b in backups if repository.is_complete(b)]
-    checks = []
-    if not complete:
-        checks.append({'check': 'backup_age', 'breached': True, 'value_s': None, 'limit_s': rpo_target_s,
-                       'advice': 'no complete backup at all: run playbooks/nightly-backup.yml'})
-        return {'ok': False, 'checks': checks, 'latest': None}
-    latest = complete[-1]
-    age = (now - repository.parse_iso(latest['finished_at'])).total_seconds()
-    checks.append({'check': 'backup_age', 'value_s': int(age), 'limit_s': rpo_target_s,
-                   'breached': age > rpo_target_s,
-                   'advice': 'newest backup is older than the RPO: check the schedule and the last backup report'
-                   if age > rpo_target_s else None})
-    checks.extend(reports.thresholds(latest, reports.previous_backup(complete, latest),
-                                     max_duration_s=max_duration_s, max_growth=max_growth))
-    return {'ok': not any(c['breached'] for c in checks), 'checks': checks, 'latest': latest['name']}

@@ -70,6 +70,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import argparse
+import calendar
 import errno
 import gzip
 import hashlib
@@ -719,6 +720,39 @@ class S3Archive(object):
                 if key[len(date_prefix):] in wanted:
                     return key
         return None
+
+    def list_archive(self):
+        """Every archived object, in the shape of the local ``list_archive`` (``path`` is the key)."""
+        base = self.key('wal/')
+        entries = []
+        token = None
+        while True:
+            kwargs = {'Bucket': self.bucket, 'Prefix': base}
+            if token:
+                kwargs['ContinuationToken'] = token
+            page = self._call('list %s' % self.uri(base), lambda: self.client.list_objects_v2(**kwargs))
+            for obj in page.get('Contents', []):
+                parts = obj['Key'][len(base):].split('/')
+                if len(parts) != 2 or not _DATE_RE.match(parts[0]) or parts[1].startswith('.'):
+                    continue
+                name = _strip_suffix(parts[1])
+                try:
+                    kind = wal_kind(name)
+                except ValueError:
+                    continue
+                entries.append({'name': name, 'file': parts[1], 'date': parts[0], 'path': obj['Key'],
+                                'relpath': 'wal/%s/%s' % (parts[0], parts[1]), 'size': obj['Size'],
+                                'compression': codec_of(parts[1]), 'kind': kind,
+                                'mtime': calendar.timegm(obj['LastModified'].utctimetuple())})
+            if not page.get('IsTruncated'):
+                break
+            token = page.get('NextContinuationToken')
+        entries.sort(key=lambda e: (e['name'], e['date']))
+        return entries
+
+    def read_text(self, key):
+        obj = self._call('read %s' % self.uri(key), lambda: self.client.get_object(Bucket=self.bucket, Key=key))
+        return obj['Body'].read().decode('utf-8')
 
     def read_info(self):
         key = self.key('wal/' + INFO_FILE)

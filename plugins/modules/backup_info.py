@@ -17,7 +17,13 @@ description:
     temporary files of interrupted runs are reported under RV(problems) and never used.
   - With O(verify=true), recomputes each selected backup's sha256 and reads it completely (C(gzip -t),
     C(zstd -t), C(pg_restore) of the archive to C(/dev/null)).
-  - Evaluates the runbook's health thresholds (backup age against the RPO, backup duration, size growth).
+  - Evaluates the backup health (RV(health)) - the newest recoverable point against the RPO (for PITR the newest
+    archived WAL counts, once the WAL chain from a base backup is continuous), the runbook's thresholds (backup
+    duration over 30 minutes, size growth over 50 %), the last backup run, the last restore drill (result and age),
+    free space in the repository, and the continuity of the archived WAL from the oldest base backup.
+  - With O(server_checks=true) it also asks the live server for C(pg_stat_archiver) (failing archive_command), the
+    C(.ready) backlog in C(pg_wal) (needs superuser or C(pg_monitor)), and free space where C(pg_wal) lives.
+  - The module only reads; C(playbooks/health-check.yml) writes RV(health) as JSON and as a Prometheus textfile.
 author:
   - modulo.pgbackup contributors (@modulo)
 extends_documentation_fragment:
@@ -49,9 +55,45 @@ options:
     default: false
   rpo_target_s:
     description:
-      - Recovery point objective in seconds; a newest complete backup older than this breaches RV(health).
+      - Recovery point objective in seconds; a newest recoverable point older than this breaches RV(health).
     type: int
     default: 3600
+  max_duration_s:
+    description:
+      - A newest complete backup that took longer than this breaches RV(health) (runbook, 30 minutes).
+    type: int
+    default: 1800
+  max_size_growth:
+    description:
+      - Growth of the newest complete backup over the previous one that breaches RV(health); C(0.5) is +50 %.
+    type: float
+    default: 0.5
+  drill_max_age_days:
+    description:
+      - The newest restore drill must have passed and be at most this many days old. C(0) skips the drill check.
+    type: int
+    default: 35
+  min_free_percent:
+    description:
+      - Free space below this percentage of the repository's (or C(pg_wal)'s) filesystem breaches RV(health).
+        The repository must also have room for the newest backup of each kind plus 50 %.
+    type: int
+    default: 10
+  max_archive_backlog:
+    description:
+      - More C(.ready) segments than this waiting in C(pg_wal) breaches RV(health). Only with O(server_checks).
+    type: int
+    default: 10
+  server_checks:
+    description:
+      - Also connect to the server (connection options) for archiver status, the C(.ready) backlog and free space
+        in C(pg_wal). An unreachable server then breaches RV(health).
+    type: bool
+    default: false
+  pgdata:
+    description:
+      - Data directory, for the free space of C(pg_wal). Default is the server's C(data_directory).
+    type: path
 attributes:
   check_mode:
     support: full
@@ -102,9 +144,18 @@ verification:
   type: list
   elements: dict
 health:
-  description: The runbook's thresholds (C(backup_age), C(backup_duration), C(size_growth)) and C(ok).
+  description:
+    - C(ok) (false when any check is breached), C(breached) and C(unknown) (check names), C(checks) (each with
+      C(check), C(status) C(ok)/C(breached)/C(unknown)/C(skipped), C(detail) and C(advice)), C(thresholds),
+      C(wal_chain), C(summary) (readable lines) and C(metrics) (Prometheus text, C(modulo_pgbackup_*) gauges).
+    - Checks are C(backup_age), C(last_backup_run), C(logical_backup_duration), C(logical_size_growth),
+      C(physical_backup_duration), C(physical_size_growth), C(restore_drill), C(archiver), C(archive_backlog),
+      C(repository_free_space), C(pg_wal_free_space) and C(wal_chain).
   returned: always
   type: dict
+  sample: {"ok": false, "breached": ["restore_drill"], "unknown": [],
+           "checks": [{"check": "backup_age", "status": "ok", "breached": false, "value_s": 95, "limit_s": 3600,
+                       "detail": "newest recoverable point 95 s ago (archived WAL 000000010000000000000042), RPO 60 min"}]}
 executed_commands:
   description: External commands run.
   returned: always
@@ -114,8 +165,8 @@ executed_commands:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import catalog, common, repository
-from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import CommandLog, PgError, find_bindir
+from ansible_collections.modulo.pgbackup.plugins.module_utils import catalog, common, health, repository
+from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import CommandLog, Connection, PgError, find_bindir
 from ansible_collections.modulo.pgbackup.plugins.module_utils.s3store import S3Error
 
 
@@ -127,23 +178,43 @@ def main():
             db=dict(type='str'),
             verify=dict(type='bool', default=False),
             rpo_target_s=dict(type='int', default=3600),
+            max_duration_s=dict(type='int', default=1800),
+            max_size_growth=dict(type='float', default=0.5),
+            drill_max_age_days=dict(type='int', default=35),
+            min_free_percent=dict(type='int', default=10),
+            max_archive_backlog=dict(type='int', default=10),
+            server_checks=dict(type='bool', default=False),
+            pgdata=dict(type='path'),
         ),
         supports_check_mode=True,
     )
     p = module.params
     log = CommandLog()
     result = dict(changed=False, backups=[], latest=None, problems=[], executed_commands=log.commands)
-    kinds = ('logical', 'physical') if p['type'] == 'all' else (p['type'],)
+    try:
+        limits = health.thresholds(**dict((k, p[k]) for k in health.DEFAULTS))
+    except ValueError as exc:
+        module.fail_json(msg=str(exc), **result)
     try:
         repo = repository.Repository(p['backup_root'])
         s3 = common.s3_store(p)
-        backups, problems = catalog.list_backups(repo, kinds=kinds, s3=s3)
+        everything, problems = catalog.list_backups(repo, kinds=('logical', 'physical'), s3=s3)
     except (repository.RepositoryError, S3Error, OSError) as exc:
         module.fail_json(msg='cannot list backups: %s' % exc, **result)
     if p['db']:
-        backups = [b for b in backups if b.get('database') == p['db']]
+        # A base backup holds every database of its cluster: it stays whatever db is asked for.
+        everything = [b for b in everything if b.get('type') == 'physical' or b.get('database') == p['db']]
+    backups = [b for b in everything if p['type'] == 'all' or b.get('type') == p['type']]
     result['problems'] = problems
-    result['health'] = catalog.health(backups, rpo_target_s=p['rpo_target_s'])
+    try:
+        conn = Connection.from_params(p, db='postgres') if p['server_checks'] else None
+    except PgError as exc:
+        module.fail_json(msg=str(exc), **result)
+    # Health looks at every kind: a logical-only listing must not hide the base backups PITR relies on.
+    facts = health.gather(repo, everything, conn=conn, pgdata=p['pgdata'], log=log, s3=common.s3_settings(p))
+    result['health'] = health.evaluate(facts, limits)
+    result['health']['summary'] = health.summary(result['health'])
+    result['health']['metrics'] = health.metrics(result['health'])
     complete = [b for b in backups if repository.is_complete(b)]
     result['latest'] = complete[-1] if complete else None
     selected = repository.select(backups, p['select'])

@@ -192,6 +192,11 @@ from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import Co
 from ansible_collections.modulo.pgbackup.plugins.module_utils.s3store import S3Error
 
 
+def _run_fields(p):
+    """What a run report says it was about, also when it failed before writing any backup (health reads it)."""
+    return {'type': p['type'], 'database': p['db'] if p['type'] == 'logical' else None}
+
+
 def _fail_with_report(module, repo, started, result, exc, name):
     message = str(exc)
     if isinstance(exc, OSError):
@@ -202,7 +207,7 @@ def _fail_with_report(module, repo, started, result, exc, name):
     try:
         result['report_path'], _report = reports.write_backup_report(
             repo, started, 'failed', backups=[result['backup']['meta']] if result.get('backup') else [],
-            error=message)
+            error=message, extra=_run_fields(module.params))
         repo.adopt(result['report_path'])
     except OSError:
         pass
@@ -254,7 +259,8 @@ def physical(module, p, log, result):
         _fail_with_report(module, repo, started, result, exc, plan['name'])
     result['thresholds'] = checks
     result['report_path'], _report = reports.write_backup_report(
-        repo, started, 'success', backups=[dict(meta, s3_uri=backup['s3_uri'])], checks=checks)
+        repo, started, 'success', backups=[dict(meta, s3_uri=backup['s3_uri'])], checks=checks,
+        extra=_run_fields(p))
     repo.adopt(plan['path'], plan['meta_path'], result['report_path'])
     result['msg'] = 'base backup %s (%d bytes, %.1f s, WAL %s..%s archived)' % (
         meta['name'], meta['size_bytes'], meta['duration_s'], meta['wal_start'], meta['wal_stop'])
@@ -332,7 +338,8 @@ def main():
     result['thresholds'] = checks
     try:
         result['report_path'], _report = reports.write_backup_report(
-            repo, started, 'success', backups=[dict(meta, s3_uri=backup['s3_uri'])], checks=checks)
+            repo, started, 'success', backups=[dict(meta, s3_uri=backup['s3_uri'])], checks=checks,
+            extra=_run_fields(p))
     except OSError as exc:
         # The backup itself is complete; monitoring reads the reports, so say so plainly.
         module.fail_json(msg='the backup %s is complete, but its run report could not be written to %s: %s '

@@ -27,7 +27,9 @@ def test_list_select_verify(ansible, pg, modulo_db, backup_root, conn_args):
     assert all(b['location'] == 'local' for b in res['backups'])
     problems = sorted(p['problem'] for p in res['problems'])
     assert len(problems) == 2 and any('no .meta' in p for p in problems)
-    assert res['health']['ok'] is True
+    # healthy, but no restore drill has ever proven these backups
+    assert res['health']['breached'] == ['restore_drill'], res['health']['summary']
+    assert res['health']['latest'] == second['meta']['name']
 
     res = info(ansible, conn_args, backup_root, select='latest', verify=True)
     assert not res.get('failed'), res.get('msg')

@@ -1,5 +1,5 @@
 # -*- coding: utf-8 -*-
-"""report and catalog: the runbook's thresholds, run reports, health and verification."""
+"""report and catalog: the runbook's thresholds, run reports and verification (health: test_health.py)."""
 
 import datetime
 import gzip
@@ -9,7 +9,7 @@ import stat
 
 import pytest
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import catalog, fsutil, report, repository
+from ansible_collections.modulo.pgbackup.plugins.module_utils import catalog, fsutil, report
 
 from fakerepo import make_meta, write_backup
 
@@ -102,75 +102,6 @@ def test_write_backup_report(repo):
     assert content2['error'] == 'boom' and content2['thresholds_breached'] == []
     with open(path) as handle:
         assert json.load(handle)['status'] == 'ok'
-
-
-# --- catalog.health -----------------------------------------------------------------------------
-
-NOW = datetime.datetime(2026, 11, 24, 3, 0, 0, tzinfo=UTC)
-
-
-def daily(days, size=1000, duration=120.0, status='complete'):
-    metas = []
-    for offset in range(days, 0, -1):
-        day = NOW - datetime.timedelta(days=offset - 1, hours=1)
-        metas.append(make_meta(repository.backup_name('modulo', 'full', day), repository.iso(day),
-                               finished_at=repository.iso(day + datetime.timedelta(seconds=duration)),
-                               size_bytes=size, duration_s=duration, status=status))
-    return metas
-
-
-def test_health_without_backups():
-    result = catalog.health([], now=NOW)
-    assert result['ok'] is False
-    assert result['latest'] is None
-    assert check(result['checks'], 'backup_age')['breached'] is True
-    assert 'no complete backup' in check(result['checks'], 'backup_age')['advice']
-    only_failed = daily(2, status='failed')
-    assert catalog.health(only_failed, now=NOW)['latest'] is None
-
-
-def test_health_of_a_healthy_set():
-    backups = daily(3)
-    result = catalog.health(backups, now=NOW)
-    assert result['ok'] is True, result
-    assert result['latest'] == backups[-1]['name']
-    age = check(result['checks'], 'backup_age')
-    assert age['value_s'] == 3600 - 120 and age['breached'] is False and age['limit_s'] == 3600
-    assert check(result['checks'], 'backup_duration')['breached'] is False
-    assert check(result['checks'], 'size_growth')['value'] == 0.0
-
-
-def test_health_with_an_old_backup():
-    backups = daily(2)
-    later = NOW + datetime.timedelta(days=2)
-    result = catalog.health(backups, now=later)
-    assert result['ok'] is False
-    age = check(result['checks'], 'backup_age')
-    assert age['breached'] is True and age['value_s'] == 2 * 86400 + 3600 - 120
-    # a larger RPO accepts the same backup
-    assert catalog.health(backups, rpo_target_s=3 * 86400, now=later)['ok'] is True
-
-
-def test_health_age_exactly_at_the_rpo_is_not_breached():
-    backups = daily(1)
-    finished = repository.parse_iso(backups[-1]['finished_at'])
-    at_limit = catalog.health(backups, now=finished + datetime.timedelta(seconds=3600))
-    assert check(at_limit['checks'], 'backup_age')['breached'] is False
-    beyond = catalog.health(backups, now=finished + datetime.timedelta(seconds=3601))
-    assert check(beyond['checks'], 'backup_age')['breached'] is True
-
-
-def test_health_ignores_a_newer_failed_backup_and_flags_growth_and_duration():
-    backups = daily(2)
-    backups[-1]['size_bytes'] = 1600
-    backups[-1]['duration_s'] = 1900
-    failed = make_meta('modulo_full_20261124_025000', '2026-11-24T02:50:00Z', status='failed')
-    result = catalog.health(backups + [failed], now=NOW)
-    assert result['latest'] == backups[-1]['name']
-    assert result['ok'] is False
-    assert check(result['checks'], 'backup_age')['breached'] is False
-    assert check(result['checks'], 'size_growth')['breached'] is True
-    assert check(result['checks'], 'backup_duration')['breached'] is True
 
 
 # --- catalog.list_backups / verify -------------------------------------------------------------
