@@ -94,8 +94,8 @@ def test_cron_entry_hourly_with_utc_guard_idempotent_and_removable(ansible, sche
     assert first['changed'] > 0
 
     entries = cron_entries(sched['schedule_cron_file'])
-    # the two default jobs: the nightly backup and the monthly restore drill
-    assert len(entries) == 2
+    # the default jobs: the nightly backup, the monthly restore drill, the hourly health check
+    assert len(entries) == 3
     comment, when, user, command = entries[0]
     assert 'modulo-pgbackup-nightly-backup' in comment and '02:00 UTC' in comment
     # Debian's cron has no CRON_TZ: minute 0 of every hour, the guard picks 02 UTC
@@ -124,6 +124,13 @@ def test_cron_entry_hourly_with_utc_guard_idempotent_and_removable(ansible, sche
                                                           'modulo-pgbackup-restore-drill.lock')
     job = argv[argv.index('--') + 1:]
     assert os.path.realpath(job[1]) == os.path.realpath(DRILL_PLAYBOOK)
+    # the health check: every hour at minute 30, so no UTC guard at all
+    comment, when, user, command = entries[2]
+    assert 'modulo-pgbackup-health-check' in comment and 'every hour at :30 UTC' in comment
+    assert when == ['30', '*', '*', '*', '*']
+    argv = command.split()
+    assert '--utc-hour' not in argv and '--utc-weekday' not in argv
+    assert os.path.basename(argv[argv.index('--') + 2]) == 'health-check.yml'
     # cron.d files must not be writable by group/others, the wrapper must be executable
     assert stat.S_IMODE(os.stat(sched['schedule_cron_file']).st_mode) == 0o644
     assert os.access(sched['schedule_wrapper_path'], os.X_OK)
@@ -147,8 +154,10 @@ def test_cron_entry_hourly_with_utc_guard_idempotent_and_removable(ansible, sche
 def test_systemd_units_in_utc_idempotent_and_removable(ansible, sched):
     run_ok(ansible, dict(sched, schedule_method='systemd'))
     unit_dir = sched['schedule_systemd_unit_dir']
-    assert units(unit_dir) == ['modulo-pgbackup-nightly-backup.service', 'modulo-pgbackup-nightly-backup.timer',
+    assert units(unit_dir) == ['modulo-pgbackup-health-check.service', 'modulo-pgbackup-health-check.timer',
+                               'modulo-pgbackup-nightly-backup.service', 'modulo-pgbackup-nightly-backup.timer',
                                'modulo-pgbackup-restore-drill.service', 'modulo-pgbackup-restore-drill.timer']
+    assert 'OnCalendar=*-*-* *:30:00 UTC' in unit_lines(os.path.join(unit_dir, 'modulo-pgbackup-health-check.timer'))
     drill_timer = unit_lines(os.path.join(unit_dir, 'modulo-pgbackup-restore-drill.timer'))
     # systemd says "first Sunday" itself: a Sunday that is one of days 1-7
     assert 'OnCalendar=Sun *-*-01..07 04:00:00 UTC' in drill_timer
@@ -190,10 +199,10 @@ def test_switching_method_never_leaves_the_job_scheduled_twice(ansible, sched):
     assert os.path.exists(sched['schedule_cron_file'])
     run_ok(ansible, dict(sched, schedule_method='systemd'))
     assert not os.path.exists(sched['schedule_cron_file'])
-    assert len(units(sched['schedule_systemd_unit_dir'])) == 4   # a service and a timer per default job
+    assert len(units(sched['schedule_systemd_unit_dir'])) == 6   # a service and a timer per default job
     run_ok(ansible, dict(sched, schedule_method='cron'))
     assert units(sched['schedule_systemd_unit_dir']) == []
-    assert len(cron_entries(sched['schedule_cron_file'])) == 2
+    assert len(cron_entries(sched['schedule_cron_file'])) == 3
 
 
 # -- the UTC guard, run for real with a faked clock ---------------------------------------
@@ -313,6 +322,16 @@ def test_job_list_takes_a_first_sunday_of_the_month_job(ansible, sched, fake_clo
     run_ok(ansible, dict(sched, schedule_jobs=jobs, schedule_method='systemd'))
     timer = unit_lines(os.path.join(sched['schedule_systemd_unit_dir'], 'modulo-pgbackup-first-sunday.timer'))
     assert 'OnCalendar=Sun *-*-01..07 04:00:00 UTC' in timer
+
+
+@pytest.mark.parametrize('job', [
+    {'name': 'bad-hour', 'playbook': 'health-check.yml', 'hour': 24},
+    {'name': 'hourly-on-sundays', 'playbook': 'health-check.yml', 'hour': '*', 'weekday': 7},
+])
+def test_impossible_jobs_are_refused_before_anything_is_written(ansible, sched, job):
+    proc = ansible.playbook('schedule.yml', extra_vars=dict(sched, schedule_jobs=[job]))
+    assert proc.returncode != 0 and 'Each entry of schedule_jobs needs' in proc.stdout, proc.stdout[-3000:]
+    assert not os.path.exists(sched['schedule_cron_file'])
 
 
 FIRST_SUNDAYS_2027 = ['2027-01-03', '2027-02-07', '2027-03-07', '2027-04-04', '2027-05-02', '2027-06-06',
