@@ -65,7 +65,8 @@ REPORT_RES = {
     'restore-tests': re.compile(r'^monthly_drill_(?P<stamp>\d{8}_\d{6})(?:_\d+)?\.json\Z'),
 }
 # Files of logs/ that are rewritten in place, never aged out.
-KEPT_LOGS = {'health.json': 'the latest health check (playbooks/health-check.yml rewrites it)'}
+KEPT_LOGS = {'health.json': 'the latest health check (playbooks/health-check.yml rewrites it)',
+             'audit.log': 'the audit log: one line per operation, kept for compliance (rotate it with logrotate)'}
 DATE_RE = re.compile(r'^\d{8}\Z')
 COMPRESSED = ('.zst', '.gz')
 

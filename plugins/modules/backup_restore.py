@@ -208,7 +208,7 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import common, logical_restore, pitr, repository, scratch
+from ansible_collections.modulo.pgbackup.plugins.module_utils import audit, common, logical_restore, pitr, repository, scratch
 from ansible_collections.modulo.pgbackup.plugins.module_utils.fsutil import LockBusy
 from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import CommandLog, Connection, PgError, psql_query
 from ansible_collections.modulo.pgbackup.plugins.module_utils.s3store import S3Error
@@ -408,7 +408,11 @@ def main():
     p = module.params
     log = CommandLog()
     result = dict(changed=False, backup=None, executed_commands=log.commands)
-    if any(p[name] for name in PITR_OPTIONS) or p['mode'] == 'cluster':
+    pitr_requested = any(p[name] for name in PITR_OPTIONS) or p['mode'] == 'cluster'
+    audit.bind(module, p['backup_root'], 'pitr' if pitr_requested else 'restore',
+               p['pgdata'] if p['mode'] == 'cluster' else p['target_db'], db_user=p['login_user'],
+               details={'requested_backup': p['backup'], 'mode': p['mode']})
+    if pitr_requested:
         point_in_time(module, p, log, result)
     else:
         logical(module, p, log, result)

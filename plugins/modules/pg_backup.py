@@ -184,7 +184,7 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import common, logical_backup, physical_backup, repository
+from ansible_collections.modulo.pgbackup.plugins.module_utils import audit, common, logical_backup, physical_backup, repository
 from ansible_collections.modulo.pgbackup.plugins.module_utils import report as reports
 from ansible_collections.modulo.pgbackup.plugins.module_utils.compression import CompressionError
 from ansible_collections.modulo.pgbackup.plugins.module_utils.fsutil import LockBusy
@@ -287,6 +287,8 @@ def main():
     p = module.params
     log = CommandLog()
     result = dict(changed=False, backup=None, executed_commands=log.commands)
+    audit.bind(module, p['backup_root'], 'backup', p['db'] if p['type'] == 'logical' else 'cluster',
+               db_user=p['login_user'], details={'type': p['type']})
     if p['type'] == 'physical':
         physical(module, p, log, result)
     if p['compression'] is None:

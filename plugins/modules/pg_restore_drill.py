@@ -263,7 +263,7 @@ executed_commands:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import common, drill, repository, verify
+from ansible_collections.modulo.pgbackup.plugins.module_utils import audit, common, drill, repository, verify
 from ansible_collections.modulo.pgbackup.plugins.module_utils.fsutil import LockBusy
 from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import CommandLog, PgError
 from ansible_collections.modulo.pgbackup.plugins.module_utils.s3store import S3Error
@@ -299,6 +299,8 @@ def main():
     p = module.params
     log = CommandLog()
     result = dict(changed=False, executed_commands=log.commands)
+    audit.bind(module, p['backup_root'], p['mode'], p['db'] if p['mode'] == 'verify' else p['backup'],
+               db_user=p['login_user'], details={'kind': p['kind']} if p['mode'] == 'drill' else None)
     if p['mode'] == 'verify':
         run_verify(module, log, result)
     try:

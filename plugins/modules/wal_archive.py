@@ -235,7 +235,7 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import archiving, common
+from ansible_collections.modulo.pgbackup.plugins.module_utils import archiving, audit, common
 from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import CommandLog, Connection, PgError
 
 
@@ -258,6 +258,7 @@ def main():
     p = module.params
     log = CommandLog()
     result = dict(changed=False, executed_commands=log.commands)
+    audit.bind(module, p['backup_root'], 'wal_archive_%s' % p['state'], 'cluster', db_user=p['login_user'])
     if p['archive_timeout'] < 0 or p['verify_timeout'] < 1:
         module.fail_json(msg='archive_timeout must be 0 or more and verify_timeout 1 or more', **result)
     command_path = os.path.abspath(p['command_path'])

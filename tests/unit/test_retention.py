@@ -330,7 +330,7 @@ def test_stale_temporary_files_go_fresh_ones_stay(repo):
 def test_unknown_files_are_reported_and_never_deleted(repo):
     logical(repo, 1)
     strays = []
-    for relpath in ('full/notes.txt', 'logs/audit.log', 'wal/README', 'restore-tests/drill-output.txt',
+    for relpath in ('full/notes.txt', 'logs/notes.log', 'wal/README', 'restore-tests/drill-output.txt',
                     'full/modulo_full_20261001_020000.sql.gz'):
         with open(repo.path(relpath), 'w') as handle:
             handle.write('x')
