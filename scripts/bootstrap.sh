@@ -11,7 +11,7 @@ PY=${PYTHON:-python3}
 
 need_pkgs=()
 [ -x /usr/lib/postgresql/15/bin/initdb ] || need_pkgs+=(postgresql-15 postgresql-client-15)
-for tool in zstd lz4 pigz gzip tar shellcheck; do
+for tool in zstd lz4 pigz gzip tar shellcheck age; do
   command -v "$tool" >/dev/null 2>&1 || need_pkgs+=("$tool")
 done
 # runuser lives in /usr/sbin, which a normal user's PATH lacks.

@@ -32,7 +32,7 @@ import shlex
 import subprocess
 import time
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import walarchive
+from ansible_collections.modulo.pgbackup.plugins.module_utils import encryption, walarchive
 from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import PgError, psql_query, quote_literal
 
 DEFAULT_COMMAND_PATH = '/usr/local/lib/modulo-pgbackup/pgbackup-wal'
@@ -96,8 +96,12 @@ def command_source():
     return (SHEBANG + source).encode('utf-8')
 
 
-def config_document(repo, compression='auto', level=None, s3=None):
-    """The command's --config (walarchive.CONFIG_KEYS); ``s3`` is common.s3_settings() or None."""
+def config_document(repo, compression='auto', level=None, s3=None, encryption=None):
+    """The command's --config (walarchive.CONFIG_KEYS); ``s3`` is common.s3_settings() or None.
+
+    ``encryption`` ({'recipient', 'identities'}) names the public key segments are encrypted for and the
+    key *files* that decrypt them; the keys themselves are never copied into the config.
+    """
     s3 = s3 or {}
     doc = {
         '_managed_by': MANAGED_BY,
@@ -109,6 +113,9 @@ def config_document(repo, compression='auto', level=None, s3=None):
         's3_endpoint_url': s3.get('endpoint_url') or None,
         'aws_region': s3.get('region') or None,
     }
+    if encryption:
+        doc['encryption_recipient'] = encryption.get('recipient')
+        doc['encryption_key_files'] = list(encryption.get('identities') or [])
     unknown = [k for k in doc if not k.startswith('_') and k not in walarchive.CONFIG_KEYS]
     if unknown:
         raise ArchivingError('the archive command does not know the config keys %s' % ', '.join(unknown))
@@ -117,6 +124,35 @@ def config_document(repo, compression='auto', level=None, s3=None):
 
 def render_config(doc):
     return (json.dumps(doc, indent=2, sort_keys=True) + '\n').encode('utf-8')
+
+
+def wal_encryption(params):
+    """The archive command's encryption settings from the module's options, or None.
+
+    The archiver runs under the postmaster, without the task's environment: a key given only in the
+    environment cannot serve it, so WAL encryption needs ``encryption_key_file``, readable by the
+    server's OS user (fetch decrypts with it during recovery).
+    """
+    keys = encryption.Keys(key_file=params.get('encryption_key_file'),
+                           old_key_files=params.get('encryption_old_key_files'))
+    if not keys.enabled:
+        if params.get('encryption_key_env') and os.environ.get(params['encryption_key_env']):
+            raise ArchivingError('WAL encryption needs encryption_key_file: the archive command runs under '
+                                 'PostgreSQL and cannot see %s' % params['encryption_key_env'])
+        return None
+    try:
+        recipient = keys.recipient()
+        identities = keys.identities()
+    except encryption.EncryptionError as exc:
+        raise ArchivingError(str(exc))
+    if os.geteuid() == 0 and params.get('pg_os_user') not in (None, 'root'):
+        for path in identities:
+            probe = subprocess.run(['runuser', '-u', params['pg_os_user'], '--', 'test', '-r', path], check=False)
+            if probe.returncode:
+                user = params['pg_os_user']
+                raise ArchivingError('the encryption key file %s is not readable by %s, which runs the archive '
+                                     'command: chown it to %s (mode 0600)' % (path, user, user))
+    return {'recipient': recipient, 'identities': identities}
 
 
 def check_compression(compression, level):
@@ -675,7 +711,8 @@ def run(conn, params, result, s3=None, check_mode=False, log=None, warn=None):
             warn('the module runs as %s, not as root or %s: the repository is owned by %s, and the server '
                  'can archive into it only if it runs as that user'
                  % (current_user(), params['pg_os_user'], current_user()))
-        doc = config_document(repo, params['compression'], params['compression_level'], s3)
+        doc = config_document(repo, params['compression'], params['compression_level'], s3,
+                              wal_encryption(params))
         for path, content, mode in ((command_path, command_source(), COMMAND_MODE),
                                     (config_path, render_config(doc), CONFIG_MODE)):
             action = plan_file(path, content, mode)

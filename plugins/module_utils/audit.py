@@ -56,9 +56,11 @@ def _summary(result):
         if value is None:
             continue
         if key == 'backup' and isinstance(value, dict):
-            meta = value.get('meta') or {}
-            value = meta.get('name') or value.get('name') or (os.path.basename(value['path'])
-                                                                if value.get('path') else None)
+            meta = value.get('meta') or value
+            if meta.get('encryption_key_id'):
+                out['encryption_key_id'] = meta['encryption_key_id']
+            path = value.get('path')
+            value = meta.get('name') or value.get('name') or (os.path.basename(path) if path else None)
         if key == 'status' and isinstance(value, dict):
             continue
         out[key] = value

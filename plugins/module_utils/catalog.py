@@ -9,7 +9,7 @@ __metaclass__ = type
 import os
 import subprocess
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import compression, fsutil
+from ansible_collections.modulo.pgbackup.plugins.module_utils import compression, encryption, fsutil, pipeline
 
 KIND_DIRS = {'logical': 'full', 'physical': 'base'}
 
@@ -35,8 +35,8 @@ def list_backups(repo, kinds=('logical',), s3=None):
     return backups, problems
 
 
-def verify(meta, pg_restore=None):
-    """Recompute the sha256 and decompress everything; return a dict of findings."""
+def verify(meta, pg_restore=None, keys=None):
+    """Recompute the sha256 and decompress (and decrypt) everything; return a dict of findings."""
     path = meta.get('path')
     result = {'name': meta.get('name'), 'checksum_ok': None, 'decompress_ok': None, 'errors': []}
     if not path or not os.path.exists(path):
@@ -47,18 +47,41 @@ def verify(meta, pg_restore=None):
     result['checksum_ok'] = digest == meta.get('sha256')
     if not result['checksum_ok']:
         result['errors'].append('sha256 %s does not match the .meta (%s)' % (digest, meta.get('sha256')))
-    result['decompress_ok'], error = decompress_test(meta, path, pg_restore)
+    result['decompress_ok'], error = decompress_test(meta, path, pg_restore, keys)
     if error:
         result['errors'].append(error)
     result['ok'] = bool(result['checksum_ok'] and result['decompress_ok'])
     return result
 
 
-def decompress_test(meta, path, pg_restore=None):
-    """Read the whole backup the way a restore would, without writing anything."""
+def decompress_test(meta, path, pg_restore=None, keys=None):
+    """Read the whole backup the way a restore would, without writing anything.
+
+    Encrypted backups are decrypted on the way (age authenticates every chunk, so a damaged or
+    truncated file fails here), then decompressed.
+    """
     fmt = meta.get('format', 'plain')
+    if os.path.isdir(path):
+        files = sorted(os.path.join(path, n) for n in os.listdir(path) if n.startswith('base.tar'))
+        if fmt != 'tar' or not files:
+            return _decompress_test_one(meta, path, fmt, pg_restore, keys)
+        for name in files:
+            ok, error = _decompress_test_one(meta, name, 'tar', pg_restore, keys)
+            if not ok:
+                return ok, error
+        return True, None
+    return _decompress_test_one(meta, path, fmt, pg_restore, keys)
+
+
+def _decompress_test_one(meta, path, fmt, pg_restore, keys):
     codec = compression.codec_of_path(path) if fmt != 'directory' else 'none'
     try:
+        if encryption.is_encrypted(path):
+            stages, _stdin = compression.read_stages(path, keys)
+            if fmt == 'custom' and codec == 'none' and pg_restore:
+                stages.append([pg_restore, '-f', '/dev/null'])
+            pipeline.run(stages, stdout_path=None)
+            return True, None
         if codec != 'none':
             argv = compression.test_argv(codec, path)
             proc = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
@@ -70,6 +93,8 @@ def decompress_test(meta, path, pg_restore=None):
                                   stderr=subprocess.PIPE, check=False)
             if proc.returncode:
                 return False, 'pg_restore cannot read the archive: %s' % proc.stderr.decode().strip()[-500:]
-    except compression.CompressionError as exc:
+    except (compression.CompressionError, encryption.EncryptionError) as exc:
         return False, str(exc)
+    except pipeline.PipelineError as exc:
+        return False, encryption.explain(exc.stderr, meta) if exc.stage == 'age' else str(exc)
     return True, None

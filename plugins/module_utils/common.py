@@ -38,10 +38,20 @@ def s3_argspec():
     )
 
 
-def full_argspec(**module_options):
+def encryption_argspec():
+    return dict(
+        encryption_key_file=dict(type='path', no_log=False),
+        encryption_key_env=dict(type='str', default='MODULO_PGBACKUP_ENCRYPTION_KEY', no_log=False),
+        encryption_old_key_files=dict(type='list', elements='path', default=[], no_log=False),
+    )
+
+
+def full_argspec(with_encryption=False, **module_options):
     spec = connection_argspec()
     spec.update(repository_argspec())
     spec.update(s3_argspec())
+    if with_encryption:
+        spec.update(encryption_argspec())
     spec.update(module_options)
     return spec
 

@@ -13,6 +13,8 @@ __metaclass__ = type
 import os
 import shutil
 
+from ansible_collections.modulo.pgbackup.plugins.module_utils import encryption
+
 CODECS = ('gzip', 'zstd', 'lz4', 'none')
 DEFAULT_LEVEL = {'gzip': 6, 'zstd': 3, 'lz4': 1, 'none': None}
 LEVEL_RANGE = {'gzip': (1, 9), 'zstd': (1, 19), 'lz4': (1, 12)}
@@ -79,7 +81,24 @@ def test_argv(codec, path):
 
 
 def codec_of_path(path):
+    path = encryption.strip_suffix(path)
     for codec, suffix in (('gzip', '.gz'), ('zstd', '.zst'), ('lz4', '.lz4')):
         if path.endswith(suffix):
             return codec
     return 'none'
+
+
+def read_stages(path, keys=None):
+    """Pipeline stages that turn a stored file into its raw content on stdout: decrypt, then decompress.
+
+    Returns ``(stages, stdin_path)``; ``stdin_path`` is the file itself when no stage is needed.
+    """
+    codec = codec_of_path(path)
+    if encryption.is_encrypted(path):
+        if keys is None:
+            raise encryption.EncryptionError('%s is encrypted: give its key with encryption_key_file (or '
+                                             'encryption_old_key_files)' % path)
+        return [keys.decrypt_argv(path)] + ([decompress_argv(codec)] if codec != 'none' else []), None
+    if codec != 'none':
+        return [decompress_argv(codec, path)], None
+    return [], path

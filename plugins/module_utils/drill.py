@@ -44,7 +44,7 @@ import subprocess
 import time
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import (
-    fsutil, logical_restore, pipeline, pitr, repository, scratch)
+    compression, encryption, fsutil, logical_restore, pipeline, pitr, repository, scratch)
 from ansible_collections.modulo.pgbackup.plugins.module_utils.logical_backup import database_rows
 from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import (
     Connection, PgError, quote_ident)
@@ -270,6 +270,7 @@ class Drill(object):
         self.os_user = params.get('pg_os_user') or 'postgres'
         self.cluster = None
         self.workdir = None
+        self.keys = encryption.Keys.from_params(params)
 
     # Selecting the backup -------------------------------------------------
     def select_backup(self):
@@ -364,7 +365,8 @@ class Drill(object):
         self._load_globals(conn)
         self.cluster.query('CREATE DATABASE %s TEMPLATE template0' % quote_ident(db), log=self.log)
         try:
-            logical_restore.load(conn, self.meta, db, jobs=self.jobs, log=self.log, workdir=self.workdir)
+            logical_restore.load(conn, self.meta, db, jobs=self.jobs, log=self.log, workdir=self.workdir,
+                                 keys=self.keys)
         except logical_restore.RestoreError as exc:
             self.timings['restore_s'] = round(time.time() - started, 3)
             raise DrillError(str(exc), check='restore')
@@ -394,11 +396,14 @@ class Drill(object):
         path = os.path.join(os.path.dirname(self.meta['path']), info['file']) if info.get('file') else None
         if not path or not os.path.exists(path):
             return
-        argv = [conn.bin('psql'), '-X', '-q', '--no-password', '-o', '/dev/null', '-f', path, '-d', 'postgres']
-        if self.log is not None:
-            self.log.add(argv)
-        subprocess.run(argv, env=conn.env('postgres'), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                       check=False)
+        stages, stdin_path = compression.read_stages(path, self.keys)
+        psql = [conn.bin('psql'), '-X', '-q', '--no-password', '-o', '/dev/null', '-d', 'postgres']
+        try:
+            pipeline.run(stages + [psql], env=conn.env('postgres'), stdin_path=stdin_path, log=self.log)
+        except pipeline.PipelineError as exc:
+            if exc.stage != 'psql':
+                raise DrillError('cannot read the roles of %s (%s): %s' % (self.meta['name'], info['file'], exc),
+                                 check='restore')
 
     def restore_physical(self, port):
         self.cluster = pitr.ScratchRecovery(self.bindir, self.make_workdir(), self.os_user, port=port)
@@ -413,7 +418,7 @@ class Drill(object):
         try:
             outcome = self.cluster.recover(self.meta, self.repo.root, target, s3_settings=self.s3_settings,
                                            timeout_s=int(self.p.get('recovery_timeout') or 3600), log=self.log,
-                                           after_extract=verify)
+                                           after_extract=verify, keys=self.keys)
         except (scratch.ScratchError, PgError, pipeline.PipelineError) as exc:
             self.timings['restore_s'] = round(marks.get('extracted', time.time()) - marks['started'], 3)
             if 'verified' in marks:
@@ -450,6 +455,9 @@ class Drill(object):
 
     def _verifybackup(self, pgdata):
         manifest = os.path.join(self.meta['path'], 'backup_manifest')
+        if not os.path.exists(manifest) and encryption.is_encrypted(self.meta):
+            # An encrypted base backup is one stream with the manifest inside: it was unpacked with the files.
+            manifest = os.path.join(pgdata, 'backup_manifest')
         if not os.path.exists(manifest):
             raise DrillError('base backup %s has no backup_manifest: pg_verifybackup cannot check it'
                              % self.meta['name'], check='pg_verifybackup')
@@ -543,6 +551,7 @@ class Drill(object):
         add_check(self.report, check, False, message)
 
     def cleanup(self):
+        self.keys.close()
         removed = []
         if self.cluster is not None:
             try:

@@ -19,7 +19,7 @@ import os
 import re
 import time
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import compression, fsutil, pipeline, repository
+from ansible_collections.modulo.pgbackup.plugins.module_utils import compression, encryption, fsutil, pipeline, repository
 from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import (
     PgError, PsqlSession, psql_query, quote_ident, server_facts)
 
@@ -46,7 +46,7 @@ def native_compression(fmt, codec, pg_dump_major):
     return codec == 'gzip' or pg_dump_major >= 16
 
 
-def plan(repo, db, fmt, codec, level, prefix, pg_dump_major, now=None):
+def plan(repo, db, fmt, codec, level, prefix, pg_dump_major, now=None, encrypted=False):
     """Names and paths of the backup about to be taken (also what check mode reports)."""
     if fmt not in FORMATS:
         raise BackupError('format must be one of %s' % ', '.join(FORMATS))
@@ -56,14 +56,17 @@ def plan(repo, db, fmt, codec, level, prefix, pg_dump_major, now=None):
     if fmt == 'directory' and codec not in ('gzip', 'none') and pg_dump_major < 16:
         raise BackupError('format directory with %s needs pg_dump 16 or newer (this host has %d): '
                           'use compression gzip, or format custom/plain with %s' % (codec, pg_dump_major, codec))
+    if encrypted and fmt == 'directory':
+        raise BackupError('format directory cannot be encrypted (it is many files written by pg_dump itself): '
+                          'use format custom (parallel restore too) or plain with encryption')
     now = now or repository.utcnow()
     name = repository.backup_name(prefix, 'full', now)
     native = native_compression(fmt, codec, pg_dump_major)
-    filename = name + repository.dump_suffix(fmt, codec, native)
+    filename = name + repository.dump_suffix(fmt, codec, native) + (encryption.SUFFIX if encrypted else '')
     return {'name': name, 'file': filename, 'path': repo.path('full', filename),
             'meta_path': repo.meta_path('full', name), 'database': db, 'format': fmt,
             'compression': codec, 'compression_level': level, 'native_compression': native,
-            'started': now, 'prefix': prefix, 'pg_dump_major': pg_dump_major}
+            'started': now, 'prefix': prefix, 'pg_dump_major': pg_dump_major, 'encrypted': encrypted}
 
 
 def unused_plan(repo, planned, attempts=3):
@@ -76,8 +79,9 @@ def unused_plan(repo, planned, attempts=3):
     for attempt in range(attempts):
         fresh = plan(repo, planned['database'], planned['format'], planned['compression'],
                      planned['compression_level'], planned['prefix'], planned['pg_dump_major'],
-                     now=repository.utcnow())
-        taken = (fresh['path'], fresh['meta_path'], repo.path('full', fresh['name'] + '.globals.sql'))
+                     now=repository.utcnow(), encrypted=planned.get('encrypted', False))
+        taken = (fresh['path'], fresh['meta_path'], repo.path('full', fresh['name'] + '.globals.sql'),
+                 repo.path('full', fresh['name'] + '.globals.sql' + encryption.SUFFIX))
         if not any(os.path.lexists(path) for path in taken):
             break
         if attempt < attempts - 1:
@@ -129,15 +133,18 @@ def count_rows(session):
     return dict((name, int(count)) for name, count in rows)
 
 
-def dump_globals(conn, repo, name, log):
-    """Roles and tablespaces next to the dump: a database restored elsewhere needs its owners."""
-    final = repo.path('full', name + '.globals.sql')
+def dump_globals(conn, repo, name, log, keys=None):
+    """Roles and tablespaces next to the dump: a database restored elsewhere needs its owners.
+
+    They hold the roles' password hashes: encrypted like the dump when the dump is.
+    """
+    final = repo.path('full', name + '.globals.sql' + (encryption.SUFFIX if keys else ''))
     tmp = fsutil.tmp_path_for(final)
     env = conn.env()
     for extra in ([], ['--no-role-passwords']):
         argv = [conn.bin('pg_dumpall'), '--globals-only', '--no-password'] + extra
         try:
-            pipeline.run([argv], env=env, stdout_path=tmp, log=log)
+            pipeline.run([argv] + ([keys.encrypt_argv()] if keys else []), env=env, stdout_path=tmp, log=log)
         except pipeline.PipelineError as exc:
             fsutil.remove_quietly(tmp)
             last_error = str(exc)
@@ -154,8 +161,11 @@ def dump_globals(conn, repo, name, log):
     return {'file': None, 'error': last_error}
 
 
-def take(conn, repo, p, jobs=None, log=None):
-    """Run the backup planned by ``plan``; return its ``.meta`` dict."""
+def take(conn, repo, p, jobs=None, log=None, keys=None):
+    """Run the backup planned by ``plan``; return its ``.meta`` dict.
+
+    With ``keys`` (an encrypted plan), ``age`` is the last stage: the file on disk is never plaintext.
+    """
     facts = server_facts(conn, db=p['database'], log=log)
     tmp = fsutil.tmp_path_for(p['path'])
     env = conn.env(p['database'])
@@ -170,14 +180,16 @@ def take(conn, repo, p, jobs=None, log=None):
                 table_rows.update(count_rows(session))
 
             try:
-                if p['format'] == 'directory' or p['native_compression']:
+                if p['format'] == 'directory' or (p['native_compression'] and not p.get('encrypted')):
                     stages = [_dump_argv(conn, p, snapshot, jobs, out_path=tmp)]
                     pipeline.run(stages, env=env, log=log, started=count_while_dumping)
                 else:
                     stages = [_dump_argv(conn, p, snapshot, jobs)]
-                    if p['compression'] != 'none':
+                    if p['compression'] != 'none' and not p['native_compression']:
                         stages.append(compression.compress_argv(p['compression'], p['compression_level'],
                                                                 threads=jobs))
+                    if p.get('encrypted'):
+                        stages.append(keys.encrypt_argv())
                     pipeline.run(stages, env=env, stdout_path=tmp, log=log, started=count_while_dumping)
             except pipeline.PipelineError as exc:
                 raise BackupError('backup of database %s failed, nothing was kept: %s%s'
@@ -195,8 +207,10 @@ def take(conn, repo, p, jobs=None, log=None):
     # that readers ignore, but a failed run must not leave one behind either.
     globals_info = {}
     try:
-        globals_info = dump_globals(conn, repo, p['name'], log)
+        globals_info = dump_globals(conn, repo, p['name'], log, keys=keys if p.get('encrypted') else None)
         meta = _meta(p, facts, finished, start, size, digest, table_rows, globals_info)
+        if p.get('encrypted'):
+            meta.update(keys.meta_fields())
         fsutil.write_json_atomic(p['meta_path'], meta)
     except BaseException:
         fsutil.remove_quietly(p['path'])

@@ -17,7 +17,7 @@ import os
 import re
 import time
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import compression, fsutil, pipeline, repository
+from ansible_collections.modulo.pgbackup.plugins.module_utils import compression, encryption, fsutil, pipeline, repository
 from ansible_collections.modulo.pgbackup.plugins.module_utils.logical_backup import database_rows
 from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import (
     PgError, psql_query, quote_ident, quote_literal)
@@ -58,14 +58,14 @@ def resolve_backup(repo, selector, database=None, s3=None):
                                    repo.path('full'), ' or %s' % s3.uri('full/') if s3 else '',
                                    ' for database %s' % database if database else ''))
         return complete[-1]
-    if os.sep in selector or selector.endswith(('.gz', '.zst', '.lz4', '.sql', '.dump', '.dir')):
+    if os.sep in selector or selector.endswith(('.gz', '.zst', '.lz4', '.sql', '.dump', '.dir', '.age')):
         # A bare file name means a file of this repository, not of the current directory.
         path = selector if os.sep in selector else repo.path('full', selector)
         path = os.path.abspath(path)
         if not os.path.exists(path):
             raise RestoreError('backup file %s does not exist' % path)
         base = os.path.basename(path.rstrip('/'))
-        stem = re.sub(r'(\.sql|\.dump|\.dir)(\.gz|\.zst|\.lz4)?$', '', base)
+        stem = re.sub(r'(\.sql|\.dump|\.dir)(\.gz|\.zst|\.lz4)?(\.age)?$', '', base)
         meta_file = os.path.join(os.path.dirname(path), stem + '.meta')
         if not os.path.exists(meta_file):
             raise RestoreError('backup file %s has no .meta next to it (%s): it is incomplete or was not '
@@ -119,34 +119,31 @@ def _restore_argv(conn, meta, path, staging, jobs):
     return argv + [path]
 
 
-def load(conn, meta, staging, jobs=None, log=None, workdir=None):
-    """Load the dump into the (empty, existing) staging database."""
+def load(conn, meta, staging, jobs=None, log=None, workdir=None, keys=None):
+    """Load the dump into the (empty, existing) staging database; ``keys`` decrypt an encrypted one."""
     path = meta['path']
     fmt = meta.get('format', 'plain')
     env = conn.env(staging)
-    codec = compression.codec_of_path(path) if fmt != 'directory' else 'none'
     tmp_plain = None
     try:
+        stages, stdin_path = compression.read_stages(path, keys) if fmt != 'directory' else ([], None)
         if fmt == 'plain':
-            stages = []
             psql = [conn.bin('psql'), '-X', '-q', '--no-password', '-v', 'ON_ERROR_STOP=1',
                     '--single-transaction', '-o', '/dev/null', '-d', staging]
-            if codec != 'none':
-                stages.append(compression.decompress_argv(codec, path))
-                stages.append(psql)
-                pipeline.run(stages, env=env, log=log)
-            else:
-                pipeline.run([psql], env=env, stdin_path=path, log=log)
+            pipeline.run(stages + [psql], env=env, stdin_path=stdin_path, log=log)
             return
-        if codec != 'none':
-            # pg_restore -j needs a seekable file: decompress next to the backup first.
+        if stages:
+            # pg_restore -j needs a seekable file: decrypt/decompress next to the backup first.
             tmp_plain = fsutil.tmp_path_for(os.path.join(workdir or os.path.dirname(path),
                                                          os.path.basename(path) + '.restore'))
-            pipeline.run([compression.decompress_argv(codec, path)], env=env, stdout_path=tmp_plain, log=log)
+            pipeline.run(stages, env=env, stdout_path=tmp_plain, log=log)
             path = tmp_plain
         pipeline.run([_restore_argv(conn, meta, path, staging, jobs)], env=env, log=log)
-    except pipeline.PipelineError as exc:
+    except encryption.EncryptionError as exc:
         raise RestoreError('restore of %s failed, the target database was not touched: %s' % (meta['name'], exc))
+    except pipeline.PipelineError as exc:
+        detail = '%s (%s)' % (encryption.explain(exc.stderr, meta), exc) if exc.stage == 'age' else exc
+        raise RestoreError('restore of %s failed, the target database was not touched: %s' % (meta['name'], detail))
     finally:
         if tmp_plain:
             fsutil.remove_quietly(tmp_plain)
@@ -176,7 +173,7 @@ def aside_name(target, stamp):
     return target[:63 - len(suffix)] + suffix
 
 
-def restore(conn, meta, target_db, confirm=None, keep_old=True, jobs=None, log=None):
+def restore(conn, meta, target_db, confirm=None, keep_old=True, jobs=None, log=None, keys=None):
     """Restore ``meta`` into ``target_db``; return a result dict for the module."""
     validate_dbname(target_db)
     state = database_state(conn, target_db, log=log)
@@ -193,7 +190,7 @@ def restore(conn, meta, target_db, confirm=None, keep_old=True, jobs=None, log=N
     except PgError as exc:
         raise RestoreError('cannot create the staging database %s: %s' % (staging, exc))
     try:
-        load(conn, meta, staging, jobs=jobs, log=log)
+        load(conn, meta, staging, jobs=jobs, log=log, keys=keys)
         restored_rows = database_rows(conn, staging, log=log)
         diffs = compare_rows(meta.get('table_rows') or {}, restored_rows)
         if diffs:

@@ -18,7 +18,7 @@ import os
 import re
 import time
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import fsutil, pipeline, repository, walarchive
+from ansible_collections.modulo.pgbackup.plugins.module_utils import compression, encryption, fsutil, pipeline, repository, walarchive
 from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import psql_query, server_facts
 
 START_RE = re.compile(r'write-ahead log start point: ([0-9A-F]+/[0-9A-F]+) on timeline (\d+)')
@@ -127,22 +127,72 @@ def wal_points(backup_dir, stderr_text=''):
     return start_match.group(1), int(start_match.group(2)), end_match.group(1)
 
 
-def take(conn, repo, p, wait_archive_s=300, log=None):
+def _encrypted_stream(conn, p, tmp, keys, log, watch):
+    """pg_basebackup to stdout | compress | age: one encrypted tar, the manifest inside it.
+
+    Server-side compression cannot be used here (pg_basebackup must add the manifest to the
+    stream it writes), so the host compresses; nothing unencrypted reaches the disk.
+    """
+    fsutil.ensure_dir(tmp)
+    suffix = repository.COMPRESSION_SUFFIX[p['compression']] + encryption.SUFFIX
+    archive = os.path.join(tmp, 'base.tar' + suffix)
+    stages = [[conn.bin('pg_basebackup'), '--pgdata=-', '--format=tar', '--wal-method=none', '--checkpoint=fast',
+               '--manifest-checksums=SHA256', '--label=%s' % p['name'], '--no-password', '--verbose']]
+    if p['compression'] != 'none':
+        stages.append(compression.compress_argv(p['compression'], p['compression_level'] or
+                                                compression.DEFAULT_LEVEL[p['compression']], threads=2))
+    stages.append(keys.encrypt_argv())
+    pipeline.run(stages, env=conn.env('postgres'), stdout_path=archive, log=log, started=watch)
+
+
+def backup_label_points(repo_root, label, timeout_s, poll_s=0.5):
+    """(start LSN, timeline, stop LSN) from the archived ``.backup`` file of the backup labelled ``label``.
+
+    pg_basebackup says nothing about its WAL range when it writes to stdout without WAL; the server
+    archives a small backup history file with it, found here by its label.
+    """
+    deadline = time.time() + timeout_s
+    while True:
+        for entry in reversed(walarchive.list_archive(repo_root)):
+            if entry['kind'] != 'backup':
+                continue
+            with open(entry['path']) as handle:
+                text = handle.read()
+            if re.search(r'^LABEL: %s$' % re.escape(label), text, re.M):
+                start = re.search(r'^START WAL LOCATION: ([0-9A-F]+/[0-9A-F]+)', text, re.M)
+                stop = re.search(r'^STOP WAL LOCATION: ([0-9A-F]+/[0-9A-F]+)', text, re.M)
+                tli = re.search(r'^STOP TIMELINE: (\d+)', text, re.M) or re.search(r'^START TIMELINE: (\d+)', text, re.M)
+                if start and stop and tli:
+                    return start.group(1), int(tli.group(1)), stop.group(1)
+        if time.time() >= deadline:
+            raise PhysicalBackupError('the backup history file of %s did not reach the archive within %d s: '
+                                      'check pg_stat_archiver and the archive_command' % (label, timeout_s))
+        time.sleep(poll_s)
+
+
+def take(conn, repo, p, wait_archive_s=300, log=None, keys=None):
     """Run the base backup planned by ``plan``; return its ``.meta``."""
     facts = server_facts(conn, db='postgres', log=log)
     check_archiving(conn, log=log)
     tmp = fsutil.tmp_path_for(p['path'])
     start = time.time()
+    encrypted = keys is not None and keys.enabled
     argv = [conn.bin('pg_basebackup'), '--pgdata=%s' % tmp, '--format=tar', '--wal-method=none',
             '--checkpoint=fast', '--manifest-checksums=SHA256', '--label=%s' % p['name'],
             '--no-password', '--verbose'] + _compress_arg(p['compression'], p['compression_level'])
     try:
         try:
-            errs = pipeline.run([argv], env=conn.env('postgres'), log=log,
-                                started=_watch_archiver(conn, wait_archive_s))
+            if encrypted:
+                _encrypted_stream(conn, p, tmp, keys, log, _watch_archiver(conn, wait_archive_s))
+            else:
+                errs = pipeline.run([argv], env=conn.env('postgres'), log=log,
+                                    started=_watch_archiver(conn, wait_archive_s))
         except pipeline.PipelineError as exc:
             raise PhysicalBackupError('pg_basebackup failed, nothing was kept: %s' % exc)
-        start_lsn, timeline, stop_lsn = wal_points(tmp, errs[0])
+        if encrypted:
+            start_lsn, timeline, stop_lsn = backup_label_points(repo.root, p['name'], wait_archive_s)
+        else:
+            start_lsn, timeline, stop_lsn = wal_points(tmp, errs[0])
         wal_start = walarchive.segment_name(timeline, walarchive.parse_lsn(start_lsn))
         # The stop LSN points just past the last record: the last segment needed holds the byte before it.
         wal_stop = walarchive.segment_name(timeline, walarchive.parse_lsn(stop_lsn) - 1)
@@ -171,5 +221,7 @@ def take(conn, repo, p, wait_archive_s=300, log=None):
         'wal_start': wal_start, 'wal_stop': wal_stop, 'files': sorted(os.listdir(p['path'])),
         'tool': 'modulo.pgbackup', 'status': 'complete',
     }
+    if encrypted:
+        meta.update(keys.meta_fields())
     fsutil.write_json_atomic(p['meta_path'], meta)
     return meta

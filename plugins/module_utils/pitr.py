@@ -125,13 +125,13 @@ class ScratchRecovery(scratch.PrivateCluster):
     """A recovered copy of the cluster in ``workdir``; always removed by ``close``."""
 
     def recover(self, base, repo_root, target_settings, s3_settings=None, timeout_s=3600, log=None,
-                after_extract=None):
+                after_extract=None, keys=None):
         """Recover to the target; ``after_extract(pgdata)`` runs on the untouched copy (restore drills verify it)."""
         fsutil.ensure_dir(self.workdir)
         scratch.chown_to(self.workdir, self.os_user)
         scratch.chown_to(self.socket_dir, self.os_user)
-        restore_command = scratch.install_wal_command(self.workdir, repo_root, s3_settings, self.os_user)
-        scratch.extract_base(base['path'], self.pgdata, self.os_user, log=log)
+        restore_command = scratch.install_wal_command(self.workdir, repo_root, s3_settings, self.os_user, keys=keys)
+        scratch.extract_base(base['path'], self.pgdata, self.os_user, log=log, keys=keys)
         if after_extract is not None:
             after_extract(self.pgdata)
         if not os.path.exists(os.path.join(self.pgdata, 'postgresql.conf')):
@@ -202,7 +202,7 @@ def scratch_workdir(base_dir, os_user):
 
 
 def replace_cluster(base, repo_root, pgdata, bindir, target_settings, os_user, stop, start, s3_settings=None,
-                    timeout_s=3600, log=None):
+                    timeout_s=3600, log=None, keys=None):
     """Swap the live data directory for a recovered one; the old directory is kept beside it.
 
     ``stop`` and ``start`` are callables (systemd unit or pg_ctl) supplied by the module.
@@ -217,8 +217,8 @@ def replace_cluster(base, repo_root, pgdata, bindir, target_settings, os_user, s
     try:
         fsutil.ensure_dir(workdir)
         scratch.chown_to(workdir, os_user)
-        restore_command = scratch.install_wal_command(workdir, repo_root, s3_settings, os_user)
-        scratch.extract_base(base['path'], pgdata, os_user, log=log)
+        restore_command = scratch.install_wal_command(workdir, repo_root, s3_settings, os_user, keys=keys)
+        scratch.extract_base(base['path'], pgdata, os_user, log=log, keys=keys)
         for name in config_files:
             # Today's configuration, not the one at backup time (ports, archive_command, memory).
             if os.path.exists(os.path.join(aside, name)):

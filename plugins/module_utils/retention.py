@@ -243,7 +243,8 @@ def _collect_backups(out, units, load_meta, sub):
     by_file = {}
     for entry in backups.values():
         by_file[entry['data_file']] = (entry, '%s_backup' % kind)
-        by_file[entry['name'] + '.globals.sql'] = (entry, 'globals')
+        globals_file = (entry['meta'].get('globals') or {}).get('file') or entry['name'] + '.globals.sql'
+        by_file[globals_file] = (entry, 'globals')
     for what, unit in others:
         name = unit['relpath'].split('/', 1)[1]
         if what == 'tmp':

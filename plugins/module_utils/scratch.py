@@ -23,7 +23,7 @@ import subprocess
 import tempfile
 import time
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import compression, fsutil, pipeline, walarchive
+from ansible_collections.modulo.pgbackup.plugins.module_utils import compression, encryption, fsutil, pipeline, walarchive
 from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import Connection, psql_query
 
 
@@ -48,8 +48,11 @@ def chown_to(path, os_user):
         os.chown(path, pw.pw_uid, pw.pw_gid)
 
 
-def install_wal_command(workdir, repo_root, s3_settings=None, os_user=None):
-    """A private copy of the archive command for restore_command (no host install needed)."""
+def install_wal_command(workdir, repo_root, s3_settings=None, os_user=None, keys=None):
+    """A private copy of the archive command for restore_command (no host install needed).
+
+    With ``keys``, the fetch decrypts with the same identities (readable by the server's OS user).
+    """
     script = os.path.join(workdir, 'pgbackup-wal')
     source = inspect.getsource(walarchive)
     fsutil.write_atomic(script, '#!/usr/bin/python3\n' + source, mode=0o755, overwrite=True)
@@ -59,18 +62,21 @@ def install_wal_command(workdir, repo_root, s3_settings=None, os_user=None):
         config.update({'s3_bucket': s3_settings['bucket'], 's3_prefix': s3_settings.get('prefix'),
                        's3_endpoint_url': s3_settings.get('endpoint_url'),
                        'aws_region': s3_settings.get('region')})
+    if keys is not None and (keys.enabled or keys.old_key_files):
+        config['encryption_key_files'] = keys.identities()
+        keys.grant(os_user)
     config_path = os.path.join(workdir, 'pgbackup-wal.json')
     fsutil.write_json_atomic(config_path, config, overwrite=True)
     os.chmod(config_path, 0o644)
     return "/usr/bin/python3 %s fetch --config %s %%f %%p" % (script, config_path)
 
 
-def extract_base(base_dir, pgdata, os_user=None, log=None):
-    """Unpack base.tar[.zst|.gz|.lz4] (and the manifest) into an empty ``pgdata``."""
+def extract_base(base_dir, pgdata, os_user=None, log=None, keys=None):
+    """Unpack base.tar[.zst|.gz|.lz4][.age] (and the manifest) into an empty ``pgdata``."""
     archives = [n for n in os.listdir(base_dir) if n.startswith('base.tar')]
     if not archives:
         raise ScratchError('%s holds no base.tar*: not a physical base backup' % base_dir)
-    others = [n for n in os.listdir(base_dir) if n.endswith(('.tar', '.tar.zst', '.tar.gz', '.tar.lz4'))
+    others = [n for n in os.listdir(base_dir) if encryption.strip_suffix(n).endswith(('.tar', '.tar.zst', '.tar.gz', '.tar.lz4'))
               and not n.startswith(('base.', 'pg_wal.'))]
     if others:
         raise ScratchError('base backup %s contains tablespaces (%s): restoring tablespaces is not supported '
@@ -78,13 +84,15 @@ def extract_base(base_dir, pgdata, os_user=None, log=None):
     archive = os.path.join(base_dir, archives[0])
     fsutil.ensure_dir(pgdata)
     chown_to(pgdata, os_user)
-    codec = compression.codec_of_path(archive)
     tar = run_as(os_user) + ['tar', '-x', '-C', pgdata, '-f', '-']
-    stages = ([compression.decompress_argv(codec, archive)] if codec != 'none' else []) + [tar]
     try:
-        pipeline.run(stages, stdin_path=archive if codec == 'none' else None, log=log)
-    except pipeline.PipelineError as exc:
+        stages, stdin_path = compression.read_stages(archive, keys)
+        pipeline.run(stages + [tar], stdin_path=stdin_path, log=log)
+    except encryption.EncryptionError as exc:
         raise ScratchError('cannot unpack %s: %s' % (archive, exc))
+    except pipeline.PipelineError as exc:
+        detail = encryption.explain(exc.stderr) if exc.stage == 'age' else exc
+        raise ScratchError('cannot unpack %s: %s' % (archive, detail))
 
 
 def private_settings(port, socket_dir):

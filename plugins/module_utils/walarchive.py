@@ -97,6 +97,8 @@ DIR_MODE = 0o700
 FILE_MODE = 0o600
 CODECS = ('zstd', 'gzip', 'none')
 SUFFIX = {'zstd': '.zst', 'gzip': '.gz', 'none': ''}
+# Segments encrypted with age (encryption_recipient) carry this after the codec's suffix.
+AGE_SUFFIX = '.age'
 DEFAULT_LEVEL = {'zstd': 3, 'gzip': 6, 'none': None}
 LEVEL_RANGE = {'zstd': (1, 22), 'gzip': (1, 9)}
 # A crashed push leaves its temporary file behind; it is removed by a later
@@ -377,6 +379,7 @@ def check_level(codec, level):
 
 
 def codec_of(filename):
+    filename = filename[:-len(AGE_SUFFIX)] if filename.endswith(AGE_SUFFIX) else filename
     if filename.endswith('.zst'):
         return 'zstd'
     if filename.endswith('.gz'):
@@ -385,7 +388,29 @@ def codec_of(filename):
 
 
 def _strip_suffix(filename):
-    return filename[:-len(SUFFIX[codec_of(filename)])] if codec_of(filename) != 'none' else filename
+    codec = codec_of(filename)
+    filename = filename[:-len(AGE_SUFFIX)] if filename.endswith(AGE_SUFFIX) else filename
+    return filename[:-len(SUFFIX[codec])] if codec != 'none' else filename
+
+
+def is_encrypted(filename):
+    return filename.endswith(AGE_SUFFIX)
+
+
+def _age_or_fail():
+    program = shutil.which('age') or ('/usr/bin/age' if os.access('/usr/bin/age', os.X_OK) else None)
+    if not program:
+        raise WalArchiveError('encryption is configured (or the archived file is encrypted) but the age program '
+                              'is not installed (apt-get install age)')
+    return program
+
+
+def _age_error(proc_rc, errors, what):
+    errors.seek(0)
+    text = errors.read().decode('utf-8', 'replace').strip()
+    if 'no identity matched' in text:
+        text = ('none of encryption_key_files can decrypt it: add the key it was encrypted with (%s)' % text)
+    return WalArchiveError('age could not decrypt %s (exit %d): %s' % (what, proc_rc, text))
 
 
 def _zstd_or_fail():
@@ -396,8 +421,37 @@ def _zstd_or_fail():
     return program
 
 
-def _compress_into(src, fd, codec, level):
-    """Stream ``src`` (an open binary file) into ``fd``; returns (sha256 of raw bytes, raw size)."""
+def _compress_into(src, fd, codec, level, encryption=None):
+    """Stream ``src`` (an open binary file) into ``fd``; returns (sha256 of raw bytes, raw size).
+
+    With ``encryption`` ({'recipient': 'age1...'}), the compressed stream goes through ``age`` on its
+    way to ``fd``: nothing unencrypted is written.
+    """
+    if not encryption:
+        return _compress_plain(src, fd, codec, level)
+    with tempfile.TemporaryFile() as errors:
+        proc = subprocess.Popen([_age_or_fail(), '--encrypt', '--recipient', encryption['recipient']],
+                                stdin=subprocess.PIPE, stdout=fd, stderr=errors)
+        try:
+            result = _compress_plain(src, proc.stdin.fileno(), codec, level)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        finally:
+            try:
+                proc.stdin.close()
+            except BrokenPipeError:
+                pass
+        rc = proc.wait()
+        if rc:
+            errors.seek(0)
+            raise WalArchiveError('age failed to encrypt (exit %d): %s'
+                                  % (rc, errors.read().decode('utf-8', 'replace').strip()))
+    return result
+
+
+def _compress_plain(src, fd, codec, level):
     digest = hashlib.sha256()
     size = [0]
 
@@ -441,7 +495,7 @@ def _compress_into(src, fd, codec, level):
     return digest.hexdigest(), size[0]
 
 
-def _decompress_into(path_or_file, codec, fd):
+def _decompress_into(path_or_file, codec, fd, encryption=None, encrypted=False):
     """Write the raw bytes of a stored file into ``fd``; returns their sha256."""
     digest = hashlib.sha256()
 
@@ -450,9 +504,40 @@ def _decompress_into(path_or_file, codec, fd):
         if fd is not None:
             _write_all(fd, chunk)
 
-    for chunk in _raw_chunks(path_or_file, codec):
-        emit(chunk)
+    if encrypted:
+        for chunk in _decrypted_chunks(path_or_file, codec, encryption):
+            emit(chunk)
+    else:
+        for chunk in _raw_chunks(path_or_file, codec):
+            emit(chunk)
     return digest.hexdigest()
+
+
+def _decrypted_chunks(path_or_file, codec, encryption):
+    """Raw content of an age-encrypted stored file: age -d, then the codec; age authenticates every chunk."""
+    identities = (encryption or {}).get('identities') or []
+    if not identities:
+        raise WalArchiveError('the archived file is encrypted but no encryption_key_files are configured')
+    argv = [_age_or_fail(), '--decrypt']
+    for identity in identities:
+        argv += ['--identity', identity]
+    source = path_or_file if isinstance(path_or_file, str) else None
+    with tempfile.TemporaryFile() as errors:
+        proc = subprocess.Popen(argv + ([source] if source else []), stdin=None if source else path_or_file,
+                                stdout=subprocess.PIPE, stderr=errors)
+        try:
+            yield from _raw_chunks(proc.stdout, codec)
+        except WalArchiveError:
+            proc.kill()
+            rc = proc.wait()
+            if rc > 0:  # age failed first (authentication): that is the real cause
+                raise _age_error(rc, errors, source or 'the S3 object')
+            raise
+        finally:
+            proc.stdout.close()
+        rc = proc.wait()
+        if rc:
+            raise _age_error(rc, errors, source or 'the S3 object')
 
 
 def _raw_chunks(path_or_file, codec):
@@ -490,9 +575,9 @@ def _raw_chunks(path_or_file, codec):
         raise WalArchiveError('could not read %s: %s' % (what, exc))
 
 
-def raw_sha256(path):
-    """sha256 of the uncompressed content of an archived file."""
-    return _decompress_into(path, codec_of(path), None)
+def raw_sha256(path, encryption=None):
+    """sha256 of the uncompressed (decrypted) content of an archived file."""
+    return _decompress_into(path, codec_of(path), None, encryption, is_encrypted(path))
 
 
 def _file_sha256(path):
@@ -532,7 +617,8 @@ def _date_dirs(repo, newest_first=True):
 
 def _stored_names(name):
     """File names ``name`` may be stored under: any codec, so a changed setting still finds it."""
-    return [name + SUFFIX['zstd'], name + SUFFIX['gzip'], name]
+    plain = [name + SUFFIX['zstd'], name + SUFFIX['gzip'], name]
+    return plain + [n + AGE_SUFFIX for n in plain]
 
 
 def find_segment(repo, name):
@@ -803,14 +889,14 @@ class S3Archive(object):
         fileobj.flush()
         fileobj.seek(0)
 
-    def raw_sha256(self, key):
+    def raw_sha256(self, key, encryption=None):
         """sha256 of the uncompressed object: from its metadata, or by downloading it."""
         meta = self.head(key).get('Metadata', {})
         if meta.get('raw-sha256'):
             return meta['raw-sha256']
         with tempfile.TemporaryFile() as handle:
             self.download(key, handle)
-            return _decompress_into(handle, codec_of(key), None)
+            return _decompress_into(handle, codec_of(key), None, encryption, is_encrypted(key))
 
 
 def s3_archive(s3):
@@ -890,9 +976,9 @@ def _conflict(name, where, existing_sha, new_sha):
         'else archives here.' % (name, where, existing_sha, new_sha, name))
 
 
-def _compare_local(existing, name, new_sha):
+def _compare_local(existing, name, new_sha, encryption=None):
     try:
-        existing_sha = raw_sha256(existing)
+        existing_sha = raw_sha256(existing, encryption)
     except (WalArchiveError, OSError) as exc:
         raise Conflict('CONFLICT %s: %s is already archived but cannot be read (%s); it is kept '
                        'untouched and this push fails' % (name, existing, exc))
@@ -904,12 +990,12 @@ def _compare_local(existing, name, new_sha):
     _fsync_dir(os.path.dirname(existing))
 
 
-def _push_local(path, name, repo, codec, level, now):
+def _push_local(path, name, repo, codec, level, now, encryption=None):
     """Store the file under wal/<date>/; returns (status, final path, raw sha256)."""
     existing = find_segment(repo, name)
     if existing:
         new_sha = _source_sha256(path)
-        _compare_local(existing, name, new_sha)
+        _compare_local(existing, name, new_sha, encryption)
         return 'duplicate', existing, new_sha
     # _ensure_dir fsyncs the parent of a directory it creates: wal/ in the
     # repository, the date directory in wal/.
@@ -917,7 +1003,7 @@ def _push_local(path, name, repo, codec, level, now):
     _ensure_dir(base)
     directory = os.path.join(base, _utc_date(now))
     _ensure_dir(directory)
-    filename = name + SUFFIX[codec]
+    filename = stored_name(name, codec, encryption)
     final = os.path.join(directory, filename)
     _cleanup_stale_tmp(directory, filename)
     tmp = _tmp_name(directory, filename)
@@ -925,7 +1011,7 @@ def _push_local(path, name, repo, codec, level, now):
     try:
         try:
             with open(path, 'rb') as src:
-                new_sha, _size = _compress_into(src, fd, codec, level)
+                new_sha, _size = _compress_into(src, fd, codec, level, encryption)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -936,7 +1022,7 @@ def _push_local(path, name, repo, codec, level, now):
                 raise
             # A concurrent push of the same name won the race: same rule as a duplicate.
             _remove_quietly(tmp)
-            _compare_local(final, name, new_sha)
+            _compare_local(final, name, new_sha, encryption)
             return 'duplicate', final, new_sha
     except BaseException:
         _remove_quietly(tmp)
@@ -944,12 +1030,12 @@ def _push_local(path, name, repo, codec, level, now):
     return 'archived', final, new_sha
 
 
-def _push_s3(s3, path, name, relpath, local_final, codec, level, raw_sha):
+def _push_s3(s3, path, name, relpath, local_final, codec, level, raw_sha, encryption=None):
     """Mirror to S3 under ``relpath``; returns (status, uri)."""
     existing = s3.find(name)
     if existing:
         new_sha = raw_sha or _source_sha256(path)
-        existing_sha = s3.raw_sha256(existing)
+        existing_sha = s3.raw_sha256(existing, encryption)
         if existing_sha != new_sha:
             _conflict(name, s3.uri(existing), existing_sha, new_sha)
         return 'duplicate', s3.uri(existing)
@@ -957,11 +1043,11 @@ def _push_s3(s3, path, name, relpath, local_final, codec, level, raw_sha):
     if local_final:
         with open(local_final, 'rb') as handle:
             return 'archived', s3.upload(handle, key, os.path.getsize(local_final), _file_sha256(local_final),
-                                         raw_sha or raw_sha256(local_final))
+                                         raw_sha or raw_sha256(local_final, encryption))
     # --s3-only: compress into an anonymous temporary file, never into the repository.
     with tempfile.TemporaryFile() as handle:
         with open(path, 'rb') as src:
-            raw_sha, _size = _compress_into(src, handle.fileno(), codec, level)
+            raw_sha, _size = _compress_into(src, handle.fileno(), codec, level, encryption)
         handle.seek(0)
         digest = hashlib.sha256()
         for chunk in iter(lambda: handle.read(_CHUNK), b''):
@@ -970,10 +1056,17 @@ def _push_s3(s3, path, name, relpath, local_final, codec, level, raw_sha):
         return 'archived', s3.upload(handle, key, size, digest.hexdigest(), raw_sha)
 
 
-def push(path, name, repo=None, compression='auto', level=None, s3=None, s3_only=False, now=None):
+def stored_name(name, codec, encryption=None):
+    """File name of an archived segment: codec suffix, then ``.age`` when encrypted."""
+    return name + SUFFIX[codec] + (AGE_SUFFIX if encryption and encryption.get('recipient') else '')
+
+
+def push(path, name, repo=None, compression='auto', level=None, s3=None, s3_only=False, now=None, encryption=None):
     """Archive ``path`` as ``name`` (archive_command's %p and %f).
 
-    ``s3`` is a dict (bucket, prefix, endpoint_url, region) or None.  Returns
+    ``s3`` is a dict (bucket, prefix, endpoint_url, region) or None; ``encryption`` a dict
+    (recipient: the age public key segments are encrypted for; identities: key files that
+    decrypt, for comparing a re-pushed segment) or None.  Returns
     a dict (name, status, path, relpath, s3_uri, s3_status); raises
     WalArchiveError (Conflict for a different file under the same name) when
     the file is not durable in every configured destination.
@@ -995,6 +1088,8 @@ def push(path, name, repo=None, compression='auto', level=None, s3=None, s3_only
         raise WalArchiveError('cannot read %s: no such file' % path)
     codec = resolve_codec(compression) if header else 'none'
     level = check_level(codec, level)
+    # Only segments carry data; .history and .backup files (timeline and LSN bookkeeping) stay readable.
+    encryption = encryption if header and encryption and encryption.get('recipient') else None
     store = s3_archive(s3)
     if header:
         _check_sysid(name, header, repo if local else None, store)
@@ -1002,11 +1097,11 @@ def push(path, name, repo=None, compression='auto', level=None, s3=None, s3_only
               's3_uri': None, 's3_status': None}
     raw_sha = None
     if local:
-        status, final, raw_sha = _push_local(path, name, repo, codec, level, now)
+        status, final, raw_sha = _push_local(path, name, repo, codec, level, now, encryption)
         result.update(status=status, path=final, relpath=os.path.relpath(final, repo).replace(os.sep, '/'))
     if store:
-        relpath = result['relpath'] or 'wal/%s/%s' % (_utc_date(now), name + SUFFIX[codec])
-        s3_status, uri = _push_s3(store, path, name, relpath, result['path'], codec, level, raw_sha)
+        relpath = result['relpath'] or 'wal/%s/%s' % (_utc_date(now), stored_name(name, codec, encryption))
+        s3_status, uri = _push_s3(store, path, name, relpath, result['path'], codec, level, raw_sha, encryption)
         result.update(s3_status=s3_status, s3_uri=uri)
         if not local:
             result.update(status=s3_status, relpath=relpath)
@@ -1017,14 +1112,14 @@ def push(path, name, repo=None, compression='auto', level=None, s3=None, s3_only
 # fetch
 # --------------------------------------------------------------------------------------------
 
-def _restore(source, codec, dest):
-    """Decompress ``source`` (path or file object) into a temp file next to ``dest``, then rename."""
+def _restore(source, codec, dest, encryption=None, encrypted=False):
+    """Decompress (decrypt) ``source`` (path or file object) into a temp file next to ``dest``, then rename."""
     directory = os.path.dirname(os.path.abspath(dest))
     tmp = _tmp_name(directory, os.path.basename(dest))
     try:
         fd = _open_tmp(tmp)
         try:
-            _decompress_into(source, codec, fd)
+            _decompress_into(source, codec, fd, encryption, encrypted)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -1035,7 +1130,7 @@ def _restore(source, codec, dest):
         raise
 
 
-def fetch(name, dest, repo=None, s3=None, s3_only=False):
+def fetch(name, dest, repo=None, s3=None, s3_only=False, encryption=None):
     """Restore the archived ``name`` to ``dest`` (restore_command's %f and %p).
 
     Returns 'local' or 's3' (where it came from).  Raises NotFound when no
@@ -1050,7 +1145,7 @@ def fetch(name, dest, repo=None, s3=None, s3_only=False):
         if repo and not s3_only:
             found = find_segment(repo, name)
             if found:
-                _restore(found, codec_of(found), dest)
+                _restore(found, codec_of(found), dest, encryption, is_encrypted(found))
                 return 'local'
         store = s3_archive(s3)
         if store:
@@ -1058,7 +1153,7 @@ def fetch(name, dest, repo=None, s3=None, s3_only=False):
             if key:
                 with tempfile.TemporaryFile(dir=os.path.dirname(os.path.abspath(dest))) as handle:
                     store.download(key, handle)
-                    _restore(handle, codec_of(key), dest)
+                    _restore(handle, codec_of(key), dest, encryption, is_encrypted(key))
                 return 's3'
     except NotFound:
         raise
@@ -1100,7 +1195,8 @@ def status(repo):
 # Command line
 # --------------------------------------------------------------------------------------------
 
-CONFIG_KEYS = ('repo', 'compression', 'level', 's3_bucket', 's3_prefix', 's3_endpoint_url', 'aws_region', 's3_only')
+CONFIG_KEYS = ('repo', 'compression', 'level', 's3_bucket', 's3_prefix', 's3_endpoint_url', 'aws_region', 's3_only',
+               'encryption_recipient', 'encryption_key_files')
 
 
 def _parser():
@@ -1160,6 +1256,12 @@ def _settings(args):
     return merged, s3
 
 
+def _encryption(settings):
+    if not (settings.get('encryption_recipient') or settings.get('encryption_key_files')):
+        return None
+    return {'recipient': settings.get('encryption_recipient'), 'identities': settings.get('encryption_key_files') or []}
+
+
 def _say(message):
     sys.stderr.write('walarchive: %s\n' % message)
     sys.stderr.flush()
@@ -1173,12 +1275,14 @@ def main(argv=None):
         if args.command == 'push':
             result = push(args.wal_path, args.wal_name, repo=settings['repo'],
                           compression=settings['compression'] or 'auto', level=settings['level'],
-                          s3=s3, s3_only=bool(settings['s3_only']))
+                          s3=s3, s3_only=bool(settings['s3_only']),
+                          encryption=_encryption(settings))
             if 'duplicate' in (result['status'], result['s3_status']):
                 _say('%s was already archived with identical content (%s); nothing rewritten'
                      % (args.wal_name, result['path'] or result['s3_uri']))
         elif args.command == 'fetch':
-            fetch(args.wal_name, args.dest_path, repo=settings['repo'], s3=s3, s3_only=bool(settings['s3_only']))
+            fetch(args.wal_name, args.dest_path, repo=settings['repo'], s3=s3, s3_only=bool(settings['s3_only']),
+                  encryption=_encryption(settings))
         else:
             if not settings['repo']:
                 raise WalArchiveError('status needs --repo')

@@ -31,6 +31,7 @@ extends_documentation_fragment:
   - modulo.pgbackup.connection
   - modulo.pgbackup.repository
   - modulo.pgbackup.s3
+  - modulo.pgbackup.encryption
 options:
   select:
     description:
@@ -165,7 +166,7 @@ executed_commands:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import catalog, common, health, repository
+from ansible_collections.modulo.pgbackup.plugins.module_utils import catalog, common, encryption, health, repository
 from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import CommandLog, Connection, PgError, find_bindir
 from ansible_collections.modulo.pgbackup.plugins.module_utils.s3store import S3Error
 
@@ -173,6 +174,7 @@ from ansible_collections.modulo.pgbackup.plugins.module_utils.s3store import S3E
 def main():
     module = AnsibleModule(
         argument_spec=common.full_argspec(
+            with_encryption=True,
             select=dict(type='str', default='all'),
             type=dict(type='str', default='all', choices=['logical', 'physical', 'all']),
             db=dict(type='str'),
@@ -227,7 +229,8 @@ def main():
             pg_restore = '%s/pg_restore' % find_bindir(p.get('pg_bindir'))
         except PgError:
             pg_restore = None
-        result['verification'] = [catalog.verify(b, pg_restore=pg_restore) for b in selected]
+        keys = encryption.Keys.from_params(p)
+        result['verification'] = [catalog.verify(b, pg_restore=pg_restore, keys=keys) for b in selected]
         bad = [v for v in result['verification'] if not v['ok']]
         if bad:
             module.fail_json(msg='%d backup(s) failed verification: %s' % (

@@ -37,6 +37,7 @@ extends_documentation_fragment:
   - modulo.pgbackup.connection
   - modulo.pgbackup.repository
   - modulo.pgbackup.s3
+  - modulo.pgbackup.encryption
 options:
   backup:
     description:
@@ -208,14 +209,14 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import audit, common, logical_restore, pitr, repository, scratch
+from ansible_collections.modulo.pgbackup.plugins.module_utils import audit, common, encryption, logical_restore, pitr, repository, scratch
 from ansible_collections.modulo.pgbackup.plugins.module_utils.fsutil import LockBusy
 from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import CommandLog, Connection, PgError, psql_query
 from ansible_collections.modulo.pgbackup.plugins.module_utils.s3store import S3Error
 
 PITR_OPTIONS = ('target_time', 'target_xid', 'target_lsn', 'target_name', 'target')
 ERRORS = (logical_restore.RestoreError, repository.RepositoryError, PgError, S3Error, LockBusy,
-          pitr.PitrError, scratch.ScratchError)
+          pitr.PitrError, scratch.ScratchError, encryption.EncryptionError)
 
 
 def logical(module, p, log, result):
@@ -248,7 +249,8 @@ def logical(module, p, log, result):
                 meta['path'] = s3.download_backup(repo.root, meta)
                 meta['location'] = 'both'
             outcome = logical_restore.restore(conn, meta, p['target_db'], confirm=p['confirm'],
-                                              keep_old=p['keep_old'], jobs=p['jobs'], log=log)
+                                              keep_old=p['keep_old'], jobs=p['jobs'], log=log,
+                                              keys=encryption.Keys.from_params(p))
     except ERRORS as exc:
         module.fail_json(msg=str(exc), **result)
     except OSError as exc:
@@ -333,7 +335,8 @@ def point_in_time(module, p, log, result):
                                                 port=p['scratch_port'])
                 try:
                     reached = recovery.recover(base, repo.root, target_settings, s3_settings=s3_settings,
-                                               timeout_s=p['recovery_timeout'], log=log)
+                                               timeout_s=p['recovery_timeout'], log=log,
+                                               keys=encryption.Keys.from_params(p))
                     reached['last_replayed_transaction'] = recovery.query(
                         'SELECT pg_last_xact_replay_timestamp()')[0][0]
                     outcome = pitr.copy_database(recovery, p['db'] or 'modulodb', conn, p['target_db'],
@@ -344,7 +347,8 @@ def point_in_time(module, p, log, result):
             stop, start, logfile = _live_server_control(p, log)
             aside, workdir = pitr.replace_cluster(base, repo.root, p['pgdata'], Connection.from_params(p).bindir,
                                                   target_settings, p['pg_os_user'], stop, start,
-                                                  s3_settings=s3_settings, timeout_s=p['recovery_timeout'], log=log)
+                                                  s3_settings=s3_settings, timeout_s=p['recovery_timeout'], log=log,
+                                                  keys=encryption.Keys.from_params(p))
             result['old_pgdata'] = aside
             try:
                 start()
@@ -382,6 +386,7 @@ def point_in_time(module, p, log, result):
 def main():
     module = AnsibleModule(
         argument_spec=common.full_argspec(
+            with_encryption=True,
             backup=dict(type='str', default='latest'),
             db=dict(type='str'),
             target_db=dict(type='str'),

@@ -30,6 +30,7 @@ extends_documentation_fragment:
   - modulo.pgbackup.connection
   - modulo.pgbackup.repository
   - modulo.pgbackup.s3
+  - modulo.pgbackup.encryption
 options:
   db:
     description:
@@ -184,7 +185,7 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import audit, common, logical_backup, physical_backup, repository
+from ansible_collections.modulo.pgbackup.plugins.module_utils import audit, common, encryption, logical_backup, physical_backup, repository
 from ansible_collections.modulo.pgbackup.plugins.module_utils import report as reports
 from ansible_collections.modulo.pgbackup.plugins.module_utils.compression import CompressionError
 from ansible_collections.modulo.pgbackup.plugins.module_utils.fsutil import LockBusy
@@ -218,6 +219,9 @@ def physical(module, p, log, result):
     """A pg_basebackup into base/, complete only once its WAL is archived."""
     codec = p['compression'] or 'zstd'
     try:
+        keys = encryption.Keys.from_params(p)
+        if keys.enabled:
+            keys.recipient()  # a bad key fails now, not after the backup
         conn = Connection.from_params(p, db='postgres')
         repo = repository.Repository(p['backup_root'])
         plan = physical_backup.plan(repo, p['name_prefix'], codec, p['compression_level'])
@@ -228,7 +232,8 @@ def physical(module, p, log, result):
             result.update(skipped_reason=str(exc), msg='no base backup taken: WAL archiving is not configured')
             module.exit_json(**result)
         module.fail_json(msg=str(exc), **result)
-    except (PgError, repository.RepositoryError, physical_backup.PhysicalBackupError, S3Error) as exc:
+    except (PgError, repository.RepositoryError, physical_backup.PhysicalBackupError, S3Error,
+            encryption.EncryptionError) as exc:
         module.fail_json(msg=str(exc), **result)
     if module.check_mode:
         result.update(changed=True, backup=dict(path=plan['path'], meta=None,
@@ -247,7 +252,7 @@ def physical(module, p, log, result):
                 time.sleep(1.0)
                 plan = physical_backup.plan(repo, p['name_prefix'], codec, p['compression_level'])
             started = plan['started']
-            meta = physical_backup.take(conn, repo, plan, wait_archive_s=p['wait_archive'], log=log)
+            meta = physical_backup.take(conn, repo, plan, wait_archive_s=p['wait_archive'], log=log, keys=keys)
             result['changed'] = True
             entries, _problems = repo.scan('base')
             checks = reports.thresholds(meta, reports.previous_backup(entries, meta))
@@ -255,7 +260,8 @@ def physical(module, p, log, result):
             result['backup'] = backup
             if s3:
                 backup['s3_uri'], _objects = s3.upload_backup(repo.root, plan['path'], plan['meta_path'])
-    except (PgError, physical_backup.PhysicalBackupError, LockBusy, S3Error, OSError) as exc:
+    except (PgError, physical_backup.PhysicalBackupError, LockBusy, S3Error, OSError,
+            encryption.EncryptionError) as exc:
         _fail_with_report(module, repo, started, result, exc, plan['name'])
     result['thresholds'] = checks
     result['report_path'], _report = reports.write_backup_report(
@@ -270,6 +276,7 @@ def physical(module, p, log, result):
 def main():
     module = AnsibleModule(
         argument_spec=common.full_argspec(
+            with_encryption=True,
             db=dict(type='str', default='modulodb', aliases=['database']),
             type=dict(type='str', default='logical', choices=['logical', 'physical']),
             format=dict(type='str', default='plain', choices=['plain', 'custom', 'directory']),
@@ -296,12 +303,16 @@ def main():
     if p['jobs'] < 1:
         module.fail_json(msg='jobs must be 1 or more', **result)
     try:
+        keys = encryption.Keys.from_params(p)
+        if keys.enabled:
+            keys.recipient()  # a bad key fails now, not after the dump
         conn = Connection.from_params(p)
         repo = repository.Repository(p['backup_root'])
         plan = logical_backup.plan(repo, p['db'], p['format'], p['compression'], p['compression_level'],
-                                   p['name_prefix'], logical_backup.pg_dump_major(conn))
+                                   p['name_prefix'], logical_backup.pg_dump_major(conn), encrypted=keys.enabled)
         s3 = common.s3_store(p) if p['upload'] else None
-    except (PgError, repository.RepositoryError, logical_backup.BackupError, CompressionError, S3Error) as exc:
+    except (PgError, repository.RepositoryError, logical_backup.BackupError, CompressionError, S3Error,
+            encryption.EncryptionError) as exc:
         module.fail_json(msg=str(exc), **result)
 
     planned = dict(path=plan['path'], meta=None, s3_uri=s3.uri('full/' + plan['file']) if s3 else None)
@@ -323,7 +334,7 @@ def main():
             plan = logical_backup.unused_plan(repo, plan)
             started = plan['started']
             logical_backup.check_database_reachable(conn, p['db'], log=log)
-            meta = logical_backup.take(conn, repo, plan, jobs=p['jobs'], log=log)
+            meta = logical_backup.take(conn, repo, plan, jobs=p['jobs'], log=log, keys=keys)
             result['changed'] = True
             entries, _problems = repo.scan('full')
             checks = reports.thresholds(meta, reports.previous_backup(entries, meta))
@@ -334,7 +345,8 @@ def main():
                 backup['s3_uri'], _objects = s3.upload_backup(
                     repo.root, plan['path'], plan['meta_path'],
                     extra_paths=[repo.path('full', globals_file)] if globals_file else [])
-    except (PgError, logical_backup.BackupError, LockBusy, S3Error, CompressionError, OSError) as exc:
+    except (PgError, logical_backup.BackupError, LockBusy, S3Error, CompressionError, OSError,
+            encryption.EncryptionError) as exc:
         _fail_with_report(module, repo, started, result, exc, plan['name'])
 
     result['thresholds'] = checks

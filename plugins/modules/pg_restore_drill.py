@@ -44,6 +44,7 @@ extends_documentation_fragment:
   - modulo.pgbackup.connection
   - modulo.pgbackup.repository
   - modulo.pgbackup.s3
+  - modulo.pgbackup.encryption
 options:
   mode:
     description:
@@ -272,6 +273,7 @@ from ansible_collections.modulo.pgbackup.plugins.module_utils.s3store import S3E
 def main():
     module = AnsibleModule(
         argument_spec=common.full_argspec(
+            with_encryption=True,
             mode=dict(type='str', default='drill', choices=['drill', 'verify']),
             expect_exact_rows=dict(type='bool', default=False),
             backup=dict(type='str', default='latest'),

@@ -41,6 +41,7 @@ extends_documentation_fragment:
   - modulo.pgbackup.connection
   - modulo.pgbackup.repository
   - modulo.pgbackup.s3
+  - modulo.pgbackup.encryption
 options:
   state:
     description:
@@ -242,6 +243,7 @@ from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import Co
 def main():
     module = AnsibleModule(
         argument_spec=common.full_argspec(
+            with_encryption=True,
             state=dict(type='str', default='present', choices=['present', 'absent']),
             archive_timeout=dict(type='int', default=60),
             compression=dict(type='str', default='auto', choices=['auto', 'zstd', 'gzip', 'none']),

@@ -389,7 +389,8 @@ def test_source_read_error_does_not_publish_a_truncated_copy(repo, pg_wal, monke
             return self.handle.read(size // 4)
 
     monkeypatch.setattr(walarchive, '_compress_into',
-                        lambda src_, fd, codec, level: real_compress(FailingReader(src_), fd, codec, level))
+                        lambda src_, fd, codec, level, encryption=None: real_compress(
+                            FailingReader(src_), fd, codec, level, encryption))
     with pytest.raises(OSError):
         walarchive.push(src, name, repo=repo, compression='zstd')
     assert walarchive.list_archive(repo) == [] and temp_files(repo) == []

@@ -1,0 +1,192 @@
+# -*- coding: utf-8 -*-
+"""Encryption at rest with the real age program: keys, WAL push/fetch, streams that are never plaintext."""
+
+import os
+import subprocess
+
+import pytest
+
+from ansible_collections.modulo.pgbackup.plugins.module_utils import compression, encryption, pipeline, walarchive
+
+from test_walarchive import make_segment, sha, temp_files
+
+pytestmark = pytest.mark.skipif(not os.path.exists('/usr/bin/age'), reason='the age package is not installed')
+
+
+def keygen(path):
+    subprocess.run(['age-keygen', '-o', str(path)], check=True, stderr=subprocess.DEVNULL)
+    return str(path)
+
+
+@pytest.fixture
+def keys(tmp_path):
+    return {'new': keygen(tmp_path / 'new.key'), 'old': keygen(tmp_path / 'old.key'),
+            'other': keygen(tmp_path / 'other.key')}
+
+
+@pytest.fixture
+def repo(tmp_path):
+    path = tmp_path / 'backups'
+    path.mkdir()
+    return str(path)
+
+
+@pytest.fixture
+def pg_wal(tmp_path):
+    path = tmp_path / 'pg_wal'
+    path.mkdir()
+    return str(path)
+
+
+def wal_settings(key, *old):
+    recipient = encryption.Keys(key_file=key).recipient()
+    return {'recipient': recipient, 'identities': [key] + list(old)}
+
+
+# --- Keys ---------------------------------------------------------------------------------------
+
+def test_key_file_recipient_and_argv_never_hold_the_secret(keys):
+    with open(keys['new']) as handle:
+        secret = [line for line in handle if line.startswith(encryption.SECRET_PREFIX)][0].strip()
+    k = encryption.Keys(key_file=keys['new'], old_key_files=[keys['old']])
+    assert k.enabled and k.recipient().startswith('age1')
+    argv = k.encrypt_argv() + k.decrypt_argv('/x')
+    assert secret not in ' '.join(argv)
+    assert k.decrypt_argv('/x')[-1] == '/x' and argv.count('--identity') == 2
+    assert k.meta_fields() == {'encryption': 'age', 'encryption_key_id': k.recipient()}
+
+
+def test_key_from_the_environment_lives_in_a_private_file_removed_at_close(keys, monkeypatch):
+    with open(keys['new']) as handle:
+        monkeypatch.setenv('MY_BACKUP_KEY', handle.read())
+    k = encryption.Keys.from_params({'encryption_key_env': 'MY_BACKUP_KEY'})
+    path = k.identity()
+    assert os.stat(path).st_mode & 0o777 == 0o600 and os.stat(os.path.dirname(path)).st_mode & 0o777 == 0o700
+    assert k.recipient() == encryption.Keys(key_file=keys['new']).recipient()
+    k.close()
+    assert not os.path.exists(path)
+    # an unset variable means no encryption, not an error
+    assert not encryption.Keys.from_params({'encryption_key_env': 'NOT_SET_ANYWHERE'}).enabled
+
+
+def test_bad_keys_are_refused_clearly(tmp_path, monkeypatch):
+    bogus = tmp_path / 'bogus.key'
+    bogus.write_text('not a key\n')
+    with pytest.raises(encryption.EncryptionError, match='not an age identity file'):
+        encryption.Keys(key_file=str(bogus)).recipient()
+    with pytest.raises(encryption.EncryptionError, match='cannot read the encryption key file'):
+        encryption.Keys(key_file=str(tmp_path / 'missing.key')).recipient()
+    monkeypatch.setenv('MY_BACKUP_KEY', 'hunter2')
+    with pytest.raises(encryption.EncryptionError, match='does not hold an age secret key'):
+        encryption.Keys.from_params({'encryption_key_env': 'MY_BACKUP_KEY'}).identity()
+    with pytest.raises(encryption.EncryptionError, match='this backup is encrypted'):
+        encryption.Keys().identities()
+
+
+def test_stream_round_trip_rotation_and_wrong_key(keys, tmp_path):
+    plain = tmp_path / 'dump.sql'
+    plain.write_bytes(b'COPY public.orders FROM stdin;\n' + b'42\tsecret order\n' * 5000)
+    stored = str(tmp_path / 'dump.sql.gz.age')
+    old = encryption.Keys(key_file=keys['old'])
+    pipeline.run([compression.compress_argv('gzip', 6), old.encrypt_argv()], stdin_path=str(plain),
+                 stdout_path=stored)
+    with open(stored, 'rb') as handle:
+        data = handle.read()
+    assert b'secret order' not in data and data.startswith(b'age-encryption.org/v1')
+    # after rotation: the new key encrypts, the old one still decrypts
+    rotated = encryption.Keys(key_file=keys['new'], old_key_files=[keys['old']])
+    stages, stdin = compression.read_stages(stored, rotated)
+    out = str(tmp_path / 'back.sql')
+    pipeline.run(stages, stdin_path=stdin, stdout_path=out)
+    assert sha(out) == sha(str(plain))
+    # a key that never encrypted it: a message that says which key to add
+    wrong = encryption.Keys(key_file=keys['other'])
+    stages, stdin = compression.read_stages(stored, wrong)
+    with pytest.raises(pipeline.PipelineError) as caught:
+        pipeline.run(stages, stdin_path=stdin, stdout_path=str(tmp_path / 'nope.sql'))
+    assert caught.value.stage == 'age'
+    assert 'encryption_old_key_files' in encryption.explain(caught.value.stderr, {'name': 'modulo_full_x'})
+    with pytest.raises(encryption.EncryptionError, match='is encrypted'):
+        compression.read_stages(stored, None)
+    assert compression.codec_of_path(stored) == 'gzip'
+
+
+# --- WAL ----------------------------------------------------------------------------------------
+
+def test_wal_push_and_fetch_encrypted(repo, pg_wal, keys, tmp_path):
+    name = '000000010000000000000003'
+    src = make_segment(pg_wal, name)
+    settings = wal_settings(keys['new'])
+    result = walarchive.push(src, name, repo=repo, compression='zstd', encryption=settings)
+    assert result['status'] == 'archived' and result['path'].endswith(name + '.zst.age')
+    with open(result['path'], 'rb') as handle:
+        assert handle.read(21) == b'age-encryption.org/v1'
+    [entry] = walarchive.list_archive(repo)
+    assert entry['name'] == name and entry['compression'] == 'zstd'
+    # the same segment again: a duplicate, compared through decryption
+    assert walarchive.push(src, name, repo=repo, compression='zstd', encryption=settings)['status'] == 'duplicate'
+    dest = str(tmp_path / 'RECOVERYXLOG')
+    assert walarchive.fetch(name, dest, repo=repo, encryption=settings) == 'local'
+    assert sha(dest) == sha(src) and temp_files(repo) == []
+    # a different segment under the same name is still a conflict
+    other = make_segment(tmp_path, name, seed=b'other')
+    with pytest.raises(walarchive.Conflict):
+        walarchive.push(other, name, repo=repo, compression='zstd', encryption=settings)
+
+
+def test_wal_fetch_with_the_wrong_key_or_none_is_fatal(repo, pg_wal, keys, tmp_path):
+    name = '000000010000000000000004'
+    walarchive.push(make_segment(pg_wal, name), name, repo=repo, compression='gzip',
+                    encryption=wal_settings(keys['old']))
+    with pytest.raises(walarchive.FatalError, match='none of encryption_key_files can decrypt'):
+        walarchive.fetch(name, str(tmp_path / 'x'), repo=repo, encryption={'identities': [keys['other']]})
+    with pytest.raises(walarchive.FatalError, match='no encryption_key_files'):
+        walarchive.fetch(name, str(tmp_path / 'x'), repo=repo)
+    assert not os.path.exists(str(tmp_path / 'x'))
+    # rotated: the new key archives, the old one is listed for fetching
+    rotated = wal_settings(keys['new'], keys['old'])
+    walarchive.fetch(name, str(tmp_path / 'y'), repo=repo, encryption=rotated)
+    assert sha(str(tmp_path / 'y')) == sha(os.path.join(pg_wal, name))
+
+
+def test_wal_tampered_encrypted_segment_is_refused(repo, pg_wal, keys, tmp_path):
+    name = '000000010000000000000005'
+    settings = wal_settings(keys['new'])
+    stored = walarchive.push(make_segment(pg_wal, name), name, repo=repo, compression='none',
+                             encryption=settings)['path']
+    os.chmod(stored, 0o600)
+    with open(stored, 'r+b') as handle:
+        handle.seek(5000)
+        byte = handle.read(1)
+        handle.seek(5000)
+        handle.write(bytes([byte[0] ^ 0x01]))
+    with pytest.raises(walarchive.FatalError, match='age could not decrypt'):
+        walarchive.fetch(name, str(tmp_path / 'z'), repo=repo, encryption=settings)
+    assert not os.path.exists(str(tmp_path / 'z'))
+
+
+def test_history_files_stay_readable(repo, pg_wal, keys):
+    path = os.path.join(pg_wal, '00000002.history')
+    with open(path, 'w') as handle:
+        handle.write('1\t0/3000000\tno recovery target specified\n')
+    result = walarchive.push(path, '00000002.history', repo=repo, encryption=wal_settings(keys['new']))
+    assert result['path'].endswith('00000002.history')
+    with open(result['path']) as handle:
+        assert handle.read().startswith('1\t0/3000000')
+
+
+def test_the_installed_command_reads_its_encryption_config(repo, pg_wal, keys, tmp_path):
+    """The archive command as PostgreSQL runs it: the system python3, settings from its JSON config."""
+    import json
+    name = '000000010000000000000006'
+    src = make_segment(pg_wal, name)
+    config = tmp_path / 'wal.json'
+    settings = wal_settings(keys['new'])
+    config.write_text(json.dumps({'repo': repo, 'compression': 'zstd', 'encryption_recipient': settings['recipient'],
+                                  'encryption_key_files': settings['identities']}))
+    script = walarchive.__file__
+    subprocess.run(['/usr/bin/python3', script, 'push', '--config', str(config), src, name], check=True)
+    assert walarchive.list_archive(repo)[0]['file'] == name + '.zst.age'
+    dest = str(tmp_path / 'fetched')
+    subprocess.run(['/usr/bin/python3', script, 'fetch', '--config', str(config), name, dest], check=True)
+    assert sha(dest) == sha(src)
