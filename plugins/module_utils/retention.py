@@ -32,8 +32,8 @@ Rules (DESIGN.md section 5):
   backup are always kept (recovery reads them to follow timelines); older ones
   go after ``wal_days``.  With no retained base backup, WAL is aged by
   ``wal_days`` alone and a warning says there is nothing to recover from.
-* Reports (``logs/backup_report_*``, ``logs/retention_report_*``,
-  ``restore-tests/monthly_drill_*``) are aged by the timestamp in their name
+* Reports (``logs/backup_report_*``, ``logs/retention_report_*``, ``logs/verify_*``,
+  ``restore-tests/monthly_drill_*`` and its copy in ``logs/``) are aged by the timestamp in their name
   and go after ``report_days``.
 * Temporary files of interrupted runs (``.tmp-*``) have no ``.meta`` and no
   name-stamp: their mtime is the only age there is, and nothing copies them;
@@ -58,7 +58,9 @@ TMP_MAX_AGE = DAY
 BACKUP_DIRS = ('full', 'base')
 SCANNED_DIRS = ('full', 'base', 'wal', 'logs', 'restore-tests')
 REPORT_RES = {
-    'logs': re.compile(r'^(?:backup|retention)_report_(?P<stamp>\d{8}_\d{6})(?:_\d+)?\.json\Z'),
+    # logs/ also holds the drill reports' copies and the verify results (verify_<db>_<stamp>.json).
+    'logs': re.compile(r'^(?:backup_report|retention_report|monthly_drill|verify_[A-Za-z0-9_-]+)_'
+                       r'(?P<stamp>\d{8}_\d{6})(?:_\d+)?\.json\Z'),
     'restore-tests': re.compile(r'^monthly_drill_(?P<stamp>\d{8}_\d{6})(?:_\d+)?\.json\Z'),
 }
 DATE_RE = re.compile(r'^\d{8}\Z')
