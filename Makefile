@@ -8,8 +8,10 @@ export PATH := $(VENV)/bin:$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 SANDBOX ?= $(CURDIR)/.sandbox
 PYTEST_WORKERS ?= 2
+# Molecule's sandboxes (one per scenario) live here; the server runs as postgres, which must reach it.
+export PGBACKUP_MOLECULE_DIR ?= /var/tmp/modulo-pgbackup-molecule-$(shell id -u)-$(notdir $(CURDIR))
 
-.PHONY: bootstrap demo demo-clean test unit integration sanity lint clean
+.PHONY: bootstrap demo demo-clean test unit integration molecule molecule-default sanity lint clean
 
 bootstrap:
 	@./scripts/bootstrap.sh
@@ -22,13 +24,20 @@ demo-clean:
 	@rm -rf $(SANDBOX)
 	@echo "sandbox removed"
 
-test: bootstrap unit integration sanity lint
+test: bootstrap unit integration molecule-default sanity lint
 
 unit: bootstrap
 	cd tests && $(PY) -m pytest -q -p no:cacheprovider unit
 
 integration: bootstrap
 	cd tests && $(PY) -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) integration
+
+# Every Molecule scenario under molecule/ (create, converge, idempotence, verify, destroy).
+molecule: bootstrap
+	molecule test --all
+
+molecule-default: bootstrap
+	molecule test --scenario-name default
 
 sanity: bootstrap
 	@./scripts/ansible-test.sh sanity
