@@ -10,7 +10,7 @@ import pytest
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import retention
 
-from fakerepo import make_meta, write_backup
+from ansible_collections.modulo.pgbackup.tests.unit.plugins.module_utils.fakerepo import make_meta, write_backup
 
 UTC = datetime.timezone.utc
 NOW = datetime.datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC)
