@@ -137,6 +137,7 @@ fi
 if [ "$subcommand" = integration ]; then
   it_dir=$(mktemp -d /tmp/modulo-pgbackup-it-XXXXXX)
   chmod 0755 "$it_dir"          # the server runs as postgres when we are root
+  # shellcheck disable=SC2317  # run by the trap
   cleanup_cluster() { "$VENV/bin/python" "$ROOT/tools/pgsandbox.py" stop "$it_dir/pg" >/dev/null 2>&1 || true; rm -rf "$it_dir"; }
   trap cleanup_cluster EXIT
   port=$("$VENV/bin/python" "$ROOT/tools/pgsandbox.py" start "$it_dir/pg" \

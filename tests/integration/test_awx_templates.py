@@ -265,7 +265,7 @@ def first_sundays(after, count):
 def test_drill_schedule_gives_the_first_sundays_at_0400_utc(after):
     rule = evaluate(schedule_for('modulo.pgbackup restore drill')['rrule'])
     runs, when = [], after
-    for _ in range(12):
+    for _run in range(12):
         when = rule.after(when)
         runs.append(when.astimezone(UTC))
     assert runs == first_sundays(after, 12)
@@ -277,7 +277,7 @@ def test_drill_schedule_from_today():
     rule = evaluate(schedule_for('modulo.pgbackup restore drill')['rrule'])
     runs, when = [], max(now, datetime.datetime(2026, 12, 6, tzinfo=UTC))
     start = when
-    for _ in range(12):
+    for _run in range(12):
         when = rule.after(when)
         runs.append(when.astimezone(UTC))
     assert runs == first_sundays(start, 12)
@@ -287,7 +287,7 @@ def test_nightly_schedule_gives_every_day_at_0200_utc():
     rule = evaluate(schedule_for('modulo.pgbackup nightly backup')['rrule'])
     after = datetime.datetime(2027, 3, 27, 12, 0, tzinfo=UTC)        # across Europe's DST change
     runs, when = [], after
-    for _ in range(12):
+    for _run in range(12):
         when = rule.after(when)
         runs.append(when.astimezone(UTC))
     assert runs == [datetime.datetime(2027, 3, 28, 2, 0, tzinfo=UTC) + datetime.timedelta(days=i) for i in range(12)]
@@ -449,7 +449,7 @@ def test_template_pitr(world):
                           "pg_sleep(1.1)").split('|')[0]
     cluster.psql('DELETE FROM awx_marker', db='modulodb')
     segment = cluster.psql('SELECT pg_walfile_name(pg_switch_wal())')
-    for _ in range(100):
+    for _attempt in range(100):
         if cluster.psql("SELECT last_archived_wal >= '%s' FROM pg_stat_archiver" % segment) == 't':
             break
         time.sleep(0.2)
