@@ -226,6 +226,16 @@ def test_survey_variables_match_the_argument_specs(name, playbook):
             assert question['required'], '%s: %s has no default, so it must be required' % (name, variable)
 
 
+@pytest.mark.parametrize('playbook,bad', [
+    ('restore.yml', {'restore_jobs': 'abc'}), ('pitr.yml', {'target': 'sometime'}),
+    ('verify.yml', {'expect_exact_rows': 'maybe'}), ('list-backups.yml', {'verify': 'maybe'})])
+def test_playbooks_enforce_their_argument_specs(ansible, playbook, bad):
+    """The specs the surveys follow are the ones the playbooks check, before they touch anything."""
+    proc = ansible.playbook(playbook, extra_vars=bad)
+    assert proc.returncode != 0
+    assert 'Validation of arguments failed' in proc.stdout and list(bad)[0] in proc.stdout, proc.stdout[-3000:]
+
+
 def test_emergency_template_and_workflow_ask_the_contract_variables():
     contract = {'restore_source', 'backup_file', 'target_time', 'target_db', 'confirm'}
     template = TEMPLATES['modulo.pgbackup emergency recovery']
