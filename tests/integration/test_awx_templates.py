@@ -504,6 +504,20 @@ def test_templates_of_playbooks_built_elsewhere(world, name):
     assert_ran(result, template)
 
 
+def test_the_runner_hands_set_stats_artifacts_to_the_next_job(world, tmp_path):
+    """The chain below relies on this: what one job publishes with set_stats, the next one receives."""
+    publish = tmp_path / 'publish.yml'
+    publish.write_text(yaml.safe_dump([{'name': 'publish', 'hosts': 'postgres', 'gather_facts': False, 'tasks': [
+        {'name': 'publish', 'ansible.builtin.set_stats': {'data': {'chosen_backup': '{{ pgbackup_db }}-x'}}}]}]))
+    consume = tmp_path / 'consume.yml'
+    consume.write_text(yaml.safe_dump([{'name': 'consume', 'hosts': 'postgres', 'gather_facts': False, 'tasks': [
+        {'name': 'consume', 'ansible.builtin.assert': {'that': "chosen_backup == 'modulodb-x'"}}]}]))
+    first = world['controller'].launch({'name': 'publish', 'playbook': str(publish)})
+    assert first.status == 'successful' and first.artifact_data == {'chosen_backup': 'modulodb-x'}
+    second = world['controller'].launch({'name': 'consume', 'playbook': str(consume)}, artifacts=first.artifact_data)
+    assert second.status == 'successful', second.output[-2000:]
+
+
 def test_emergency_workflow_chain_passes_artifacts_along(world):
     """The workflow's success path, node after node, as the controller runs it (approval granted)."""
     require_playbook(TEMPLATES['modulo.pgbackup emergency recovery'])
