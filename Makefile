@@ -8,8 +8,10 @@ export PATH := $(VENV)/bin:$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 SANDBOX ?= $(CURDIR)/.sandbox
 PYTEST_WORKERS ?= 2
+# Molecule's sandboxes (one per scenario) live here; the server runs as postgres, which must reach it.
+export PGBACKUP_MOLECULE_DIR ?= /var/tmp/modulo-pgbackup-molecule-$(shell id -u)-$(notdir $(CURDIR))
 
-.PHONY: bootstrap demo demo-clean test unit integration sanity lint clean
+.PHONY: bootstrap demo demo-clean test unit integration molecule molecule-default sanity units integration-targets lint clean
 
 bootstrap:
 	@./scripts/bootstrap.sh
@@ -22,7 +24,7 @@ demo-clean:
 	@rm -rf $(SANDBOX)
 	@echo "sandbox removed"
 
-test: bootstrap unit integration sanity lint
+test: bootstrap unit integration molecule-default sanity units integration-targets lint
 
 unit: bootstrap
 	cd tests && $(PY) -m pytest -q -p no:cacheprovider unit
@@ -30,8 +32,25 @@ unit: bootstrap
 integration: bootstrap
 	cd tests && $(PY) -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) integration
 
+# Every Molecule scenario under molecule/ (create, converge, idempotence, verify, destroy).
+molecule: bootstrap
+	molecule test --all
+
+molecule-default: bootstrap
+	molecule test --scenario-name default
+
 sanity: bootstrap
 	@./scripts/ansible-test.sh sanity
+
+# ansible-test's own runs of tests/unit/plugins/ (module_utils, and the modules through
+# patch_module_args), in the virtualenv ansible-test builds from tests/unit/requirements.txt.
+units: bootstrap
+	@./scripts/ansible-test.sh units
+
+# ansible-test integration: one target per module in tests/integration/targets/, against a
+# throwaway PostgreSQL 15 cluster that the script starts and removes.
+integration-targets: bootstrap
+	@./scripts/ansible-test.sh integration
 
 lint: bootstrap
 	ansible-lint --offline --profile production

@@ -2,6 +2,9 @@
 # Run ansible-test on this collection, offline:
 #   ./scripts/ansible-test.sh sanity [ansible-test options...]
 #   ./scripts/ansible-test.sh units  [ansible-test options...]
+#   ./scripts/ansible-test.sh integration [ansible-test options...]
+#     (starts a throwaway PostgreSQL 15 cluster with the sample database for the
+#     targets in tests/integration/targets/, and removes it afterwards)
 #
 # ansible-test only accepts a collection that sits at a real
 # ansible_collections/<namespace>/<name> path (the .collections/ symlink is not
@@ -126,7 +129,43 @@ if [ ! -f "$get_pip" ] || { head -n1 "$get_pip" | grep -qF "$marker" && [ "$(cat
   mv "$get_pip.tmp" "$get_pip"
 fi
 
-# --- 3. Run ansible-test in the copy ------------------------------------------
+# --- 3. Integration targets: a real cluster -----------------------------------
+# The targets in tests/integration/targets/ run the modules against a throwaway
+# PostgreSQL 15 cluster (tools/pgsandbox.py, as for `make demo` and the pytest
+# fixtures) on a free port. ansible-test passes tests/integration/integration_config.yml
+# to every target as extra variables; it is written into the copy only.
+if [ "$subcommand" = integration ]; then
+  it_dir=$(mktemp -d /tmp/modulo-pgbackup-it-XXXXXX)
+  chmod 0755 "$it_dir"          # the server runs as postgres when we are root
+  # shellcheck disable=SC2317  # run by the trap
+  cleanup_cluster() { "$VENV/bin/python" "$ROOT/tools/pgsandbox.py" stop "$it_dir/pg" >/dev/null 2>&1 || true; rm -rf "$it_dir"; }
+  trap cleanup_cluster EXIT
+  port=$("$VENV/bin/python" "$ROOT/tools/pgsandbox.py" start "$it_dir/pg" \
+         | "$VENV/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["port"])')
+  bindir=${PG_BINDIR:-/usr/lib/postgresql/15/bin}
+  PGHOST=127.0.0.1 PGPORT=$port PGUSER=postgres "$bindir/createdb" modulodb
+  PGHOST=127.0.0.1 PGPORT=$port PGUSER=postgres "$bindir/psql" -Xq -v ON_ERROR_STOP=1 \
+    -f "$ROOT/tests/data/modulo_schema.sql" modulodb >/dev/null
+  if [ "$(id -u)" = 0 ]; then
+    owner=postgres run_as='["runuser", "-u", "postgres", "--"]'
+  else
+    owner=$(id -un) run_as='[]'
+  fi
+  cat > "$dest/tests/integration/integration_config.yml" <<EOF
+---
+pgbackup_it_dir: $it_dir
+pgbackup_it_owner: $owner
+pgbackup_it_run_as_server_user: $run_as
+pgbackup_it_pgdata: $it_dir/pg/pg/data
+pgbackup_it_conn:
+  login_host: 127.0.0.1
+  port: $port
+  login_user: postgres
+  pg_bindir: $bindir
+EOF
+fi
+
+# --- 4. Run ansible-test in the copy ------------------------------------------
 # The copy lies inside this git checkout, under an ignored directory: left to
 # itself ansible-test would take the enclosing repository as its source and
 # list no files at all. Naming the content root makes it list the copy's files.

@@ -43,6 +43,30 @@ if [ ! -f "$stamp" ] || [ requirements.txt -nt "$stamp" ] || [ requirements-dev.
   touch "$stamp"
 fi
 
+# awx.awx, for playbooks/awx-configure.yml (and for linting and testing it): Galaxy is not
+# reachable from every build machine, but the collection also ships inside the `ansible`
+# package on PyPI. Only that collection is taken from the wheel, into .collections/.
+awx_from=$(sed -n 's/^# awx.awx from: *//p' requirements-dev.txt)
+awx_dir=.collections/ansible_collections/awx/awx
+if [ -n "$awx_from" ] && [ "$(cat "$awx_dir/.from" 2>/dev/null)" != "$awx_from" ]; then
+  echo "bootstrap: installing the awx.awx collection from $awx_from"
+  tmp=$(mktemp -d)
+  "$VENV/bin/python" -m pip download -q --disable-pip-version-check --no-deps -d "$tmp" "$awx_from" 2>&1 \
+    | grep -v '^WARNING: Location' || true
+  rm -rf "$awx_dir"
+  mkdir -p .collections/ansible_collections/awx
+  "$VENV/bin/python" - "$tmp" .collections <<'EOF'
+import glob, sys, zipfile
+wheel = zipfile.ZipFile(glob.glob(sys.argv[1] + '/*.whl')[0])
+members = [n for n in wheel.namelist() if n.startswith('ansible_collections/awx/awx/')]
+if not members:
+    sys.exit('bootstrap: no awx.awx collection in ' + wheel.filename)
+wheel.extractall(sys.argv[2], members)
+EOF
+  rm -rf "$tmp"
+  echo "$awx_from" > "$awx_dir/.from"
+fi
+
 # The working tree itself is the collection: link it where ansible.cfg looks.
 mkdir -p .collections/ansible_collections/modulo
 link=.collections/ansible_collections/modulo/pgbackup

@@ -9,7 +9,7 @@ create/destroy.  PostgreSQL refuses to run as root, so when we are root the
 cluster runs as the ``postgres`` OS user, in a directory that user can reach.
 
 CLI:  pgsandbox.py start DIR [--port N]   |   pgsandbox.py stop DIR
-      pgsandbox.py s3-start DIR           |   pgsandbox.py s3-stop DIR
+      pgsandbox.py s3-start DIR [--port N] [--bucket NAME]   |   pgsandbox.py s3-stop DIR
 """
 
 import argparse
@@ -224,6 +224,7 @@ def main():
     parser.add_argument('action', choices=['start', 'stop', 'status', 's3-start', 's3-stop'])
     parser.add_argument('dir')
     parser.add_argument('--port', type=int)
+    parser.add_argument('--bucket', help='s3-start: also create this bucket')
     args = parser.parse_args()
     if args.action == 'start':
         if os.path.exists(os.path.join(args.dir, 'cluster.json')):
@@ -249,7 +250,9 @@ def main():
     elif args.action == 's3-start':
         server = S3Server(args.dir, port=args.port).start()
         with open(os.path.join(args.dir, 's3.json'), 'w') as handle:
-            json.dump({'pid': server.proc.pid, 'url': server.url}, handle)
+            json.dump({'pid': server.proc.pid, 'url': server.url, 'bucket': args.bucket}, handle)
+        if args.bucket:
+            server.create_bucket(args.bucket)
         print(server.url)
     elif args.action == 's3-stop':
         path = os.path.join(args.dir, 's3.json')

@@ -59,9 +59,9 @@ TMP_MAX_AGE = DAY
 BACKUP_DIRS = ('full', 'base')
 SCANNED_DIRS = ('full', 'base', 'wal', 'logs', 'restore-tests')
 REPORT_RES = {
-    # The drill writes a copy of its report here too; verify reports are named after their database.
-    'logs': re.compile(r'^(?:backup_report|retention_report|monthly_drill|verify_.+)_(?P<stamp>\d{8}_\d{6})'
-                       r'(?:_\d+)?\.json\Z'),
+    # logs/ also holds the drill reports' copies and the verify results (verify_<db>_<stamp>.json).
+    'logs': re.compile(r'^(?:backup_report|retention_report|monthly_drill|verify_[A-Za-z0-9_-]+)_'
+                       r'(?P<stamp>\d{8}_\d{6})(?:_\d+)?\.json\Z'),
     'restore-tests': re.compile(r'^monthly_drill_(?P<stamp>\d{8}_\d{6})(?:_\d+)?\.json\Z'),
 }
 # Files of logs/ that are rewritten in place, never aged out.

@@ -10,7 +10,7 @@ import pytest
 from ansible_collections.modulo.pgbackup.plugins.module_utils import fsutil, logical_backup, repository
 from ansible_collections.modulo.pgbackup.plugins.module_utils.compression import CompressionError
 
-from fakerepo import make_meta, write_backup
+from ansible_collections.modulo.pgbackup.tests.unit.plugins.module_utils.fakerepo import make_meta, write_backup
 
 UTC = datetime.timezone.utc
 

@@ -10,7 +10,7 @@ import pytest
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import retention
 
-from fakerepo import make_meta, write_backup
+from ansible_collections.modulo.pgbackup.tests.unit.plugins.module_utils.fakerepo import make_meta, write_backup
 
 UTC = datetime.timezone.utc
 NOW = datetime.datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC)
@@ -283,8 +283,10 @@ def test_reports_go_after_report_days_by_the_stamp_in_their_name(repo):
     for days, pattern in ((100, 'logs/backup_report_%s.json'), (80, 'logs/backup_report_%s.json'),
                           (91, 'logs/retention_report_%s.json'), (95, 'logs/backup_report_%s_4242.json'),
                           (91, 'restore-tests/monthly_drill_%s.json'), (30, 'restore-tests/monthly_drill_%s.json'),
-                          (91, 'logs/monthly_drill_%s.json'), (30, 'logs/monthly_drill_%s.json'),
-                          (92, 'logs/verify_modulo_db_%s.json'), (10, 'logs/verify_modulo_db_%s_2.json')):
+                          # the drill's copy in logs/ and verify results (verify_<db>_<stamp>[_N].json)
+                          (92, 'logs/monthly_drill_%s.json'), (20, 'logs/monthly_drill_%s.json'),
+                          (93, 'logs/verify_modulo_db-1_%s.json'), (94, 'logs/verify_modulodb_%s_2.json'),
+                          (10, 'logs/verify_modulodb_%s.json')):
         relpath = pattern % stamp(ago(days))
         with open(repo.path(relpath), 'w') as handle:
             handle.write('{}')

@@ -19,8 +19,7 @@ import pytest
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import walarchive
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SCRIPT = os.path.join(ROOT, 'plugins', 'module_utils', 'walarchive.py')
+SCRIPT = os.path.abspath(walarchive.__file__)
 SYSTEM_PYTHON = '/usr/bin/python3'
 SEG = 1024 * 1024
 SYSID = 7312345678901234567

@@ -14,8 +14,9 @@ import pytest
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import fsutil
 
-COLLECTIONS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                           '.collections')
+# The directory holding ansible_collections/, wherever the collection was imported from (the
+# .collections/ link of a working tree, or the copy ansible-test runs in).
+COLLECTIONS = os.path.abspath(os.path.join(os.path.dirname(fsutil.__file__), *(['..'] * 5)))
 
 
 def mode_of(path):

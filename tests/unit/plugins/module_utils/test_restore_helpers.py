@@ -9,7 +9,7 @@ import pytest
 from ansible_collections.modulo.pgbackup.plugins.module_utils import logical_restore
 from ansible_collections.modulo.pgbackup.plugins.module_utils.logical_restore import RestoreError
 
-from fakerepo import make_meta, write_backup
+from ansible_collections.modulo.pgbackup.tests.unit.plugins.module_utils.fakerepo import make_meta, write_backup
 
 
 # --- validate_dbname ----------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import pytest
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import catalog, fsutil, report
 
-from fakerepo import make_meta, write_backup
+from ansible_collections.modulo.pgbackup.tests.unit.plugins.module_utils.fakerepo import make_meta, write_backup
 
 UTC = datetime.timezone.utc
 
