@@ -9,7 +9,7 @@ __metaclass__ = type
 import os
 import subprocess
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import compression, fsutil, repository
+from ansible_collections.modulo.pgbackup.plugins.module_utils import compression, fsutil, repository, walarchive
 from ansible_collections.modulo.pgbackup.plugins.module_utils import report as reports
 
 KIND_DIRS = {'logical': 'full', 'physical': 'base'}
@@ -95,3 +95,31 @@ def health(backups, rpo_target_s=3600, max_duration_s=reports.MAX_BACKUP_DURATIO
     checks.extend(reports.thresholds(latest, reports.previous_backup(complete, latest),
                                      max_duration_s=max_duration_s, max_growth=max_growth))
     return {'ok': not any(c['breached'] for c in checks), 'checks': checks, 'latest': latest['name']}
+
+
+def recovery_window(backups, repo_root):
+    """The points a restore can reach now: the newest logical snapshot and the PITR range.
+
+    A logical backup recovers the moment its dump snapshot was taken (its start);
+    PITR reaches from the end of the oldest complete base backup to the newest
+    WAL segment in the local archive (archived at most archive_timeout after its
+    last write).  ``newest_point`` is the later of the two.
+    """
+    complete = [b for b in backups if repository.is_complete(b)]
+    logical = [b for b in complete if b.get('type') == 'logical']
+    bases = [b for b in complete if b.get('type') == 'physical']
+    window = {'logical': None, 'pitr': None, 'newest_point': None, 'newest_method': None}
+    if logical:
+        newest = logical[-1]
+        window['logical'] = {'backup': newest['name'], 'database': newest.get('database'),
+                             'point': newest.get('started_at')}
+    archive = walarchive.status(repo_root) if os.path.isdir(walarchive.wal_dir(repo_root)) else None
+    if bases and archive and archive.get('last_archived_at'):
+        window['pitr'] = {'from': bases[0].get('finished_at'), 'to': archive['last_archived_at'],
+                          'base_backups': len(bases), 'newest_segment': archive.get('newest_segment')}
+    candidates = [(window['pitr']['to'], 'pitr')] if window['pitr'] else []
+    if window['logical'] and window['logical']['point']:
+        candidates.append((window['logical']['point'], 'logical'))
+    if candidates:
+        window['newest_point'], window['newest_method'] = max(candidates)
+    return window

@@ -101,6 +101,17 @@ verification:
   returned: when verify is true
   type: list
   elements: dict
+recovery_window:
+  description:
+    - The points a restore can reach now. C(logical) is the newest complete logical backup (of O(db) when set) with
+      C(point), the time of its dump snapshot. C(pitr) is the range of point-in-time recovery, from the end of the
+      oldest complete base backup (C(from)) to the newest file of the local WAL archive (C(to)), or null without a
+      base backup or archive. C(newest_point) and C(newest_method) name the newest of them.
+  returned: always
+  type: dict
+  sample: {"logical": {"backup": "modulo_full_20261124_020000", "database": "modulodb", "point": "2026-11-24T02:00:01Z"},
+           "pitr": {"from": "2026-11-24T02:01:10Z", "to": "2026-11-24T14:29:51Z", "base_backups": 1},
+           "newest_point": "2026-11-24T14:29:51Z", "newest_method": "pitr"}
 health:
   description: The runbook's thresholds (C(backup_age), C(backup_duration), C(size_growth)) and C(ok).
   returned: always
@@ -132,7 +143,7 @@ def main():
     )
     p = module.params
     log = CommandLog()
-    result = dict(changed=False, backups=[], latest=None, problems=[], executed_commands=log.commands)
+    result = dict(changed=False, backups=[], latest=None, problems=[], recovery_window=None, executed_commands=log.commands)
     kinds = ('logical', 'physical') if p['type'] == 'all' else (p['type'],)
     try:
         repo = repository.Repository(p['backup_root'])
@@ -140,6 +151,9 @@ def main():
         backups, problems = catalog.list_backups(repo, kinds=kinds, s3=s3)
     except (repository.RepositoryError, S3Error, OSError) as exc:
         module.fail_json(msg='cannot list backups: %s' % exc, **result)
+    # Base backups hold every database of the cluster: they count for any db.
+    result['recovery_window'] = catalog.recovery_window(
+        [b for b in backups if b.get('type') == 'physical' or not p['db'] or b.get('database') == p['db']], repo.root)
     if p['db']:
         backups = [b for b in backups if b.get('database') == p['db']]
     result['problems'] = problems
