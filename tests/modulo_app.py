@@ -325,6 +325,8 @@ def parser():
 def main(argv=None):
     args = parser().parse_args(argv)
     args.pidfile = os.path.abspath(args.pidfile)
+    if args.action in ('start', 'run'):
+        os.makedirs(os.path.dirname(args.pidfile), exist_ok=True)
     return {'start': cmd_start, 'stop': cmd_stop, 'status': cmd_status, 'run': cmd_run}[args.action](args)
 
 
