@@ -10,7 +10,7 @@ DOCUMENTATION = r'''
 ---
 module: incident_report
 short_description: Record a step of an emergency recovery in the incident report
-version_added: 0.2.0
+version_added: 0.1.0
 description:
   - Adds one step (C(assess), C(stop), C(restore), C(verify), C(start)) of C(playbooks/emergency-recovery.yml) to
     C(<backup_root>/logs/incident_<incident_id>.json), creating the report when it does not exist yet.
