@@ -103,7 +103,7 @@ if ! ansible-playbook playbooks/dr-simulation.yml > "$SANDBOX/dr-simulation.log"
   echo "   the DR simulation failed: full output in $SANDBOX/dr-simulation.log" >&2
   exit 1
 fi
-lessons=$(ls -t "$SANDBOX"/backups/logs/dr_simulation_*.md | head -1)
+lessons=$(find "$SANDBOX/backups/logs" -name 'dr_simulation_*.md' | sort | tail -1)
 grep -E '^\| (Failure|Recovery|Recovered|RTO|Outage|Data lost|Application) ' "$lessons" | sed 's/^| /   /; s/ |$//; s/ | /: /'
 echo "   emergency recovery output: $SANDBOX/dr-simulation.log; lessons-learned template: $lessons"
 $APP stop --pidfile "$SANDBOX/app/modulo-app.pid" >/dev/null

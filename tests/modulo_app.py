@@ -28,7 +28,6 @@ import json
 import os
 import select
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -90,7 +89,7 @@ class Database(object):
         lines, buf, deadline = [], b'', time.time() + timeout
         fd = self.proc.stdout.fileno()
         while True:
-            ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.time()))
+            ready = select.select([fd], [], [], max(0.0, deadline - time.time()))[0]
             if not ready:
                 self.close()
                 raise RuntimeError('no answer from the database within %.0f s' % timeout)
@@ -306,7 +305,7 @@ def cmd_stop(args):
 
 
 def parser():
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p = argparse.ArgumentParser(description=__doc__.split('\n', maxsplit=1)[0])
     p.add_argument('action', choices=['start', 'stop', 'status', 'run'])
     p.add_argument('--pidfile', required=True, help='pid file; its state (port, url) is kept in <pidfile>.json')
     p.add_argument('--port', type=int, default=0, help='health endpoint port on 127.0.0.1 (0: a free one)')

@@ -22,11 +22,16 @@ description:
     O(rto_target_s).
   - The file is written atomically (temporary name, fsync, rename) and handed to the repository's owner when the
     module runs as root.
+  - It takes the collection's connection and S3 options like every module of the action group
+    C(modulo.pgbackup.pgbackup), so a play's C(module_defaults) apply to it, but it neither connects to
+    PostgreSQL nor uses S3.
 author:
   - modulo.pgbackup contributors (@modulo)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - modulo.pgbackup.connection
   - modulo.pgbackup.repository
+  - modulo.pgbackup.s3
 options:
   incident_id:
     description: Names the report. Letters, digits, C(.), C(_) and C(-).
@@ -114,6 +119,11 @@ report_path:
   description: Where the report is.
   returned: always
   type: str
+executed_commands:
+  description: External commands run (none).
+  returned: always
+  type: list
+  elements: str
 '''
 
 import copy
@@ -124,8 +134,7 @@ from ansible_collections.modulo.pgbackup.plugins.module_utils import common, inc
 
 
 def main():
-    argument_spec = common.repository_argspec()
-    argument_spec.update(
+    argument_spec = common.full_argspec(
         incident_id=dict(type='str', required=True),
         step=dict(type='str', required=True, choices=list(incident.STEPS)),
         status=dict(type='str', required=True, choices=list(incident.STATUSES)),
@@ -157,11 +166,11 @@ def main():
                                            p['started_at'], finished, rto_target_s=p['rto_target_s'], **fields)
             repo.adopt(path)
     except (incident.IncidentError, repository.RepositoryError) as exc:
-        module.fail_json(msg=str(exc), changed=False)
+        module.fail_json(msg=str(exc), changed=False, executed_commands=[])
     except OSError as exc:
         module.fail_json(msg='cannot write the incident report under %s: %s (is the repository writable?)'
-                             % (p['backup_root'], exc), changed=False)
-    module.exit_json(changed=True, report=report, report_path=path,
+                             % (p['backup_root'], exc), changed=False, executed_commands=[])
+    module.exit_json(changed=True, report=report, report_path=path, executed_commands=[],
                      msg='incident %s: %s %s, report %s' % (p['incident_id'], p['step'], p['status'], path))
 
 
