@@ -228,3 +228,46 @@ def test_a_corrupt_backup_leaves_the_application_stopped_and_the_database_intact
     last = app.journal()[-1]
     assert cluster.psql('SELECT max(id) FROM orders', db=DB) == str(last['id'])
     assert cluster.psql("SELECT count(*) FROM pg_database WHERE datname LIKE '%s\\_%%'" % DB) == '0'
+
+
+def test_dr_simulation_drops_the_orders_table_and_measures_rto_and_orders_lost(ansible, shop):
+    cluster, app, repo = shop['cluster'], shop['app'], shop['repo']
+    meta = backup(ansible, shop)['meta']
+    app.wait_for_orders(10, after=meta['finished_at'])
+    extra_vars = dict(cluster.connection_vars(), pgbackup_backup_root=repo, pgbackup_db=DB)
+    inv = inventory(ansible.workdir, app)
+
+    # Outside the sandbox it refuses before breaking anything.
+    proc = ansible.playbook('dr-simulation.yml', extra_vars=extra_vars, inventory=inv)
+    assert proc.returncode != 0 and 'runs only against the sandbox' in proc.stdout
+    assert app.running() and cluster.psql("SELECT to_regclass('orders') IS NOT NULL", db=DB) == 't'
+
+    started = datetime.datetime.now(datetime.timezone.utc)
+    proc = ansible.playbook('dr-simulation.yml', extra_vars=dict(extra_vars, pgbackup_sandbox_dir=ansible.workdir),
+                            inventory=inv)
+    wall = (datetime.datetime.now(datetime.timezone.utc) - started).total_seconds()
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    lessons = glob.glob(os.path.join(repo, 'logs', 'dr_simulation_dr_*.md'))
+    assert len(lessons) == 1
+    with open(lessons[0]) as handle:
+        text = handle.read()
+    fields = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip('|').split('|')]
+        if len(cells) == 2:
+            fields[cells[0]] = cells[1]
+    failed_at = utc(fields['Failure simulated'].split(' at ')[1])
+    assert started < failed_at
+    # Orders before the failure: the 3000 of the sample data and the application's, as its journal says.
+    written = [o for o in app.journal() if utc(o['created_at']) <= failed_at]
+    lost_count, before_count = [int(n) for n in fields['Data lost'].split(' orders')[0].split(' of ')]
+    assert before_count == 3000 + len(written)
+    app.stop()
+    present = set(cluster.psql("SELECT to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') "
+                               "FROM orders WHERE id > 3000", db=DB).split())
+    assert lost_count == len([o for o in written if o['created_at'] not in present]) > 0
+    rto = float(fields['RTO measured'].split(' s ')[0])
+    assert 0 < rto < wall and 'target 1800 s: met' in fields['RTO measured']
+    assert meta['name'] in fields['Recovery']
+    # The application wrote again after the recovery.
+    assert [o for o in app.journal() if utc(o['created_at']) > failed_at + datetime.timedelta(seconds=rto)]
