@@ -63,10 +63,13 @@ def backup(ansible, shop, **extra):
     return res['backup']
 
 
-def run(ansible, shop, **extra):
+FULL_RUN = [('assess', 'ok'), ('stop', 'ok'), ('stop', 'ok'), ('restore', 'ok'), ('verify', 'ok'), ('start', 'ok')]
+
+
+def run(ansible, shop, tags=None, **extra):
     extra_vars = dict(shop['cluster'].connection_vars(), pgbackup_backup_root=shop['repo'], pgbackup_db=DB, **extra)
     started = datetime.datetime.now(datetime.timezone.utc)
-    proc = ansible.playbook('emergency-recovery.yml', extra_vars=extra_vars,
+    proc = ansible.playbook('emergency-recovery.yml', extra_vars=extra_vars, tags=tags,
                             inventory=inventory(ansible.workdir, shop['app']))
     finished = datetime.datetime.now(datetime.timezone.utc)
     reports = sorted(glob.glob(os.path.join(shop['repo'], 'logs', 'incident_*.json')), key=os.path.getmtime)
@@ -83,13 +86,12 @@ def step(report, name, part=None):
     return found[-1]
 
 
-def check_outage(shop, proc, report, started, finished):
+def check_outage(shop, proc, report, started, finished, steps=None):
     """The report's timings are real, the application was down during the restore and writes again."""
     assert proc.returncode == 0, proc.stdout[-4000:]
     assert report['status'] == 'recovered', report
-    assert [s['step'] for s in report['steps']] == ['assess', 'stop', 'stop', 'restore', 'verify', 'start']
+    assert [(s['step'], s['status']) for s in report['steps']] == (steps or FULL_RUN)
     for entry in report['steps']:
-        assert entry['status'] == 'ok'
         assert started <= utc(entry['started_at']) <= utc(entry['finished_at']) <= finished, entry
         assert entry['duration_s'] == pytest.approx(
             (utc(entry['finished_at']) - utc(entry['started_at'])).total_seconds(), abs=0.002)
@@ -101,7 +103,9 @@ def check_outage(shop, proc, report, started, finished):
     assert report['rto']['measured_s'] == pytest.approx(outage.total_seconds(), abs=0.002)
     assert 0 < report['rto']['measured_s'] < (finished - started).total_seconds()
     assert report['rto']['passed'] is True and report['rto']['target_s'] == 1800
-    assert report['timings']['restore_s'] == restore['duration_s'] > 0
+    assert report['timings']['restore_s'] == pytest.approx(
+        sum(e['duration_s'] for e in report['steps'] if e['step'] == 'restore'), abs=0.002)
+    assert restore['duration_s'] > 0
     assert report['operators'] and report['operators'][0]
     # The application wrote nothing between being stopped and being started again ...
     app = shop['app']
@@ -126,10 +130,20 @@ def restored_matches_backup(shop, meta, restarted):
     assert newer == '0'
 
 
-def test_emergency_recovery_from_latest_with_a_straggler_session(ansible, shop):
+def flip_byte(path):
+    with open(path, 'r+b') as handle:
+        handle.seek(os.path.getsize(path) // 2)
+        byte = handle.read(1)
+        handle.seek(-1, os.SEEK_CUR)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+
+
+def test_corrupt_latest_backup_leaves_the_application_stopped_then_recovery_after_the_fix(ansible, shop):
     cluster, app = shop['cluster'], shop['app']
-    meta = backup(ansible, shop)['meta']
+    taken = backup(ansible, shop)
+    meta = taken['meta']
     app.wait_for_orders(10, after=meta['finished_at'])   # written after the backup: lost by design
+    flip_byte(taken['path'])
     # A client outside modulo_app keeps a session open: the stop step must close it.
     straggler = subprocess.Popen([os.path.join(cluster.bindir, 'psql'), '-X', '-q'], env=cluster.env(DB),
                                  stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
@@ -138,23 +152,41 @@ def test_emergency_recovery_from_latest_with_a_straggler_session(ansible, shop):
         while cluster.psql("SELECT count(*) FROM pg_stat_activity WHERE datname = '%s' AND application_name = 'psql'"
                            % DB) == '0' and time.time() < deadline:
             time.sleep(0.1)
-        proc, report, started, finished = run(ansible, shop, confirm=DB)
+        proc, report, started, _finished = run(ansible, shop, confirm=DB)
     finally:
         straggler.kill()
         straggler.wait()
-    _stopped, restarted = check_outage(shop, proc, report, started, finished)
+
+    # The restore fails on the checksum: the play stops, the application stays stopped, the database is intact.
+    assert proc.returncode != 0
+    assert 'Restore failed' in proc.stdout and 'is corrupt' in proc.stdout
+    assert 'The application stays stopped' in proc.stdout and 'is as it was before the restore' in proc.stdout
+    assert report['status'] == 'failed' and report['error'].startswith('restore: ')
+    assert [(s['step'], s['status']) for s in report['steps']] == FULL_RUN[:3] + [('restore', 'failed')]
+    assert 'never touched' in report['rollback']
     sessions = step(report, 'stop', 'database sessions')['details']
     assert sessions['terminated'] >= 1 and 'psql' in [s['application'] for s in sessions['sessions_found']]
-    assert report['backup']['name'] == meta['name'] and report['backup']['type'] == 'logical'
-    assert meta['name'] in report['recovered_to']
     assessed = step(report, 'assess')['details']
     assert assessed['server_up'] and assessed['latest_backup'] == meta['name']
     assert assessed['recovery_window']['logical']['backup'] == meta['name']
-    assert 'To continue' in proc.stdout and '-e confirm=%s' % DB in proc.stdout
+    assert not app.running()
+    stopped = utc(step(report, 'stop', 'application')['finished_at'])
+    assert [o for o in app.journal() if utc(o['created_at']) > stopped] == []
+    last = app.journal()[-1]
+    assert cluster.psql('SELECT max(id) FROM orders', db=DB) == str(last['id'])
+    assert cluster.psql("SELECT count(*) FROM pg_database WHERE datname LIKE '%s\\_%%'" % DB) == '0'
+
+    # The backup is mended; the on-call continues the same incident where it stopped.
+    flip_byte(taken['path'])
+    proc, report, _started, finished = run(ansible, shop, tags='restore,verify,start', confirm=DB,
+                                           incident_id=report['incident_id'])
+    _stopped, restarted = check_outage(shop, proc, report, started, finished,
+                                       steps=FULL_RUN[:3] + [('restore', 'failed')] + FULL_RUN[3:])
+    assert report['backup']['name'] == meta['name'] and report['backup']['type'] == 'logical'
+    assert meta['name'] in report['recovered_to']
     restored_matches_backup(shop, meta, restarted)
     # The replaced database is kept with every order the application wrote before it was stopped.
     old = step(report, 'restore')['details']['old_db']
-    last = [o for o in app.journal() if utc(o['created_at']) < restarted][-1]
     assert cluster.psql('SELECT max(id) FROM orders', db=old) == str(last['id'])
     assert old in report['rollback']
 
@@ -170,6 +202,7 @@ def test_refused_without_confirm_then_recovery_from_a_given_file(ansible, shop):
     assert proc.returncode != 0
     assert 'to go ahead, add -e confirm=%s' % DB in proc.stdout and 'the application was not stopped' in proc.stdout
     assert [s['step'] for s in report['steps']] == ['assess']
+    assert 'To continue' in proc.stdout and '-e confirm=%s' % DB in proc.stdout
     assert app.running() and app.wait_for_orders(3, after=finished.isoformat())
     assert cluster.psql("SELECT count(*) FROM pg_database WHERE datname LIKE '%s_old_%%'" % DB) == '0'
 
@@ -202,32 +235,6 @@ def test_emergency_pitr_to_a_time_between_two_writes(ansible, archiving_shop):
     assert cluster.psql("SELECT to_char(max(created_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') "
                         "FROM orders WHERE %s" % pre_restart, db=DB) == before['created_at']
     assert cluster.psql("SELECT count(*) FROM orders WHERE id = %d AND %s" % (after['id'], pre_restart), db=DB) == '0'
-
-
-def test_a_corrupt_backup_leaves_the_application_stopped_and_the_database_intact(ansible, shop):
-    cluster, app = shop['cluster'], shop['app']
-    taken = backup(ansible, shop)
-    with open(taken['path'], 'r+b') as handle:
-        handle.seek(os.path.getsize(taken['path']) // 2)
-        byte = handle.read(1)
-        handle.seek(-1, os.SEEK_CUR)
-        handle.write(bytes([byte[0] ^ 0xFF]))
-
-    proc, report, _started, _finished = run(ansible, shop, confirm=DB)
-    assert proc.returncode != 0
-    assert 'Restore failed' in proc.stdout and 'is corrupt' in proc.stdout
-    assert 'The application stays stopped' in proc.stdout and 'is as it was before the restore' in proc.stdout
-    assert report['status'] == 'failed' and report['error'].startswith('restore: ')
-    assert [s['step'] for s in report['steps']] == ['assess', 'stop', 'stop', 'restore']
-    assert 'never touched' in report['rollback']
-    # The application is still stopped and wrote nothing since it was stopped.
-    assert not app.running()
-    stopped = utc(step(report, 'stop', 'application')['finished_at'])
-    assert [o for o in app.journal() if utc(o['created_at']) > stopped] == []
-    # The database is the one the application was writing to, with its last order, and nothing was left behind.
-    last = app.journal()[-1]
-    assert cluster.psql('SELECT max(id) FROM orders', db=DB) == str(last['id'])
-    assert cluster.psql("SELECT count(*) FROM pg_database WHERE datname LIKE '%s\\_%%'" % DB) == '0'
 
 
 def test_dr_simulation_drops_the_orders_table_and_measures_rto_and_orders_lost(ansible, shop):
