@@ -113,7 +113,13 @@ def recovery_window(backups, repo_root):
         newest = logical[-1]
         window['logical'] = {'backup': newest['name'], 'database': newest.get('database'),
                              'point': newest.get('started_at')}
-    archive = walarchive.status(repo_root) if os.path.isdir(walarchive.wal_dir(repo_root)) else None
+    archive = None
+    try:
+        if os.path.isdir(walarchive.wal_dir(repo_root)):
+            archive = walarchive.status(repo_root)
+    except OSError as exc:
+        # A listing must not fail over the archive (e.g. wal/ readable only by the server's OS user).
+        window['archive_error'] = 'cannot read the WAL archive: %s' % exc
     if bases and archive and archive.get('last_archived_at'):
         window['pitr'] = {'from': bases[0].get('finished_at'), 'to': archive['last_archived_at'],
                           'base_backups': len(bases), 'newest_segment': archive.get('newest_segment')}

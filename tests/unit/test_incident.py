@@ -120,3 +120,18 @@ def test_recovery_window_with_a_base_backup_and_archived_wal(tmp_path):
     assert (window['newest_point'], window['newest_method']) == ('2026-11-24T14:29:51Z', 'pitr')
     # Without a base backup the archive alone recovers nothing.
     assert catalog.recovery_window(backups[:1], repo)['pitr'] is None
+
+
+def test_recovery_window_says_when_the_archive_cannot_be_read(tmp_path):
+    repo = str(tmp_path)
+    wal = walarchive.wal_dir(repo)
+    os.makedirs(os.path.join(wal, '20261124'))
+    os.chmod(wal, 0)
+    try:
+        if os.access(wal, os.R_OK):
+            pytest.skip('running as root: every directory is readable')
+        backups = [make_meta('modulo_base_20261124_020100', '2026-11-24T02:01:00Z', kind='physical')]
+        window = catalog.recovery_window(backups, repo)
+    finally:
+        os.chmod(wal, 0o700)
+    assert window['pitr'] is None and 'cannot read the WAL archive' in window['archive_error']
