@@ -20,6 +20,7 @@ demo: bootstrap
 	@./scripts/demo.sh
 
 demo-clean:
+	@$(PY) tests/modulo_app.py stop --pidfile $(SANDBOX)/app/modulo-app.pid >/dev/null 2>&1 || true
 	@$(PY) tools/pgsandbox.py stop $(SANDBOX) 2>/dev/null || python3 tools/pgsandbox.py stop $(SANDBOX)
 	@rm -rf $(SANDBOX)
 	@echo "sandbox removed"

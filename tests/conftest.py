@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 
 import pytest
@@ -23,6 +24,7 @@ sys.path.insert(0, os.path.join(ROOT, '.collections'))
 import pgsandbox  # noqa: E402
 
 SCHEMA_SQL = os.path.join(ROOT, 'tests', 'data', 'modulo_schema.sql')
+APP_SCRIPT = os.path.join(ROOT, 'tests', 'modulo_app.py')
 VENV_BIN = os.path.dirname(sys.executable)
 _counter = itertools.count()
 
@@ -189,3 +191,74 @@ def conn_args(pg):
     """Module connection options for the session cluster."""
     return {'login_host': '127.0.0.1', 'port': pg.port, 'login_user': 'postgres',
             'pg_bindir': pg.bindir}
+
+
+class ModuloApp(object):
+    """The test application (tests/modulo_app.py) writing orders into ``db`` of ``cluster``."""
+
+    def __init__(self, workdir, cluster, db):
+        self.workdir = workdir
+        self.port = pgsandbox.free_port()
+        self.pidfile = os.path.join(workdir, 'modulo-app.pid')
+        self.journal_path = os.path.join(workdir, 'orders.jsonl')
+        self.log = os.path.join(workdir, 'modulo-app.log')
+        self.url = 'http://127.0.0.1:%d/health' % self.port
+        base = [sys.executable, APP_SCRIPT]
+        start_args = ['--port', str(self.port), '--journal', self.journal_path, '--log', self.log,
+                      '--host', '127.0.0.1', '--dbport', str(cluster.port), '--user', 'postgres', '--db', db]
+        self.commands = {name: ' '.join(base + [name, '--pidfile', self.pidfile] + (start_args if name == 'start' else []))
+                         for name in ('start', 'stop', 'status')}
+
+    def _run(self, action):
+        return subprocess.run(self.commands[action].split(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              universal_newlines=True)
+
+    def start(self):
+        proc = self._run('start')
+        assert proc.returncode == 0, proc.stdout
+        return self
+
+    def stop(self):
+        self._run('stop')
+
+    def running(self):
+        return self._run('status').returncode == 0
+
+    def journal(self):
+        """Committed orders, oldest first: dicts with id and created_at (the database's clock, UTC)."""
+        if not os.path.exists(self.journal_path):
+            return []
+        with open(self.journal_path) as handle:
+            return [json.loads(line) for line in handle if line.endswith('\n')]
+
+    def wait_for_orders(self, count, after=None, timeout=30):
+        """Wait until ``count`` orders were committed (after the ISO time ``after`` when given)."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            done = [o for o in self.journal() if after is None or o['created_at'] > after]
+            if len(done) >= count:
+                return done
+            time.sleep(0.1)
+        raise AssertionError('the application committed fewer than %d orders%s in %d s; log: %s' % (
+            count, ' after %s' % after if after else '', timeout, open(self.log).read()[-2000:]))
+
+    def host_vars(self):
+        """What an inventory says about this application host (role app_services)."""
+        return {'ansible_connection': 'local', 'ansible_python_interpreter': sys.executable,
+                'app_services_commands': [dict(name='modulo-app', **self.commands)],
+                'app_services_health_urls': [self.url], 'app_services_timeout': 30}
+
+
+@pytest.fixture
+def modulo_app(tmp_path):
+    """Factory: ``modulo_app(cluster, db)`` starts the test application; stopped after the test."""
+    apps = []
+
+    def start(cluster, db):
+        app = ModuloApp(str(tmp_path), cluster, db)
+        apps.append(app)
+        return app.start()
+
+    yield start
+    for app in apps:
+        app.stop()

@@ -9,7 +9,7 @@ __metaclass__ = type
 import os
 import subprocess
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import compression, encryption, fsutil, pipeline
+from ansible_collections.modulo.pgbackup.plugins.module_utils import compression, encryption, fsutil, pipeline, repository, walarchive
 
 KIND_DIRS = {'logical': 'full', 'physical': 'base'}
 
@@ -98,3 +98,37 @@ def _decompress_test_one(meta, path, fmt, pg_restore, keys):
     except pipeline.PipelineError as exc:
         return False, encryption.explain(exc.stderr, meta) if exc.stage == 'age' else str(exc)
     return True, None
+
+
+def recovery_window(backups, repo_root):
+    """The points a restore can reach now: the newest logical snapshot and the PITR range.
+
+    A logical backup recovers the moment its dump snapshot was taken (its start);
+    PITR reaches from the end of the oldest complete base backup to the newest
+    WAL segment in the local archive (archived at most archive_timeout after its
+    last write).  ``newest_point`` is the later of the two.
+    """
+    complete = [b for b in backups if repository.is_complete(b)]
+    logical = [b for b in complete if b.get('type') == 'logical']
+    bases = [b for b in complete if b.get('type') == 'physical']
+    window = {'logical': None, 'pitr': None, 'newest_point': None, 'newest_method': None}
+    if logical:
+        newest = logical[-1]
+        window['logical'] = {'backup': newest['name'], 'database': newest.get('database'),
+                             'point': newest.get('started_at')}
+    archive = None
+    try:
+        if os.path.isdir(walarchive.wal_dir(repo_root)):
+            archive = walarchive.status(repo_root)
+    except OSError as exc:
+        # A listing must not fail over the archive (e.g. wal/ readable only by the server's OS user).
+        window['archive_error'] = 'cannot read the WAL archive: %s' % exc
+    if bases and archive and archive.get('last_archived_at'):
+        window['pitr'] = {'from': bases[0].get('finished_at'), 'to': archive['last_archived_at'],
+                          'base_backups': len(bases), 'newest_segment': archive.get('newest_segment')}
+    candidates = [(window['pitr']['to'], 'pitr')] if window['pitr'] else []
+    if window['logical'] and window['logical']['point']:
+        candidates.append((window['logical']['point'], 'logical'))
+    if candidates:
+        window['newest_point'], window['newest_method'] = max(candidates)
+    return window

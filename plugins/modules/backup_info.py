@@ -144,6 +144,17 @@ verification:
   returned: when verify is true
   type: list
   elements: dict
+recovery_window:
+  description:
+    - The points a restore can reach now. C(logical) is the newest complete logical backup (of O(db) when set) with
+      C(point), the time of its dump snapshot. C(pitr) is the range of point-in-time recovery, from the end of the
+      oldest complete base backup (C(from)) to the newest file of the local WAL archive (C(to)), or null without a
+      base backup or archive. C(newest_point) and C(newest_method) name the newest of them.
+  returned: always
+  type: dict
+  sample: {"logical": {"backup": "modulo_full_20261124_020000", "database": "modulodb", "point": "2026-11-24T02:00:01Z"},
+           "pitr": {"from": "2026-11-24T02:01:10Z", "to": "2026-11-24T14:29:51Z", "base_backups": 1},
+           "newest_point": "2026-11-24T14:29:51Z", "newest_method": "pitr"}
 health:
   description:
     - C(ok) (false when any check is breached), C(breached) and C(unknown) (check names), C(checks) (each with
@@ -192,7 +203,8 @@ def main():
     )
     p = module.params
     log = CommandLog()
-    result = dict(changed=False, backups=[], latest=None, problems=[], executed_commands=log.commands)
+    result = dict(changed=False, backups=[], latest=None, problems=[], recovery_window=None,
+                  executed_commands=log.commands)
     try:
         limits = health.thresholds(**dict((k, p[k]) for k in health.DEFAULTS))
     except ValueError as exc:
@@ -206,6 +218,7 @@ def main():
     if p['db']:
         # A base backup holds every database of its cluster: it stays whatever db is asked for.
         everything = [b for b in everything if b.get('type') == 'physical' or b.get('database') == p['db']]
+    result['recovery_window'] = catalog.recovery_window(everything, repo.root)
     backups = [b for b in everything if p['type'] == 'all' or b.get('type') == p['type']]
     result['problems'] = problems
     try:
