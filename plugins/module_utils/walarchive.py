@@ -410,11 +410,19 @@ def _compress_into(src, fd, codec, level):
         argv = [_zstd_or_fail(), '-q', '-c', '-%d' % level]
         if level > 19:
             argv.insert(1, '--ultra')
+        # A segment PostgreSQL hands to archive_command does not change until it is archived, so
+        # zstd reads the file itself while we hash it: two cores instead of one, and no copy of
+        # every byte through a pipe (half of the cost of a push).
+        source_path = getattr(src, 'name', None)
+        direct = isinstance(source_path, str) and os.path.isfile(source_path)
+        if direct:
+            argv += ['--', source_path]
         with tempfile.TemporaryFile() as errors:
-            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=fd, stderr=errors)
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL if direct else subprocess.PIPE,
+                                    stdout=fd, stderr=errors)
             fed = False
             try:
-                feed(proc.stdin.write)
+                feed((lambda chunk: None) if direct else proc.stdin.write)
                 fed = True
             except BrokenPipeError:
                 fed = None  # zstd died: its exit status and stderr say why, below
@@ -423,10 +431,11 @@ def _compress_into(src, fd, codec, level):
                     # Reading the source failed: zstd must not finish a
                     # truncated stream that looks complete.
                     proc.kill()
-                try:
-                    proc.stdin.close()
-                except BrokenPipeError:
-                    pass
+                if not direct:
+                    try:
+                        proc.stdin.close()
+                    except BrokenPipeError:
+                        pass
                 rc = proc.wait()
             if rc:
                 errors.seek(0)
