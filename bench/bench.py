@@ -43,7 +43,6 @@ sys.path.insert(0, os.path.join(ROOT, 'tests'))
 sys.path.insert(0, os.path.join(ROOT, '.collections'))
 
 import pgsandbox  # noqa: E402
-from conftest import AnsibleRunner  # noqa: E402  the harness the integration tests use
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import walarchive  # noqa: E402
 
@@ -227,6 +226,7 @@ class Bench(object):
         self.bindir = pgsandbox.BINDIR
         self.cluster = None
         self.targets = []
+        from conftest import AnsibleRunner  # the harness of the integration tests
         self.ansible = AnsibleRunner(os.path.join(self.base, 'ansible'))
         os.makedirs(self.ansible.workdir)
         self.repo = server_dir(os.path.join(self.base, 'repo'))
