@@ -629,6 +629,32 @@ class Bench(object):
             entry = self.results['measurements']['archive_push.%s' % label]
             entry['rate_ratio'] = round(entry['segments_per_s'] / ref_rate, 2)
         self.results['measurements']['archive_push.pgbackrest']['reference'] = True
+        # The other half of a PITR's cost: restore_command once per segment replayed.
+        fetches = [
+            ('cp', 'cp (runbook)', 'cp {dest}/$f {out}/$f'),
+            ('project', 'the collection\'s restore_command (fetch)',
+             '/usr/bin/python3 %s fetch --config %s.json --repo {dest} $f {out}/$f' % (
+                 self.command_path, self.command_path)),
+            ('pgbackrest', 'pgbackrest archive-get', 'pgbackrest --config={dest}/pgbackrest.conf --stanza=%s '
+                                                     'archive-get $f {out}/$f' % STANZA),
+        ]
+        for label, method, template in fetches:
+            dest = os.path.join(self.base, 'push-%s' % label)
+            out = os.path.join(self.base, 'fetched')
+            shutil.rmtree(out, ignore_errors=True)
+            server_dir(out)
+            script = 'for f in %s; do %s || exit 1; done' % (' '.join(names), template.format(dest=dest, out=out))
+            _o, elapsed, mem = self.timed(lambda: shell(script, as_server=True))
+            same = all(_same_file(os.path.join(seg_dir, name), os.path.join(out, name)) for name in names[:3])
+            rate = len(names) / elapsed
+            self.record('archive_fetch.%s' % label, method=method, segments=len(names), time_s=round(elapsed, 2),
+                        segments_per_s=round(rate, 1), ms_per_segment=round(1000.0 * elapsed / len(names), 1),
+                        identical=same, reference=label == 'pgbackrest', **mem)
+        ref_rate = self.results['measurements']['archive_fetch.pgbackrest']['segments_per_s']
+        for label in ('cp', 'project'):
+            entry = self.results['measurements']['archive_fetch.%s' % label]
+            entry['rate_ratio'] = round(entry['segments_per_s'] / ref_rate, 2)
+        shutil.rmtree(os.path.join(self.base, 'fetched'), ignore_errors=True)
 
     def emergency_recovery(self):
         """End-to-end emergency recovery, measured only once playbooks/emergency-recovery.yml exists."""
@@ -677,6 +703,11 @@ def _archived_segments(repo):
     return [(name, date) for name, date in
             ((entry['name'], entry.get('date')) for entry in walarchive.list_archive(repo))
             if len(name) == 24]
+
+
+def _same_file(first, second):
+    with open(first, 'rb') as one, open(second, 'rb') as two:
+        return one.read() == two.read()
 
 
 def wait_promoted(cluster, timeout=3600):
@@ -789,6 +820,7 @@ REQUIRED = ('logical_backup.pg_dump_gzip', 'logical_backup.pg_backup_default', '
             'logical_restore.backup_restore_default', 'physical_backup.pgbackrest', 'physical_backup.pg_backup',
             'physical_restore.pgbackrest', 'physical_restore.backup_restore', 'pitr.pgbackrest',
             'pitr.backup_restore', 'archive_push.cp', 'archive_push.project', 'archive_push.pgbackrest',
+            'archive_fetch.cp', 'archive_fetch.project', 'archive_fetch.pgbackrest',
             'archive_load.project', 'archive_load.pgbackrest')
 
 
@@ -805,6 +837,8 @@ def check(json_path):
             continue
         if not key.startswith('archive_load.') and not (entry.get('time_s') or 0) > 0:
             problems.append('%s has no positive time_s' % key)
+        if entry.get('identical') is False:
+            problems.append('%s fetched a segment that differs from the original' % key)
         if key.startswith(('logical_backup.', 'physical_backup.', 'archive_push.')) and not entry.get('size_bytes'):
             problems.append('%s has no size' % key)
         if entry.get('rows_ok') is False:
