@@ -582,13 +582,19 @@ class Bench(object):
         """Sequential pushes of the same real segments, one process per segment as PostgreSQL runs them."""
         wanted = self.args.segments
         names = sorted(name for name, _date in _archived_segments(self.repo))
-        filler = 0
-        while len(names) < wanted and filler < 200:
-            # Not enough WAL yet (small scales): write more real WAL.
-            run([self.bin('pgbench'), '-n', '-c', '2', '-t', '2000', 'modulodb'], env=self.cluster.env())
-            self.wait_archived()
-            names = sorted(name for name, _date in _archived_segments(self.repo))
-            filler += 1
+        rows, first, rounds = self.scale * 100000, 1, 0
+        while len(names) < wanted and rounds < wanted:
+            # Not enough WAL yet: update accounts in batches (row versions, index entries and
+            # full-page images, as OLTP writes them), until the archive has enough segments.
+            self.psql('UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid BETWEEN %d AND %d'
+                      % (first, first + 249999), db='modulodb')
+            first = first + 250000 if first + 250000 <= rows else 1
+            rounds += 1
+            if rounds % 4 == 0 or first == 1:
+                self.wait_archived()
+                names = sorted(name for name, _date in _archived_segments(self.repo))
+        self.wait_archived()
+        names = sorted(name for name, _date in _archived_segments(self.repo))
         names = names[-wanted:]
         seg_dir = server_dir(os.path.join(self.base, 'segments'), 0o755)
         fetch = '/usr/bin/python3 %s fetch --repo %s' % (self.command_path, self.repo)
