@@ -96,7 +96,7 @@ def _label(name, cmdline):
         return 'ansible-playbook (controller)'
     if 'AnsiballZ' in cmdline:
         return 'module (python)'
-    if 'walarchive' in cmdline:
+    if 'walarchive' in cmdline or 'pgbackup-wal' in cmdline:
         return 'archive command (python)'
     if name.startswith('postgres'):
         return 'postgres server'
@@ -111,8 +111,9 @@ class Sampler(object):
     per program, the server included: a cheap profile of where the time went.
     """
 
-    def __init__(self, server_pids=(), interval=0.1):
-        self.server_pids = list(server_pids)
+    def __init__(self, server_pids=None, interval=0.1):
+        # A callable: restores start new servers while they are measured.
+        self.server_pids = server_pids or (lambda: [])
         self.interval = interval
         self.peak_rss = 0
         self.peak_rss_controller = 0
@@ -125,16 +126,17 @@ class Sampler(object):
     def _sample(self, first=False):
         table = _proc_table()
         mine = _descendants(table, [os.getpid()])
-        server = _descendants(table, self.server_pids) | set(p for p in self.server_pids if p in table)
+        postmasters = [pid for pid in self.server_pids() if pid in table]
+        server = (_descendants(table, postmasters) | set(postmasters)) - mine
         total = controller = 0
         for pid in mine | server:
             _ppid, name, rss, cpu, cmdline = table[pid]
-            label = 'postgres server' if pid in server else _label(name, cmdline)
+            label = _label(name, cmdline)
             if first:
                 self.cpu_base[pid] = cpu
             self.cpu_last[pid] = (label, cpu)
-            if pid in server:
-                continue
+            if pid in server and label == 'postgres server':
+                continue  # the server's memory is not the tool's; its CPU is reported
             if label == 'ansible-playbook (controller)':
                 controller += rss
             else:
@@ -257,7 +259,7 @@ class Bench(object):
 
     def task(self, module, args):
         """Run one of the collection's modules through ansible-playbook; time and sample it."""
-        with Sampler(self.server_pids()) as sampler:
+        with Sampler(self.server_pids) as sampler:
             start = time.time()
             result = self.ansible.task('modulo.pgbackup.%s' % module, args)
             elapsed = time.time() - start
@@ -270,19 +272,18 @@ class Bench(object):
         return round(max(0.0, elapsed - self.results['ansible_task_overhead_s']) / reference, 2)
 
     def timed(self, func):
-        with Sampler(self.server_pids()) as sampler:
+        with Sampler(self.server_pids) as sampler:
             start = time.time()
             value = func()
             elapsed = time.time() - start
         return value, elapsed, sampler.summary()
 
     def server_pids(self):
+        """Postmasters of every cluster under the work directory, restored ones included."""
         pids = []
-        for cluster in [self.cluster] + self.targets:
-            if cluster is None:
-                continue
+        for entry in os.listdir(self.base):
             try:
-                with open(os.path.join(cluster.pgdata, 'postmaster.pid')) as handle:
+                with open(os.path.join(self.base, entry, 'data', 'postmaster.pid')) as handle:
                     pids.append(int(handle.readline()))
             except (OSError, ValueError):
                 pass
@@ -672,7 +673,7 @@ class Bench(object):
         extra = self.cluster.connection_vars()
         extra.update(pgbackup_backup_root=self.repo, pgbackup_db='modulodb', restore_source='latest',
                      target_db='modulodb', confirm='modulodb')
-        with Sampler(self.server_pids()) as sampler:
+        with Sampler(self.server_pids) as sampler:
             start = time.time()
             proc = self.ansible.playbook('emergency-recovery.yml', extra_vars=extra)
             elapsed = time.time() - start
