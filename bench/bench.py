@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # -*- coding: utf-8 -*-
 # Copyright: (c) 2026, modulo.pgbackup contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
@@ -427,8 +426,8 @@ class Bench(object):
                 backup=meta['name'], db='modulodb', target_db='bench_restored', jobs=2))
             rows = int(self.psql('SELECT count(*) FROM pgbench_accounts', db='bench_restored'))
             self.record('logical_restore.backup_restore_%s' % label,
-                        method='backup_restore jobs=2 of %s %s%s' % (meta['format'], meta['compression'],
-                                                                   ' (default backup)' if label == 'default' else ''),
+                        method='backup_restore jobs=2 of %s %s%s' % (
+                            meta['format'], meta['compression'], ' (default backup)' if label == 'default' else ''),
                         time_s=round(elapsed, 2), time_ratio=round(elapsed / ref['time_s'], 2),
                         time_ratio_without_ansible=self.net_ratio(elapsed, ref['time_s']),
                         rows_ok=rows == self.scale * 100000 and result['changed'],
@@ -439,8 +438,7 @@ class Bench(object):
 
     def configure_archiving(self):
         """wal_archive as a user runs it (then the restart it asks for), and a pgBackRest stanza."""
-        result, elapsed, _mem = self.task('wal_archive', self.conn_args(command_path=self.command_path,
-                                                                       verify=False))
+        result, elapsed, _mem = self.task('wal_archive', self.conn_args(command_path=self.command_path, verify=False))
         if result.get('restart_required'):
             self.cluster.stop()
             self.cluster.start()
@@ -541,7 +539,8 @@ class Bench(object):
                     target_time=target_time, time_s=round(ref_elapsed, 2), reference=True,
                     history_rows=rows_ref_all, **ref_mem)
         self.record('pitr.backup_restore', method='backup_restore mode=cluster target_time, to promoted',
-                    target_time=target_time, time_s=round(elapsed, 2), time_ratio=round(elapsed / ref_elapsed, 2),
+                    target_time=target_time, time_s=round(elapsed, 2),
+                    time_ratio=round(elapsed / ref_elapsed, 2),
                     time_ratio_without_ansible=self.net_ratio(elapsed, ref_elapsed), history_rows=rows_project, rows_match_pgbackrest=rows_project == rows_ref_all,
                     stopped=(result.get('restore') or {}).get('recovery', {}).get('stop_line'), **mem)
 
@@ -870,7 +869,7 @@ def check(json_path):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser = argparse.ArgumentParser(description=__doc__.split('\n', maxsplit=1)[0])
     sub = parser.add_subparsers(dest='action')
     check_p = sub.add_parser('check', help='check a results file (what make bench-smoke asserts)')
     check_p.add_argument('json_path')
