@@ -541,8 +541,9 @@ class Bench(object):
         self.record('pitr.backup_restore', method='backup_restore mode=cluster target_time, to promoted',
                     target_time=target_time, time_s=round(elapsed, 2),
                     time_ratio=round(elapsed / ref_elapsed, 2),
-                    time_ratio_without_ansible=self.net_ratio(elapsed, ref_elapsed), history_rows=rows_project, rows_match_pgbackrest=rows_project == rows_ref_all,
-                    stopped=(result.get('restore') or {}).get('recovery', {}).get('stop_line'), **mem)
+                    time_ratio_without_ansible=self.net_ratio(elapsed, ref_elapsed), history_rows=rows_project,
+                    rows_match_pgbackrest=rows_project == rows_ref_all,
+                    stopped=(result.get('restore') or {}).get('recovery', {}).get('stop'), **mem)
 
     def archive_under_load(self):
         for label, command in (('project', self.project_archive_command), ('pgbackrest', self.pgbr_archive_command)):
