@@ -11,7 +11,10 @@ PYTEST_WORKERS ?= 2
 # Molecule's sandboxes (one per scenario) live here; the server runs as postgres, which must reach it.
 export PGBACKUP_MOLECULE_DIR ?= /var/tmp/modulo-pgbackup-molecule-$(shell id -u)-$(notdir $(CURDIR))
 
-.PHONY: bootstrap demo demo-clean test unit integration molecule molecule-default sanity units integration-targets lint clean
+.PHONY: bootstrap demo demo-clean test unit integration molecule molecule-default sanity units integration-targets lint clean bench bench-smoke
+BENCH_SCALE ?= 100
+# The benchmark's clusters run as postgres: they need a directory it can reach.
+BENCH_WORKDIR ?= /var/tmp
 
 bootstrap:
 	@./scripts/bootstrap.sh
@@ -25,7 +28,7 @@ demo-clean:
 	@rm -rf $(SANDBOX)
 	@echo "sandbox removed"
 
-test: bootstrap unit integration molecule-default sanity units integration-targets lint
+test: bootstrap unit integration molecule-default bench-smoke sanity units integration-targets lint
 
 unit: bootstrap
 	cd tests && $(PY) -m pytest -q -p no:cacheprovider unit
@@ -56,6 +59,17 @@ integration-targets: bootstrap
 lint: bootstrap
 	ansible-lint --offline --profile production
 	antsibull-changelog lint
+
+# Side by side with the runbook's commands and pgBackRest, on one pgbench database of BENCH_SCALE.
+bench: bootstrap
+	$(PY) bench/bench.py --scale $(BENCH_SCALE) --workdir $(BENCH_WORKDIR)
+
+# A small run in every `make test`, so the benchmark keeps working; checks its output, not its ratios.
+bench-smoke: bootstrap
+	@out=$$(mktemp -d); trap 'rm -rf "$$out"' EXIT; \
+	$(PY) bench/bench.py --smoke --scale 5 --workdir $(BENCH_WORKDIR) --results "$$out" >"$$out/log" 2>&1 \
+	  || { tail -50 "$$out/log"; exit 1; }; \
+	$(PY) bench/bench.py check "$$out"/*.json
 
 clean: demo-clean
 	rm -rf $(VENV) .collections tests/output

@@ -16,6 +16,8 @@ for tool in zstd lz4 pigz gzip tar shellcheck age; do
 done
 # runuser lives in /usr/sbin, which a normal user's PATH lacks.
 [ -x /usr/sbin/runuser ] || command -v runuser >/dev/null 2>&1 || need_pkgs+=(util-linux)
+# pgBackRest is the reference the benchmark (make bench) measures against.
+command -v pgbackrest >/dev/null 2>&1 || need_pkgs+=(pgbackrest)
 "$PY" -c 'import venv, ensurepip' >/dev/null 2>&1 || need_pkgs+=(python3-venv)
 # The WAL archive command runs under the system python3 as postgres; S3 needs boto3 there.
 /usr/bin/python3 -c 'import boto3' >/dev/null 2>&1 || need_pkgs+=(python3-boto3)

@@ -33,14 +33,14 @@ class ArchivingNotConfigured(PhysicalBackupError):
     pass
 
 
-def plan(repo, prefix, codec='zstd', level=None, now=None):
+def plan(repo, prefix, codec='zstd', level=None, now=None, workers=None):
     if codec not in ('zstd', 'gzip', 'lz4', 'none'):
         raise PhysicalBackupError('compression for physical backups must be zstd, gzip, lz4 or none')
     now = now or repository.utcnow()
     name = repository.backup_name(prefix, 'base', now)
     return {'name': name, 'file': name, 'path': repo.path('base', name),
             'meta_path': repo.meta_path('base', name), 'compression': codec,
-            'compression_level': level, 'started': now}
+            'compression_level': level, 'workers': workers, 'started': now}
 
 
 def check_archiving(conn, log=None):
@@ -93,11 +93,14 @@ def _watch_archiver(conn, limit_s):
     return watch
 
 
-def _compress_arg(codec, level):
+def _compress_arg(codec, level, workers=None):
     if codec == 'none':
         return ['--compress=none']
-    detail = ':%d' % level if level else ''
-    return ['--compress=server-%s%s' % (codec, detail)]
+    details = ['level=%d' % level] if level else []
+    if codec == 'zstd' and workers and workers > 1:
+        # One zstd thread compresses slower than pg_basebackup reads: the backup's pace.
+        details.append('workers=%d' % workers)
+    return ['--compress=server-%s%s' % (codec, ':' + ','.join(details) if details else '')]
 
 
 def wait_for_wal(repo_root, names, timeout_s, poll_s=0.5):
@@ -179,7 +182,7 @@ def take(conn, repo, p, wait_archive_s=300, log=None, keys=None):
     encrypted = keys is not None and keys.enabled
     argv = [conn.bin('pg_basebackup'), '--pgdata=%s' % tmp, '--format=tar', '--wal-method=none',
             '--checkpoint=fast', '--manifest-checksums=SHA256', '--label=%s' % p['name'],
-            '--no-password', '--verbose'] + _compress_arg(p['compression'], p['compression_level'])
+            '--no-password', '--verbose'] + _compress_arg(p['compression'], p['compression_level'], p.get('workers'))
     try:
         try:
             if encrypted:

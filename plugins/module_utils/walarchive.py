@@ -465,11 +465,19 @@ def _compress_plain(src, fd, codec, level):
         argv = [_zstd_or_fail(), '-q', '-c', '-%d' % level]
         if level > 19:
             argv.insert(1, '--ultra')
+        # A segment PostgreSQL hands to archive_command does not change until it is archived, so
+        # zstd reads the file itself while we hash it: two cores instead of one, and no copy of
+        # every byte through a pipe (half of the cost of a push).
+        source_path = getattr(src, 'name', None)
+        direct = isinstance(source_path, str) and os.path.isfile(source_path)
+        if direct:
+            argv += ['--', source_path]
         with tempfile.TemporaryFile() as errors:
-            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=fd, stderr=errors)
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL if direct else subprocess.PIPE,
+                                    stdout=fd, stderr=errors)
             fed = False
             try:
-                feed(proc.stdin.write)
+                feed((lambda chunk: None) if direct else proc.stdin.write)
                 fed = True
             except BrokenPipeError:
                 fed = None  # zstd died: its exit status and stderr say why, below
@@ -478,10 +486,11 @@ def _compress_plain(src, fd, codec, level):
                     # Reading the source failed: zstd must not finish a
                     # truncated stream that looks complete.
                     proc.kill()
-                try:
-                    proc.stdin.close()
-                except BrokenPipeError:
-                    pass
+                if not direct:
+                    try:
+                        proc.stdin.close()
+                    except BrokenPipeError:
+                        pass
                 rc = proc.wait()
             if rc:
                 errors.seek(0)
@@ -1119,7 +1128,12 @@ def _restore(source, codec, dest, encryption=None, encrypted=False):
     try:
         fd = _open_tmp(tmp)
         try:
-            _decompress_into(source, codec, fd, encryption, encrypted)
+            if encrypted:
+                _decompress_into(source, codec, fd, encryption, encrypted)
+            elif codec == 'zstd':
+                _zstd_decompress_to(source, fd)
+            else:
+                _decompress_into(source, codec, fd)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -1128,6 +1142,20 @@ def _restore(source, codec, dest, encryption=None, encrypted=False):
     except BaseException:
         _remove_quietly(tmp)
         raise
+
+
+def _zstd_decompress_to(source, fd):
+    """zstd writes the segment straight into ``fd``: recovery waits for every fetch, and a copy of
+    16 MB through Python is most of one.  zstd checks the frame's content checksum itself, so a
+    damaged archive still fails here instead of yielding wrong bytes."""
+    path = source if isinstance(source, str) else None
+    with tempfile.TemporaryFile() as errors:
+        rc = subprocess.call([_zstd_or_fail(), '-d', '-q', '-c'] + (['--', path] if path else []),
+                             stdin=None if path else source, stdout=fd, stderr=errors)
+        if rc:
+            errors.seek(0)
+            raise WalArchiveError('zstd could not decompress %s (exit %d): %s'
+                                  % (path or 'the S3 object', rc, errors.read().decode('utf-8', 'replace').strip()))
 
 
 def fetch(name, dest, repo=None, s3=None, s3_only=False, encryption=None):

@@ -71,6 +71,7 @@ options:
   jobs:
     description:
       - Parallel workers of C(pg_dump -j) for O(format=directory), and threads of the compressor.
+      - With O(type=physical) and zstd, the server's compression threads (C(pg_basebackup --compress=server-zstd:workers=N)).
     type: int
     default: 2
   name_prefix:
@@ -224,7 +225,7 @@ def physical(module, p, log, result):
             keys.recipient()  # a bad key fails now, not after the backup
         conn = Connection.from_params(p, db='postgres')
         repo = repository.Repository(p['backup_root'])
-        plan = physical_backup.plan(repo, p['name_prefix'], codec, p['compression_level'])
+        plan = physical_backup.plan(repo, p['name_prefix'], codec, p['compression_level'], workers=p['jobs'])
         s3 = common.s3_store(p) if p['upload'] else None
         physical_backup.check_archiving(conn, log=log)
     except physical_backup.ArchivingNotConfigured as exc:
@@ -247,10 +248,10 @@ def physical(module, p, log, result):
     started = plan['started']
     try:
         with repo.lock('backup', wait_s=p['lock_wait']):
-            plan = physical_backup.plan(repo, p['name_prefix'], codec, p['compression_level'])
+            plan = physical_backup.plan(repo, p['name_prefix'], codec, p['compression_level'], workers=p['jobs'])
             if os.path.lexists(plan['path']) or os.path.lexists(plan['meta_path']):
                 time.sleep(1.0)
-                plan = physical_backup.plan(repo, p['name_prefix'], codec, p['compression_level'])
+                plan = physical_backup.plan(repo, p['name_prefix'], codec, p['compression_level'], workers=p['jobs'])
             started = plan['started']
             meta = physical_backup.take(conn, repo, plan, wait_archive_s=p['wait_archive'], log=log, keys=keys)
             result['changed'] = True

@@ -324,6 +324,22 @@ def test_fetch_of_a_corrupt_copy_is_fatal_and_leaves_nothing(repo, pg_wal, tmp_p
     assert walarchive.main(['fetch', '--repo', repo, name, dest]) == walarchive.EXIT_FATAL
 
 
+def test_fetch_of_a_zstd_copy_with_a_flipped_byte_is_fatal(repo, pg_wal, tmp_path):
+    # zstd writes straight into the destination: its content checksum must still stop a damaged copy.
+    name = '000000010000000000000003'
+    stored = walarchive.push(make_segment(pg_wal, name), name, repo=repo, compression='zstd')['path']
+    assert stored.endswith('.zst')
+    with open(stored, 'r+b') as handle:
+        handle.seek(os.path.getsize(stored) // 2)
+        byte = handle.read(1)
+        handle.seek(-1, os.SEEK_CUR)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    dest = str(tmp_path / 'RECOVERYXLOG')
+    with pytest.raises(walarchive.FatalError, match='zstd could not decompress'):
+        walarchive.fetch(name, dest, repo=repo)
+    assert not os.path.exists(dest) and temp_files(tmp_path) == []
+
+
 def test_bad_sources_are_refused(repo, pg_wal, tmp_path):
     name = '000000010000000000000003'
     short = make_segment(pg_wal, name, size=SEG // 2)

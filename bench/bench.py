@@ -1,0 +1,907 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, modulo.pgbackup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Side-by-side benchmark: the collection versus the runbook's commands and pgBackRest.
+
+One run creates a pgbench database of ``--scale`` and measures every method on
+that same data, in the same run, so the ratios compare like with like:
+
+* logical backup: ``pg_dump | gzip`` (the runbook) vs ``pg_backup`` defaults and other formats;
+* logical restore: ``gunzip | psql`` vs ``backup_restore`` (parallel where the format allows);
+* physical: ``pg_backup type=physical`` and ``backup_restore mode=cluster`` to a running
+  server vs pgBackRest full backup and restore (process-max=2, compress-type=zst);
+* PITR to a target 60 s into a pgbench run, start to promoted server, vs pgBackRest;
+* WAL archiving: per-segment push cost over real segments (cp, the collection's archive
+  command as wal_archive installs it, ``pgbackrest archive-push``) and the ``.ready``
+  backlog under ``pgbench -c 4`` load;
+* peak RSS and CPU seconds of the processes each method runs.
+
+The collection is measured through its real code paths: its modules run in
+ansible-playbook tasks, the archive command is the one wal_archive installs.
+
+    bench.py [--scale 100] [--results bench/results] [--smoke]
+    bench.py check RESULTS.json      (what ``make bench-smoke`` asserts)
+"""
+
+import argparse
+import datetime
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(ROOT, 'tools'))
+sys.path.insert(0, os.path.join(ROOT, 'tests'))
+sys.path.insert(0, os.path.join(ROOT, '.collections'))
+
+import pgsandbox  # noqa: E402
+
+from ansible_collections.modulo.pgbackup.plugins.module_utils import walarchive  # noqa: E402
+
+EMERGENCY_PLAYBOOK = os.path.join(ROOT, 'playbooks', 'emergency-recovery.yml')
+STANZA = 'bench'
+MB = 1024.0 * 1024.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Measuring: wall time, and peak RSS / CPU of the processes a method runs
+# ---------------------------------------------------------------------------------------------
+
+def _proc_table():
+    """pid -> (ppid, name, rss_bytes, cpu_s, cmdline) of every process we can read."""
+    table = {}
+    tick = os.sysconf('SC_CLK_TCK')
+    page = os.sysconf('SC_PAGE_SIZE')
+    for entry in os.listdir('/proc'):
+        if not entry.isdigit():
+            continue
+        try:
+            with open('/proc/%s/stat' % entry) as handle:
+                stat = handle.read()
+            with open('/proc/%s/cmdline' % entry, 'rb') as handle:
+                cmdline = handle.read().replace(b'\0', b' ').decode('utf-8', 'replace')
+        except OSError:
+            continue
+        name = stat[stat.index('(') + 1:stat.rindex(')')]
+        fields = stat[stat.rindex(')') + 2:].split()
+        table[int(entry)] = (int(fields[1]), name, int(fields[21]) * page,
+                             (int(fields[11]) + int(fields[12])) / float(tick), cmdline)
+    return table
+
+
+def _descendants(table, roots):
+    children = {}
+    for pid, row in table.items():
+        children.setdefault(row[0], []).append(pid)
+    found, todo = set(), list(roots)
+    while todo:
+        pid = todo.pop()
+        for child in children.get(pid, ()):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _label(name, cmdline):
+    if 'ansible-playbook' in cmdline or name == 'ansible-playboo':
+        return 'ansible-playbook (controller)'
+    if 'AnsiballZ' in cmdline:
+        return 'module (python)'
+    if 'walarchive' in cmdline or 'pgbackup-wal' in cmdline:
+        return 'archive command (python)'
+    if name.startswith('postgres'):
+        return 'postgres server'
+    return name
+
+
+class Sampler(object):
+    """Samples this process's descendants and the server's processes every ``interval`` s.
+
+    Reports the peak of the summed RSS of the method's own processes (the
+    Ansible controller apart: it is the same for every module), and CPU seconds
+    per program, the server included: a cheap profile of where the time went.
+    """
+
+    def __init__(self, server_pids=None, interval=0.1):
+        # A callable: restores start new servers while they are measured.
+        self.server_pids = server_pids or (lambda: [])
+        self.interval = interval
+        self.peak_rss = 0
+        self.peak_rss_controller = 0
+        self.peak_by_program = {}
+        self.cpu_last = {}
+        self.cpu_base = {}
+        self._stop = threading.Event()
+        self._thread = None
+
+    def _sample(self, first=False):
+        table = _proc_table()
+        mine = _descendants(table, [os.getpid()])
+        postmasters = [pid for pid in self.server_pids() if pid in table]
+        server = (_descendants(table, postmasters) | set(postmasters)) - mine
+        total = controller = 0
+        for pid in mine | server:
+            _ppid, name, rss, cpu, cmdline = table[pid]
+            label = _label(name, cmdline)
+            if first:
+                self.cpu_base[pid] = cpu
+            self.cpu_last[pid] = (label, cpu)
+            if pid in server and label == 'postgres server':
+                continue  # the server's memory is not the tool's; its CPU is reported
+            if label == 'ansible-playbook (controller)':
+                controller += rss
+            else:
+                total += rss
+                self.peak_by_program[label] = max(self.peak_by_program.get(label, 0), rss)
+        self.peak_rss = max(self.peak_rss, total)
+        self.peak_rss_controller = max(self.peak_rss_controller, controller)
+
+    def _loop(self):
+        while not self._stop.wait(self.interval):
+            try:
+                self._sample()
+            except (OSError, ValueError, KeyError):
+                pass
+
+    def __enter__(self):
+        self._sample(first=True)
+        self._thread = threading.Thread(target=self._loop)
+        self._thread.daemon = True
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def summary(self):
+        cpu = {}
+        for pid, (label, value) in self.cpu_last.items():
+            cpu[label] = cpu.get(label, 0.0) + max(0.0, value - self.cpu_base.get(pid, 0.0))
+        return {
+            'peak_rss_mb': round(self.peak_rss / MB, 1),
+            'peak_rss_controller_mb': round(self.peak_rss_controller / MB, 1),
+            'peak_rss_by_program_mb': dict((k, round(v / MB, 1)) for k, v in sorted(self.peak_by_program.items())),
+            'cpu_s_by_program': dict((k, round(v, 2)) for k, v in sorted(cpu.items(), key=lambda kv: -kv[1])
+                                     if v >= 0.01),
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# The environment: one cluster with the pgbench database, pgBackRest, the collection's repository
+# ---------------------------------------------------------------------------------------------
+
+def chown_to_server_user(*paths):
+    if os.geteuid() == 0:
+        pw = pwd.getpwnam(pgsandbox.RUN_AS)
+        for path in paths:
+            os.chown(path, pw.pw_uid, pw.pw_gid)
+
+
+def server_dir(path, mode=0o700):
+    os.makedirs(path, exist_ok=True)
+    os.chmod(path, mode)
+    chown_to_server_user(path)
+    return path
+
+
+def run(argv, env=None, as_server=False, check=True, stdout=subprocess.PIPE):
+    if as_server:
+        argv = pgsandbox.as_server_user(argv)
+    proc = subprocess.run(argv, env=env, stdout=stdout, stderr=subprocess.STDOUT, check=False)
+    if check and proc.returncode:
+        out = proc.stdout.decode('utf-8', 'replace')[-3000:] if proc.stdout else ''
+        raise RuntimeError('%s failed (%d): %s' % (' '.join(argv), proc.returncode, out))
+    return proc.stdout.decode('utf-8', 'replace') if proc.stdout else ''
+
+
+def shell(script, env=None, as_server=False):
+    """A shell pipeline with pipefail, as an operator would type it."""
+    return run(['bash', '-o', 'pipefail', '-c', script], env=env, as_server=as_server)
+
+
+def size_of(path):
+    if os.path.isdir(path):
+        return sum(os.path.getsize(os.path.join(base, name))
+                   for base, _dirs, files in os.walk(path) for name in files)
+    return os.path.getsize(path)
+
+
+def utc_iso(ts):
+    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).isoformat(timespec='milliseconds')
+
+
+class Bench(object):
+    def __init__(self, args):
+        self.args = args
+        self.scale = args.scale
+        self.base = pgsandbox.make_base(tempfile.mkdtemp(prefix='modulo-bench-', dir=args.workdir))
+        self.bindir = pgsandbox.BINDIR
+        self.cluster = None
+        self.targets = []
+        from conftest import AnsibleRunner  # the harness of the integration tests
+        self.ansible = AnsibleRunner(os.path.join(self.base, 'ansible'))
+        os.makedirs(self.ansible.workdir)
+        self.repo = server_dir(os.path.join(self.base, 'repo'))
+        self.command_path = os.path.join(self.base, 'bin', 'modulo-walarchive')
+        self.results = {'scale': self.scale, 'started_at': utc_iso(time.time()), 'host': self.host_facts(),
+                        'measurements': {}, 'notes': []}
+        self.pgbr_conf = os.path.join(self.base, 'pgbackrest', 'pgbackrest.conf')
+
+    # -- helpers ------------------------------------------------------------------------------
+    def bin(self, name):
+        return os.path.join(self.bindir, name)
+
+    def psql(self, sql, db='postgres', cluster=None):
+        return (cluster or self.cluster).psql(sql, db=db)
+
+    def record(self, key, **values):
+        self.results['measurements'][key] = values
+        shown = dict((k, v) for k, v in values.items() if not isinstance(v, dict))
+        print('bench: %-28s %s' % (key, json.dumps(shown, sort_keys=True)), flush=True)
+        return values
+
+    def conn_args(self, cluster=None, **extra):
+        cluster = cluster or self.cluster
+        args = {'login_host': '127.0.0.1', 'port': cluster.port, 'login_user': 'postgres',
+                'pg_bindir': self.bindir, 'backup_root': self.repo}
+        args.update(extra)
+        return args
+
+    def task(self, module, args):
+        """Run one of the collection's modules through ansible-playbook; time and sample it."""
+        with Sampler(self.server_pids) as sampler:
+            start = time.time()
+            result = self.ansible.task('modulo.pgbackup.%s' % module, args)
+            elapsed = time.time() - start
+        if result.get('failed'):
+            raise RuntimeError('%s failed: %s\n%s' % (module, result.get('msg'), result.get('_output', '')[-3000:]))
+        return result, elapsed, sampler.summary()
+
+    def net_ratio(self, elapsed, reference):
+        """The ratio once the start-up of ansible-playbook (measured on an empty task) is taken off."""
+        return round(max(0.0, elapsed - self.results['ansible_task_overhead_s']) / reference, 2)
+
+    def timed(self, func):
+        with Sampler(self.server_pids) as sampler:
+            start = time.time()
+            value = func()
+            elapsed = time.time() - start
+        return value, elapsed, sampler.summary()
+
+    def server_pids(self):
+        """Postmasters of every cluster under the work directory, restored ones included."""
+        pids = []
+        for entry in os.listdir(self.base):
+            try:
+                with open(os.path.join(self.base, entry, 'data', 'postmaster.pid')) as handle:
+                    pids.append(int(handle.readline()))
+            except (OSError, ValueError):
+                pass
+        return pids
+
+    def pgbackrest(self, *argv):
+        return run(['pgbackrest', '--config=%s' % self.pgbr_conf, '--stanza=%s' % STANZA] + list(argv),
+                   as_server=True)
+
+    def ready_count(self):
+        status = os.path.join(self.cluster.pgdata, 'pg_wal', 'archive_status')
+        return sum(1 for name in os.listdir(status) if name.endswith('.ready'))
+
+    def wait_archived(self, timeout=600):
+        """Close the current segment and wait until nothing waits for the archiver."""
+        self.psql('SELECT pg_switch_wal()')
+        deadline = time.time() + timeout
+        while self.ready_count():
+            if time.time() > deadline:
+                raise RuntimeError('the archiver did not catch up within %d s' % timeout)
+            time.sleep(0.2)
+
+    def set_archive_command(self, command):
+        self.psql("ALTER SYSTEM SET archive_command = '%s'" % command.replace("'", "''"))
+        self.psql('SELECT pg_reload_conf()')
+        time.sleep(0.5)
+
+    def host_facts(self):
+        facts = {'cpus': os.cpu_count()}
+        try:
+            facts['loadavg_at_start'] = [round(x, 2) for x in os.getloadavg()]
+            facts['pgbackrest'] = subprocess.check_output(['pgbackrest', 'version']).decode().strip()
+        except (OSError, subprocess.CalledProcessError):
+            facts['pgbackrest'] = None
+        return facts
+
+    def new_target(self, name):
+        """An empty running cluster for restores 'to a running server' (its own port and settings)."""
+        cluster = pgsandbox.Cluster(self.base, name=name)
+        cluster.init({'log_min_duration_statement': 1000}).start()
+        self.targets.append(cluster)
+        return cluster
+
+    def drop_target(self, cluster):
+        cluster.destroy()
+        for entry in os.listdir(cluster.dir) if os.path.isdir(cluster.dir) else []:
+            shutil.rmtree(os.path.join(cluster.dir, entry), ignore_errors=True)
+        shutil.rmtree(cluster.dir, ignore_errors=True)
+        self.targets.remove(cluster)
+
+    def server_log_offset(self, cluster=None):
+        try:
+            return os.path.getsize((cluster or self.cluster).log)
+        except OSError:
+            return 0
+
+    def slow_statements(self, offset, cluster=None, top=5):
+        """PostgreSQL's own timings (log_min_duration_statement) logged since ``offset``."""
+        found = []
+        try:
+            with open((cluster or self.cluster).log, 'rb') as handle:
+                handle.seek(offset)
+                for line in handle.read().decode('utf-8', 'replace').splitlines():
+                    if 'duration:' in line and ' ms' in line:
+                        text = line.split('duration:', 1)[1].strip()
+                        ms, _sep, rest = text.partition(' ms')
+                        try:
+                            found.append((float(ms), rest.strip()[:120]))
+                        except ValueError:
+                            continue
+        except OSError:
+            return []
+        found.sort(reverse=True)
+        return [{'ms': round(ms, 1), 'statement': text} for ms, text in found[:top]]
+
+    # -- phases ---------------------------------------------------------------------------------
+    def setup(self):
+        self.cluster = pgsandbox.Cluster(self.base, name='pg')
+        self.cluster.init({'max_wal_size': "'1GB'", 'checkpoint_timeout': "'15min'",
+                           'shared_buffers': "'128MB'", 'log_min_duration_statement': 1000,
+                           'log_checkpoints': 'off'}).start()
+        self.psql('CREATE DATABASE modulodb')
+        _out, elapsed, _mem = self.timed(lambda: run(
+            [self.bin('pgbench'), '-i', '-q', '-s', str(self.scale), 'modulodb'], env=self.cluster.env()))
+        self.psql('CHECKPOINT')
+        size = int(self.psql("SELECT pg_database_size('modulodb')"))
+        self.results['database'] = {'name': 'modulodb', 'size_bytes': size, 'create_s': round(elapsed, 1),
+                                    'pgbench_accounts': int(self.psql('SELECT count(*) FROM pgbench_accounts',
+                                                                      db='modulodb'))}
+        print('bench: database of scale %d: %.0f MB in %.1f s' % (self.scale, size / MB, elapsed), flush=True)
+        _res, elapsed, _mem = self.task('backup_info', self.conn_args(select='all'))
+        self.results['ansible_task_overhead_s'] = round(elapsed, 2)
+
+    def logical_backup(self):
+        scratch = server_dir(os.path.join(self.base, 'runbook'), 0o755)
+        dump = os.path.join(scratch, 'modulodb.sql.gz')
+        env = self.cluster.env('modulodb')
+        _o, elapsed, mem = self.timed(lambda: shell('%s modulodb | gzip > %s' % (self.bin('pg_dump'), dump), env=env))
+        ref = self.record('logical_backup.pg_dump_gzip', method='pg_dump | gzip (runbook)', time_s=round(elapsed, 2),
+                          size_bytes=size_of(dump), reference=True, **mem)
+        self.runbook_dump = dump
+        self.backups = {}
+        variants = [('default', {})] + [('%s_%s' % v, {'format': v[0], 'compression': v[1]})
+                                        for v in (('plain', 'gzip'), ('plain', 'zstd'), ('custom', 'zstd'),
+                                                  ('directory', 'gzip'))]
+        for label, extra in variants:
+            if label != 'default' and self.args.smoke and label == 'directory_gzip':
+                continue
+            result, elapsed, mem = self.task('pg_backup', self.conn_args(db='modulodb', **extra))
+            meta = result['backup']['meta']
+            if label != 'default' and (meta['format'], meta['compression']) == (
+                    self.backups['default']['format'], self.backups['default']['compression']):
+                continue  # the default again
+            self.backups[label] = meta
+            self.record('logical_backup.pg_backup_%s' % label,
+                        method='pg_backup %s' % ('defaults (%s, %s)' % (meta['format'], meta['compression'])
+                                                 if label == 'default' else 'format=%s compression=%s'
+                                                 % (meta['format'], meta['compression'])),
+                        time_s=round(elapsed, 2), module_duration_s=meta['duration_s'],
+                        size_bytes=meta['size_bytes'], time_ratio=round(elapsed / ref['time_s'], 2),
+                        time_ratio_without_ansible=self.net_ratio(elapsed, ref['time_s']),
+                        size_ratio=round(meta['size_bytes'] / float(ref['size_bytes']), 3), **mem)
+
+    def logical_restore(self):
+        env = self.cluster.env('bench_runbook')
+        self.psql('CREATE DATABASE bench_runbook')
+        offset = self.server_log_offset()
+        _o, elapsed, mem = self.timed(lambda: shell('gunzip -c %s | %s -q -o /dev/null -d bench_runbook' % (
+            self.runbook_dump, self.bin('psql')), env=env))
+        rows = int(self.psql('SELECT count(*) FROM pgbench_accounts', db='bench_runbook'))
+        ref = self.record('logical_restore.gunzip_psql', method='gunzip | psql (runbook)', time_s=round(elapsed, 2),
+                          reference=True, rows_ok=rows == self.scale * 100000,
+                          pg_slow_statements=self.slow_statements(offset), **mem)
+        self.psql('DROP DATABASE bench_runbook')
+        for label in ('default', 'custom_zstd', 'directory_gzip', 'plain_zstd'):
+            meta = self.backups.get(label)
+            if meta is None:
+                continue
+            offset = self.server_log_offset()
+            result, elapsed, mem = self.task('backup_restore', self.conn_args(
+                backup=meta['name'], db='modulodb', target_db='bench_restored', jobs=2))
+            rows = int(self.psql('SELECT count(*) FROM pgbench_accounts', db='bench_restored'))
+            self.record('logical_restore.backup_restore_%s' % label,
+                        method='backup_restore jobs=2 of %s %s%s' % (
+                            meta['format'], meta['compression'], ' (default backup)' if label == 'default' else ''),
+                        time_s=round(elapsed, 2), time_ratio=round(elapsed / ref['time_s'], 2),
+                        time_ratio_without_ansible=self.net_ratio(elapsed, ref['time_s']),
+                        rows_ok=rows == self.scale * 100000 and result['changed'],
+                        pg_slow_statements=self.slow_statements(offset), **mem)
+            self.psql('DROP DATABASE bench_restored WITH (FORCE)')
+            if label == 'default' and self.args.smoke:
+                break
+
+    def configure_archiving(self):
+        """wal_archive as a user runs it (then the restart it asks for), and a pgBackRest stanza."""
+        result, elapsed, _mem = self.task('wal_archive', self.conn_args(command_path=self.command_path, verify=False))
+        if result.get('restart_required'):
+            self.cluster.stop()
+            self.cluster.start()
+        self.task('wal_archive', self.conn_args(command_path=self.command_path, verify=True))
+        self.project_archive_command = result['archive_command']
+        conf_dir = server_dir(os.path.dirname(self.pgbr_conf))
+        for sub in ('repo', 'log', 'lock', 'spool'):
+            server_dir(os.path.join(conf_dir, sub))
+        conf = ('[global]\nrepo1-path=%(d)s/repo\nlog-path=%(d)s/log\nlock-path=%(d)s/lock\nspool-path=%(d)s/spool\n'
+                'process-max=2\ncompress-type=zst\nstart-fast=y\nrepo1-retention-full=99\n'
+                'log-level-console=warn\nlog-level-file=off\narchive-async=n\n\n'
+                '[%(s)s]\npg1-path=%(pg)s\npg1-port=%(port)d\npg1-socket-path=%(sock)s\n'
+                % {'d': conf_dir, 's': STANZA, 'pg': self.cluster.pgdata, 'port': self.cluster.port,
+                   'sock': self.cluster.socket_dir})
+        with open(self.pgbr_conf, 'w') as handle:
+            handle.write(conf)
+        os.chmod(self.pgbr_conf, 0o644)
+        self.pgbackrest('stanza-create')
+        self.pgbr_archive_command = 'pgbackrest --config=%s --stanza=%s archive-push %%p' % (self.pgbr_conf, STANZA)
+        # Both archives receive every segment from here on, so either tool can restore and
+        # recover from the same WAL; each backup is measured with the archiver caught up.
+        self.set_archive_command('%s && %s' % (self.project_archive_command, self.pgbr_archive_command))
+        self.wait_archived()
+        self.results['archive_commands'] = {'project': self.project_archive_command,
+                                            'pgbackrest': self.pgbr_archive_command}
+
+    def physical(self):
+        self.wait_archived()
+        result, elapsed, mem = self.task('pg_backup', self.conn_args(type='physical'))
+        meta = result['backup']['meta']
+        self.wait_archived()
+        _o, ref_elapsed, ref_mem = self.timed(lambda: self.pgbackrest('--type=full', 'backup'))
+        info = json.loads(self.pgbackrest('--output=json', 'info'))
+        last = info[0]['backup'][-1]
+        ref_size = last['info']['repository']['delta']
+        self.record('physical_backup.pgbackrest', method='pgbackrest backup --type=full (process-max=2, zst)',
+                    time_s=round(ref_elapsed, 2), size_bytes=ref_size, reference=True, **ref_mem)
+        self.record('physical_backup.pg_backup', method='pg_backup type=physical (server-side zstd)',
+                    time_s=round(elapsed, 2), module_duration_s=meta['duration_s'], size_bytes=meta['size_bytes'],
+                    time_ratio=round(elapsed / ref_elapsed, 2),
+                    time_ratio_without_ansible=self.net_ratio(elapsed, ref_elapsed), size_ratio=round(meta['size_bytes'] / float(ref_size), 3), **mem)
+        # Restore to a running server: the collection replaces a live cluster's data directory.
+        target = self.new_target('target-project')
+        result, elapsed, mem = self.task('backup_restore', self.conn_args(
+            target, mode='cluster', target='immediate', pgdata=target.pgdata, confirm=target.pgdata))
+        rows_project = int(self.psql('SELECT count(*) FROM pgbench_accounts', db='modulodb', cluster=target))
+        self.drop_target(target)
+        ref_elapsed, ref_mem, rows_ref = self.pgbackrest_restore('target-pgbackrest', '--type=immediate')
+        self.record('physical_restore.pgbackrest', method='pgbackrest restore --type=immediate + start to promoted',
+                    time_s=round(ref_elapsed, 2), reference=True, rows_ok=rows_ref == self.scale * 100000, **ref_mem)
+        self.record('physical_restore.backup_restore', method='backup_restore mode=cluster target=immediate',
+                    time_s=round(elapsed, 2), time_ratio=round(elapsed / ref_elapsed, 2),
+                    time_ratio_without_ansible=self.net_ratio(elapsed, ref_elapsed),
+                    rows_ok=rows_project == self.scale * 100000, **mem)
+
+    def pgbackrest_restore(self, name, *options, **kwargs):
+        """pgbackrest restore into an empty directory, then start it and wait for promotion."""
+        target = pgsandbox.Cluster(self.base, name=name)
+        server_dir(target.dir, 0o755)
+        server_dir(target.socket_dir, 0o755)
+        server_dir(target.pgdata)
+        self.targets.append(target)
+        query = kwargs.get('query', 'SELECT count(*) FROM pgbench_accounts')
+
+        def restore_and_start():
+            self.pgbackrest('--pg1-path=%s' % target.pgdata, '--archive-mode=off', '--target-action=promote',
+                            *(list(options) + ['restore']))
+            run([self.bin('pg_ctl'), '-D', target.pgdata, '-l', target.log, '-w', '-t', '3600',
+                 '-o', '-p %d -k %s' % (target.port, target.socket_dir), 'start'], as_server=True)
+            wait_promoted(target)
+        _o, elapsed, mem = self.timed(restore_and_start)
+        rows = int(self.psql(query, db='modulodb', cluster=target))
+        self.drop_target(target)
+        return elapsed, mem, rows
+
+    def pitr(self):
+        offset_s = self.args.pitr_offset
+        self.wait_archived()
+        self.task('pg_backup', self.conn_args(type='physical'))
+        self.wait_archived()
+        self.pgbackrest('--type=full', 'backup')
+        start = time.time()
+        run([self.bin('pgbench'), '-n', '-c', '4', '-j', '2', '-T', str(offset_s + max(5, offset_s // 4)),
+             'modulodb'], env=self.cluster.env())
+        # A form both tools read: pgBackRest wants a blank, not 'T', between date and time.
+        target_time = utc_iso(start + offset_s).replace('T', ' ')
+        self.wait_archived()
+        query = "SELECT count(*) FROM pgbench_history WHERE mtime <= '%s'" % target_time
+        ref_elapsed, ref_mem, rows_ref = self.pgbackrest_restore(
+            'pitr-pgbackrest', '--type=time', '--target=%s' % target_time, query=query)
+        target = self.new_target('pitr-project')
+        result, elapsed, mem = self.task('backup_restore', self.conn_args(
+            target, mode='cluster', target_time=target_time, pgdata=target.pgdata, confirm=target.pgdata))
+        rows_project = int(self.psql('SELECT count(*) FROM pgbench_history', db='modulodb', cluster=target))
+        rows_ref_all = rows_ref
+        self.drop_target(target)
+        self.record('pitr.pgbackrest', method='pgbackrest restore --type=time, start to promoted',
+                    target_time=target_time, time_s=round(ref_elapsed, 2), reference=True,
+                    history_rows=rows_ref_all, **ref_mem)
+        self.record('pitr.backup_restore', method='backup_restore mode=cluster target_time, to promoted',
+                    target_time=target_time, time_s=round(elapsed, 2),
+                    time_ratio=round(elapsed / ref_elapsed, 2),
+                    time_ratio_without_ansible=self.net_ratio(elapsed, ref_elapsed), history_rows=rows_project,
+                    rows_match_pgbackrest=rows_project == rows_ref_all,
+                    stopped=(result.get('restore') or {}).get('recovery', {}).get('stop'), **mem)
+
+    def archive_under_load(self):
+        for label, command in (('project', self.project_archive_command), ('pgbackrest', self.pgbr_archive_command)):
+            self.set_archive_command(command)
+            self.wait_archived()
+            failed_before = int(self.psql('SELECT failed_count FROM pg_stat_archiver'))
+            archived_before = int(self.psql('SELECT archived_count FROM pg_stat_archiver'))
+            peak = [0]
+            done = threading.Event()
+
+            def watch():
+                while not done.wait(0.25):
+                    try:
+                        peak[0] = max(peak[0], self.ready_count())
+                    except OSError:
+                        pass
+            watcher = threading.Thread(target=watch)
+            watcher.start()
+            try:
+                run([self.bin('pgbench'), '-n', '-c', '4', '-j', '2', '-T', str(self.args.load_seconds), 'modulodb'],
+                    env=self.cluster.env())
+            finally:
+                done.set()
+                watcher.join()
+            at_end = self.ready_count()
+            self.wait_archived()  # and the segment in progress, so every run archives at least one
+            stats = self.psql('SELECT archived_count, failed_count FROM pg_stat_archiver').split('|')
+            self.record('archive_load.%s' % label, method='%s under pgbench -c 4 -T %d' % (
+                'the collection\'s archive command' if label == 'project' else 'pgbackrest archive-push',
+                self.args.load_seconds),
+                ready_backlog_peak=peak[0], ready_backlog_at_end=at_end,
+                segments_archived=int(stats[0]) - archived_before, failures=int(stats[1]) - failed_before,
+                reference=label == 'pgbackrest')
+        self.set_archive_command('%s && %s' % (self.project_archive_command, self.pgbr_archive_command))
+
+    def archive_push_cost(self):
+        """Sequential pushes of the same real segments, one process per segment as PostgreSQL runs them."""
+        wanted = self.args.segments
+        names = sorted(name for name, _date in _archived_segments(self.repo))
+        rows, first, rounds = self.scale * 100000, 1, 0
+        while len(names) < wanted and rounds < wanted:
+            # Not enough WAL yet: update accounts in batches (row versions, index entries and
+            # full-page images, as OLTP writes them), until the archive has enough segments.
+            self.psql('UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid BETWEEN %d AND %d'
+                      % (first, first + 249999), db='modulodb')
+            first = first + 250000 if first + 250000 <= rows else 1
+            rounds += 1
+            if rounds % 4 == 0 or first == 1:
+                self.wait_archived()
+                names = sorted(name for name, _date in _archived_segments(self.repo))
+        self.wait_archived()
+        names = sorted(name for name, _date in _archived_segments(self.repo))
+        names = names[-wanted:]
+        seg_dir = server_dir(os.path.join(self.base, 'segments'), 0o755)
+        fetch = '/usr/bin/python3 %s fetch --repo %s' % (self.command_path, self.repo)
+        shell('cd %s && for f in %s; do %s $f %s/$f || exit 1; done' % (seg_dir, ' '.join(names), fetch, seg_dir),
+              as_server=True)
+        methods = [
+            ('cp', 'cp (runbook)', 'cp %s/$f {dest}/$f' % seg_dir, None),
+            ('project', 'the collection\'s archive command (wal_archive install, compression auto)',
+             '/usr/bin/python3 %s push --config %s.json --repo {dest} %s/$f $f' % (
+                 self.command_path, self.command_path, seg_dir), 'project'),
+            ('pgbackrest', 'pgbackrest archive-push (sync, zst)',
+             'pgbackrest --config={conf} --stanza=%s archive-push %s/$f' % (STANZA, seg_dir), 'pgbackrest'),
+        ]
+        ref_rate = None
+        for label, method, template, kind in methods:
+            dest = server_dir(os.path.join(self.base, 'push-%s' % label))
+            conf = self.pgbr_conf
+            if kind == 'pgbackrest':
+                conf = os.path.join(dest, 'pgbackrest.conf')
+                with open(self.pgbr_conf) as handle:
+                    text = handle.read().replace('repo1-path=%s/repo' % os.path.dirname(self.pgbr_conf),
+                                                 'repo1-path=%s/repo' % dest)
+                with open(conf, 'w') as handle:
+                    handle.write(text)
+                os.chmod(conf, 0o644)
+                server_dir(os.path.join(dest, 'repo'))
+                run(['pgbackrest', '--config=%s' % conf, '--stanza=%s' % STANZA, 'stanza-create'], as_server=True)
+            script = 'for f in %s; do %s || exit 1; done' % (' '.join(names), template.format(dest=dest, conf=conf))
+            _o, elapsed, mem = self.timed(lambda: shell(script, as_server=True))
+            stored = size_of(dest)
+            rate = len(names) / elapsed
+            if label == 'pgbackrest':
+                ref_rate = rate
+            self.record('archive_push.%s' % label, method=method, segments=len(names), time_s=round(elapsed, 2),
+                        segments_per_s=round(rate, 1), ms_per_segment=round(1000.0 * elapsed / len(names), 1),
+                        size_bytes=stored, **mem)
+        for label in ('cp', 'project'):
+            entry = self.results['measurements']['archive_push.%s' % label]
+            entry['rate_ratio'] = round(entry['segments_per_s'] / ref_rate, 2)
+        self.results['measurements']['archive_push.pgbackrest']['reference'] = True
+        # The other half of a PITR's cost: restore_command once per segment replayed.
+        fetches = [
+            ('cp', 'cp (runbook)', 'cp {dest}/$f {out}/$f'),
+            ('project', 'the collection\'s restore_command (fetch)',
+             '/usr/bin/python3 %s fetch --config %s.json --repo {dest} $f {out}/$f' % (
+                 self.command_path, self.command_path)),
+            ('pgbackrest', 'pgbackrest archive-get', 'pgbackrest --config={dest}/pgbackrest.conf --stanza=%s '
+                                                     'archive-get $f {out}/$f' % STANZA),
+        ]
+        for label, method, template in fetches:
+            dest = os.path.join(self.base, 'push-%s' % label)
+            out = os.path.join(self.base, 'fetched')
+            shutil.rmtree(out, ignore_errors=True)
+            server_dir(out)
+            script = 'for f in %s; do %s || exit 1; done' % (' '.join(names), template.format(dest=dest, out=out))
+            _o, elapsed, mem = self.timed(lambda: shell(script, as_server=True))
+            same = all(_same_file(os.path.join(seg_dir, name), os.path.join(out, name)) for name in names[:3])
+            rate = len(names) / elapsed
+            self.record('archive_fetch.%s' % label, method=method, segments=len(names), time_s=round(elapsed, 2),
+                        segments_per_s=round(rate, 1), ms_per_segment=round(1000.0 * elapsed / len(names), 1),
+                        identical=same, reference=label == 'pgbackrest', **mem)
+        ref_rate = self.results['measurements']['archive_fetch.pgbackrest']['segments_per_s']
+        for label in ('cp', 'project'):
+            entry = self.results['measurements']['archive_fetch.%s' % label]
+            entry['rate_ratio'] = round(entry['segments_per_s'] / ref_rate, 2)
+        shutil.rmtree(os.path.join(self.base, 'fetched'), ignore_errors=True)
+
+    def emergency_recovery(self):
+        """End-to-end emergency recovery, measured only once playbooks/emergency-recovery.yml exists."""
+        if not os.path.exists(EMERGENCY_PLAYBOOK):
+            self.results['measurements']['emergency_recovery'] = {
+                'skipped': 'playbooks/emergency-recovery.yml does not exist yet'}
+            print('bench: emergency_recovery skipped (no playbook)', flush=True)
+            return
+        extra = self.cluster.connection_vars()
+        extra.update(pgbackup_backup_root=self.repo, pgbackup_db='modulodb', restore_source='latest',
+                     target_db='modulodb', confirm='modulodb')
+        with Sampler(self.server_pids) as sampler:
+            start = time.time()
+            proc = self.ansible.playbook('emergency-recovery.yml', extra_vars=extra)
+            elapsed = time.time() - start
+        rows = None
+        if proc.returncode == 0:
+            rows = int(self.psql('SELECT count(*) FROM pgbench_accounts', db='modulodb'))
+        self.record('emergency_recovery', method='playbooks/emergency-recovery.yml end to end',
+                    time_s=round(elapsed, 2), ok=proc.returncode == 0, rows_ok=rows == self.scale * 100000,
+                    target_s=60, output_tail=proc.stdout[-2000:] if proc.returncode else '', **sampler.summary())
+
+    # -- the run ------------------------------------------------------------------------------------
+    def run(self):
+        phases = [self.setup, self.logical_backup, self.logical_restore, self.configure_archiving,
+                  self.physical, self.pitr, self.archive_under_load, self.archive_push_cost,
+                  self.emergency_recovery]
+        try:
+            for phase in phases:
+                started = time.time()
+                phase()
+                self.results.setdefault('phase_s', {})[phase.__name__] = round(time.time() - started, 1)
+        finally:
+            self.results['finished_at'] = utc_iso(time.time())
+            self.results['host']['loadavg_at_end'] = [round(x, 2) for x in os.getloadavg()]
+            for cluster in list(self.targets):
+                cluster.destroy()
+            if self.cluster is not None:
+                self.cluster.destroy()
+            if not self.args.keep:
+                shutil.rmtree(self.base, ignore_errors=True)
+        return self.results
+
+
+def _archived_segments(repo):
+    return [(name, date) for name, date in
+            ((entry['name'], entry.get('date')) for entry in walarchive.list_archive(repo))
+            if len(name) == 24]
+
+
+def _same_file(first, second):
+    with open(first, 'rb') as one, open(second, 'rb') as two:
+        return one.read() == two.read()
+
+
+def wait_promoted(cluster, timeout=3600):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if cluster.psql('SELECT pg_is_in_recovery()') == 'f':
+                return
+        except RuntimeError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError('%s was not promoted within %d s' % (cluster.pgdata, timeout))
+
+
+# ---------------------------------------------------------------------------------------------
+# Results: JSON and a Markdown table, and the smoke check
+# ---------------------------------------------------------------------------------------------
+
+TARGETS = [
+    ('logical_backup.pg_backup_default', 'time_ratio', 0.8, '<='),
+    ('logical_backup.pg_backup_default', 'size_ratio', 0.5, '<='),
+    ('logical_restore.backup_restore_default', 'time_ratio', 0.5, '<='),
+    ('physical_backup.pg_backup', 'time_ratio', 1.1, '<='),
+    ('physical_restore.backup_restore', 'time_ratio', 1.2, '<='),
+    ('archive_push.project', 'rate_ratio', 1.0, '>='),
+    ('archive_load.project', 'ready_backlog_peak', 2, '<='),
+    ('pitr.backup_restore', 'time_ratio', 1.2, '<='),
+    ('emergency_recovery', 'time_s', 60, '<='),
+]
+
+
+def evaluate_targets(results):
+    verdicts = []
+    for key, field, limit, op in TARGETS:
+        entry = results['measurements'].get(key) or {}
+        value = entry.get(field)
+        met = None if value is None else (value <= limit if op == '<=' else value >= limit)
+        verdicts.append({'measurement': key, 'field': field, 'target': '%s %s' % (op, limit),
+                         'value': value, 'met': met})
+    return verdicts
+
+
+def _fmt(value, unit=''):
+    if value is None or value == '':
+        return ''
+    if isinstance(value, float):
+        return '%.2f%s' % (value, unit)
+    return '%s%s' % (value, unit)
+
+
+def markdown(results):
+    lines = ['# Benchmark, pgbench scale %d (%s)' % (results['scale'], results['started_at'][:10]), '',
+             'Database %.0f MB; %d CPUs; load average %s at start, %s at end (other processes share the '
+             'machine). Ratios are to the row marked *ref* of the same group, measured in the same run.'
+             % (results['database']['size_bytes'] / MB, results['host']['cpus'],
+                results['host'].get('loadavg_at_start'), results['host'].get('loadavg_at_end')), '',
+             '| measurement | method | time s | size MB | MB/s | ratio (time) | ratio w/o Ansible start | '
+             'ratio (size) | peak RSS MB |',
+             '|---|---|---:|---:|---:|---:|---:|---:|---:|']
+    db_mb = results['database']['size_bytes'] / MB
+    for key, entry in results['measurements'].items():
+        if 'skipped' in entry:
+            lines.append('| %s | skipped: %s | | | | | | | |' % (key, entry['skipped']))
+            continue
+        time_s = entry.get('time_s')
+        size = entry.get('size_bytes')
+        throughput = ''
+        if time_s and key.split('.')[0] in ('logical_backup', 'logical_restore', 'physical_backup',
+                                            'physical_restore'):
+            throughput = _fmt(db_mb / time_s)
+        elif 'segments_per_s' in entry:
+            throughput = '%s seg/s' % entry['segments_per_s']
+        ratio = entry.get('time_ratio', entry.get('rate_ratio'))
+        if entry.get('reference'):
+            ratio = 'ref'
+        lines.append('| %s | %s | %s | %s | %s | %s | %s | %s | %s |' % (
+            key, entry.get('method', '').replace('|', '\\|'), _fmt(time_s), _fmt(size / MB if size else None), throughput,
+            _fmt(ratio), _fmt(entry.get('time_ratio_without_ansible')), _fmt(entry.get('size_ratio')), _fmt(entry.get('peak_rss_mb'))))
+    load = [(k, v) for k, v in results['measurements'].items() if k.startswith('archive_load.')]
+    if load:
+        lines += ['', '| archiving under load | segments archived | peak .ready backlog | .ready at end | failures |',
+                  '|---|---:|---:|---:|---:|']
+        for key, entry in load:
+            lines.append('| %s | %s | %s | %s | %s |' % (key, entry['segments_archived'], entry['ready_backlog_peak'],
+                                                         entry['ready_backlog_at_end'], entry['failures']))
+    lines += ['', '| target | value | met |', '|---|---:|---|']
+    for verdict in results.get('targets', []):
+        met = {True: 'yes', False: 'NO', None: 'not measured'}[verdict['met']]
+        lines.append('| %s %s %s | %s | %s |' % (verdict['measurement'], verdict['field'], verdict['target'],
+                                                 _fmt(verdict['value']), met))
+    lines += ['', 'Phase times (s): %s' % ', '.join('%s %s' % kv for kv in results.get('phase_s', {}).items()),
+              'Ansible task overhead (an empty backup_info run): %s s, included in every pg_backup/backup_restore '
+              'time above.' % results.get('ansible_task_overhead_s'), '']
+    return '\n'.join(lines)
+
+
+def write_results(results, out_dir):
+    results['targets'] = evaluate_targets(results)
+    os.makedirs(out_dir, exist_ok=True)
+    stem = os.path.join(out_dir, results['started_at'][:10])
+    with open(stem + '.json', 'w') as handle:
+        json.dump(results, handle, indent=2, sort_keys=False)
+        handle.write('\n')
+    with open(stem + '.md', 'w') as handle:
+        handle.write(markdown(results))
+    return stem + '.json', stem + '.md'
+
+
+REQUIRED = ('logical_backup.pg_dump_gzip', 'logical_backup.pg_backup_default', 'logical_restore.gunzip_psql',
+            'logical_restore.backup_restore_default', 'physical_backup.pgbackrest', 'physical_backup.pg_backup',
+            'physical_restore.pgbackrest', 'physical_restore.backup_restore', 'pitr.pgbackrest',
+            'pitr.backup_restore', 'archive_push.cp', 'archive_push.project', 'archive_push.pgbackrest',
+            'archive_fetch.cp', 'archive_fetch.project', 'archive_fetch.pgbackrest',
+            'archive_load.project', 'archive_load.pgbackrest')
+
+
+def check(json_path):
+    """The smoke test: every measurement present with real figures, restores correct, Markdown written."""
+    with open(json_path) as handle:
+        results = json.load(handle)
+    problems = []
+    measurements = results.get('measurements', {})
+    for key in REQUIRED:
+        entry = measurements.get(key)
+        if not entry:
+            problems.append('%s missing' % key)
+            continue
+        if not key.startswith('archive_load.') and not (entry.get('time_s') or 0) > 0:
+            problems.append('%s has no positive time_s' % key)
+        if entry.get('identical') is False:
+            problems.append('%s fetched a segment that differs from the original' % key)
+        if key.startswith(('logical_backup.', 'physical_backup.', 'archive_push.')) and not entry.get('size_bytes'):
+            problems.append('%s has no size' % key)
+        if entry.get('rows_ok') is False:
+            problems.append('%s restored the wrong number of rows' % key)
+        if key.startswith(('logical_backup.pg_backup', 'logical_restore.backup_restore', 'physical_')) and \
+                not entry.get('reference') and not (entry.get('peak_rss_mb') or 0) > 0:
+            problems.append('%s has no peak RSS' % key)
+        if key.startswith('archive_load.') and (entry.get('segments_archived') or 0) < 1:
+            problems.append('%s archived no segment' % key)
+    if measurements.get('pitr.backup_restore', {}).get('rows_match_pgbackrest') is False:
+        problems.append('the two PITRs to the same time recovered different pgbench_history rows')
+    md_path = json_path[:-len('.json')] + '.md'
+    if not os.path.exists(md_path):
+        problems.append('%s missing' % md_path)
+    else:
+        with open(md_path) as handle:
+            text = handle.read()
+        for key in REQUIRED:
+            if '| %s |' % key not in text:
+                problems.append('%s has no row %s' % (md_path, key))
+    return problems
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n', maxsplit=1)[0])
+    sub = parser.add_subparsers(dest='action')
+    check_p = sub.add_parser('check', help='check a results file (what make bench-smoke asserts)')
+    check_p.add_argument('json_path')
+    parser.add_argument('--scale', type=int, default=int(os.environ.get('BENCH_SCALE', '100')))
+    parser.add_argument('--results', default=os.path.join(HERE, 'results'))
+    parser.add_argument('--workdir', default=os.environ.get('BENCH_WORKDIR', '/var/tmp'),
+                        help='where the clusters and repositories live (the postgres user must reach it)')
+    parser.add_argument('--pitr-offset', type=int, default=60, help='PITR target, seconds into a pgbench run')
+    parser.add_argument('--load-seconds', type=int, default=120, help='length of the archiving load test')
+    parser.add_argument('--segments', type=int, default=300, help='WAL segments pushed by each method')
+    parser.add_argument('--smoke', action='store_true', help='short run: fewer variants, short loads')
+    parser.add_argument('--keep', action='store_true', help='keep the work directory (for a post-mortem)')
+    args = parser.parse_args(argv)
+    if args.action == 'check':
+        problems = check(args.json_path)
+        for problem in problems:
+            print('bench check: %s' % problem)
+        print('bench check: %s' % ('FAILED' if problems else 'ok, %s' % args.json_path))
+        return 1 if problems else 0
+    if args.smoke:
+        args.pitr_offset, args.load_seconds, args.segments = min(args.pitr_offset, 5), min(args.load_seconds, 5), \
+            min(args.segments, 12)
+    if shutil.which('pgbackrest') is None:
+        print('bench: pgbackrest is not installed (make bootstrap installs it)', file=sys.stderr)
+        return 2
+    results = Bench(args).run()
+    json_path, md_path = write_results(results, args.results)
+    print(markdown(results))
+    print('bench: wrote %s and %s' % (json_path, md_path))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,86 @@
+# -*- coding: utf-8 -*-
+"""bench/bench.py: the memory sampler on real processes, and the checks make bench-smoke relies on."""
+
+import copy
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_spec = importlib.util.spec_from_file_location('bench', os.path.join(ROOT, 'bench', 'bench.py'))
+bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench)
+
+
+def test_sampler_sees_a_child_process_memory_and_cpu():
+    code = 'import time\nb = bytearray(80 * 1024 * 1024)\nfor i in range(0, len(b), 4096): b[i] = 1\n' \
+           'while time.process_time() < 0.6: pass\n'
+    with bench.Sampler(interval=0.05) as sampler:
+        subprocess.run([sys.executable, '-c', code], check=True)
+    summary = sampler.summary()
+    assert summary['peak_rss_mb'] >= 80
+    label = os.path.basename(sys.executable)[:15]
+    assert summary['peak_rss_by_program_mb'][label] >= 80
+    assert summary['cpu_s_by_program'][label] >= 0.3
+
+
+def complete_results():
+    measurements = {}
+    for key in bench.REQUIRED:
+        entry = {'method': 'm | n', 'time_s': 1.5, 'size_bytes': 1000, 'peak_rss_mb': 12.0}
+        if key.startswith('archive_load.'):
+            entry = {'method': 'load', 'segments_archived': 3, 'ready_backlog_peak': 1, 'ready_backlog_at_end': 0,
+                     'failures': 0}
+        measurements[key] = entry
+    measurements['pitr.backup_restore']['rows_match_pgbackrest'] = True
+    return {'scale': 5, 'started_at': '2026-11-26T05:00:00.000+00:00', 'host': {'cpus': 2},
+            'database': {'size_bytes': 80 * 1024 * 1024}, 'measurements': measurements}
+
+
+def test_complete_results_pass_the_check(tmp_path):
+    json_path, md_path = bench.write_results(complete_results(), str(tmp_path))
+    assert bench.check(json_path) == []
+    text = open(md_path).read()
+    assert '| m \\| n |' in text  # a pipe in a method is escaped, the table keeps its columns
+    assert json.load(open(json_path))['targets']
+
+
+@pytest.mark.parametrize('damage,expected', [
+    (lambda r: r['measurements'].pop('pitr.pgbackrest'), 'pitr.pgbackrest missing'),
+    (lambda r: r['measurements']['logical_backup.pg_backup_default'].update(time_s=0),
+     'logical_backup.pg_backup_default has no positive time_s'),
+    (lambda r: r['measurements']['physical_backup.pg_backup'].update(size_bytes=0),
+     'physical_backup.pg_backup has no size'),
+    (lambda r: r['measurements']['logical_restore.backup_restore_default'].update(rows_ok=False),
+     'restored the wrong number of rows'),
+    (lambda r: r['measurements']['archive_load.project'].update(segments_archived=0), 'archived no segment'),
+    (lambda r: r['measurements']['pitr.backup_restore'].update(rows_match_pgbackrest=False),
+     'different pgbench_history rows'),
+    (lambda r: r['measurements']['physical_restore.backup_restore'].pop('peak_rss_mb'), 'has no peak RSS'),
+], ids=['missing', 'no-time', 'no-size', 'rows', 'no-segment', 'pitr-mismatch', 'no-rss'])
+def test_check_names_what_is_missing_or_wrong(tmp_path, damage, expected):
+    results = copy.deepcopy(complete_results())
+    damage(results)
+    json_path, _md = bench.write_results(results, str(tmp_path))
+    problems = bench.check(json_path)
+    assert any(expected in problem for problem in problems), problems
+
+
+def test_check_needs_the_markdown(tmp_path):
+    json_path, md_path = bench.write_results(complete_results(), str(tmp_path))
+    os.unlink(md_path)
+    assert any('.md missing' in problem for problem in bench.check(json_path))
+
+
+def test_targets_are_judged_in_their_direction():
+    results = complete_results()
+    results['measurements']['archive_push.project']['rate_ratio'] = 1.3
+    results['measurements']['physical_backup.pg_backup']['time_ratio'] = 1.3
+    verdicts = dict(((v['measurement'], v['field']), v['met']) for v in bench.evaluate_targets(results))
+    assert verdicts[('archive_push.project', 'rate_ratio')] is True
+    assert verdicts[('physical_backup.pg_backup', 'time_ratio')] is False
+    assert verdicts[('emergency_recovery', 'time_s')] is None
