@@ -441,8 +441,16 @@ def read_settings(conn, log=None):
     missing = [n for n in SETTINGS if n not in settings and n != 'archive_library']
     if missing:
         raise ArchivingError('the server does not know %s: PostgreSQL 15 or newer is needed' % ', '.join(missing))
-    rows = psql_query(conn, 'SELECT name, setting, sourcefile, error IS NOT NULL FROM pg_file_settings '
-                            'WHERE name IN (%s) ORDER BY seqno' % names, db='postgres', log=log)
+    try:
+        rows = psql_query(conn, 'SELECT name, setting, sourcefile, error IS NOT NULL FROM pg_file_settings '
+                                'WHERE name IN (%s) ORDER BY seqno' % names, db='postgres', log=log)
+    except PgError as exc:
+        if 'permission denied' not in str(exc):
+            raise
+        # A backup role (roles/db_roles) lands here: name the real requirement, not the first denied function.
+        raise ArchivingError('%s: configuring WAL archiving reads pg_file_settings and runs ALTER SYSTEM, which '
+                             'needs a superuser; connect as one (login_user), not as %s'
+                             % (exc, conn.login_user or 'this role'))
     for name, setting, sourcefile, has_error in rows:
         entry = settings.get(name)
         if entry is None:

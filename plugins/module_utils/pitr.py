@@ -22,7 +22,7 @@ import subprocess
 import time
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import (
-    fsutil, logical_restore, pipeline, repository, scratch, walarchive)
+    fsutil, logical_restore, pipeline, repository, scratch, walarchive, walchain)
 from ansible_collections.modulo.pgbackup.plugins.module_utils.logical_backup import database_rows
 
 LSN_RE = re.compile(r'^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}\Z')
@@ -121,6 +121,41 @@ def check_archive_reaches(repo_root, when):
     return newest_dt
 
 
+SHORT_RECOVERY = 'recovery ended before configured recovery target was reached'
+LAST_TX_RE = re.compile(r'last completed transaction was at log time ([0-9-]+ [0-9:.]+[+-][0-9]+)')
+
+
+def explain_short_recovery(error, base, repo_root):
+    """Say why recovery stopped short of its target, when the server's words alone do not.
+
+    The usual cause is a gap in the archive: the restore_command found no next
+    segment, so PostgreSQL stopped there and refused to promote.  Name the gap,
+    the newest point it allows, and what to do.
+    """
+    if SHORT_RECOVERY not in error:
+        return error
+    reached = LAST_TX_RE.search(error)
+    point = ' (the last transaction replayed is from %s)' % reached.group(1) if reached else ''
+    gap = ''
+    if repo_root and base.get('wal_start'):
+        def read_history(name):
+            path = walarchive.find_segment(repo_root, name)
+            if not path:
+                return None
+            with open(path) as handle:
+                return handle.read()
+        try:
+            chain = walchain.check_chain(walarchive.list_archive(repo_root), base['wal_start'], read_history)
+        except (OSError, ValueError):
+            chain = None
+        if chain and chain['missing_count']:
+            gap = ': the WAL archive has a gap after base backup %s, %d segment(s) missing, first %s' % (
+                base.get('name'), chain['missing_count'], chain['missing'][0])
+    return ('recovery ended before reaching the target%s%s; nothing was promoted or copied. Put the missing WAL '
+            'back into the archive (e.g. from the S3 copy) or choose a target before that point. Server log: %s'
+            % (gap or ': a WAL segment it needs is missing from the archive', point, error))
+
+
 class ScratchRecovery(scratch.PrivateCluster):
     """A recovered copy of the cluster in ``workdir``; always removed by ``close``."""
 
@@ -149,7 +184,10 @@ class ScratchRecovery(scratch.PrivateCluster):
         os.chmod(self.pgdata, 0o700)
         started = time.time()
         self.server.start(timeout_s)
-        scratch.wait_promoted(self.query, timeout_s, self.server)
+        try:
+            scratch.wait_promoted(self.query, timeout_s, self.server)
+        except scratch.ScratchError as exc:
+            raise scratch.ScratchError(explain_short_recovery(str(exc), base, repo_root))
         outcome = self.server.recovery_outcome()
         outcome['recovery_s'] = round(time.time() - started, 3)
         outcome['timeline'] = int(self.query('SELECT timeline_id FROM pg_control_checkpoint()')[0][0])
