@@ -35,7 +35,8 @@ Rules (DESIGN.md section 5):
 * Reports (``logs/backup_report_*``, ``logs/retention_report_*``,
   ``logs/verify_*``, ``restore-tests/monthly_drill_*`` and its copy in
   ``logs/``) are aged by the timestamp in their name and go after
-  ``report_days``; ``logs/health.json`` is the latest health check and stays.
+  ``report_days``; ``logs/health.json`` (the latest health check), ``logs/audit.log``
+  and the emergency recovery records (``logs/incident_*.json``, ``logs/dr_simulation_*.md``) stay.
 * Temporary files of interrupted runs (``.tmp-*``) have no ``.meta`` and no
   name-stamp: their mtime is the only age there is, and nothing copies them;
   they go once older than a day.
@@ -67,6 +68,8 @@ REPORT_RES = {
 # Files of logs/ that are rewritten in place, never aged out.
 KEPT_LOGS = {'health.json': 'the latest health check (playbooks/health-check.yml rewrites it)',
              'audit.log': 'the audit log: one line per operation, kept for compliance (rotate it with logrotate)'}
+# Emergency recovery records (incident reports, DR simulation lessons) are evidence: never aged out.
+KEPT_LOG_RE = re.compile(r'^(?:incident_[A-Za-z0-9][A-Za-z0-9_.-]*\.json|dr_simulation_[A-Za-z0-9_.-]+\.md)\Z')
 DATE_RE = re.compile(r'^\d{8}\Z')
 COMPRESSED = ('.zst', '.gz')
 
@@ -397,6 +400,8 @@ def _decide_reports(out, sub, units, pol, now):
                 out.keep(unit, 'report', 'report %s days old (keep %d days)' % (_days(age), pol['report_days']))
         elif sub == 'logs' and name in KEPT_LOGS:
             out.keep(unit, 'report', KEPT_LOGS[name])
+        elif sub == 'logs' and KEPT_LOG_RE.match(name):
+            out.keep(unit, 'report', 'incident record of an emergency recovery: kept until deleted by hand')
         elif sub == 'restore-tests' and name.startswith('.'):
             out.keep(unit, 'scratch', 'working directory of a restore or drill: removed by its own run')
         else:

@@ -130,7 +130,7 @@ import copy
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import common, incident, repository
+from ansible_collections.modulo.pgbackup.plugins.module_utils import audit, common, incident, repository
 
 
 def main():
@@ -151,6 +151,8 @@ def main():
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     p = module.params
+    audit.bind(module, p['backup_root'], 'emergency_recovery', p['incident_id'],
+               details={'step': p['step'], 'step_status': p['status'], 'operator': p['operator']})
     finished = p['finished_at'] or incident.iso(incident.utcnow())
     fields = dict(details=p['details'], error=p['error'], operator=p['operator'], backup=p['backup'],
                   recovered_to=p['recovered_to'], target=p['target'], rollback=p['rollback'])

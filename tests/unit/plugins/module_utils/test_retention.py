@@ -292,13 +292,16 @@ def test_reports_go_after_report_days_by_the_stamp_in_their_name(repo):
             handle.write('{}')
         os.utime(repo.path(relpath), (time.time(), time.time()))
         names[(days, pattern)] = relpath
-    with open(repo.path('logs/health.json'), 'w') as handle:
-        handle.write('{}')
-    os.utime(repo.path('logs/health.json'), (0, 0))
+    for kept in ('logs/health.json', 'logs/audit.log', 'logs/incident_20260101_030000.json',
+                 'logs/dr_simulation_20260101_030000.md'):
+        with open(repo.path(kept), 'w') as handle:
+            handle.write('{}')
+        os.utime(repo.path(kept), (0, 0))
     result = run(repo)
     assert deleted(result) == {v for (d, _p), v in names.items() if d > 90}
     assert all(i['kind'] == 'report' for i in result['deleted'])
-    assert 'logs/health.json' in set(i['relpath'] for i in result['kept'])
+    assert {'logs/health.json', 'logs/audit.log', 'logs/incident_20260101_030000.json',
+            'logs/dr_simulation_20260101_030000.md'} <= set(i['relpath'] for i in result['kept'])
     assert unclassified(result) == set()
     assert deleted(run(repo, report_days=100)) == set()
 
