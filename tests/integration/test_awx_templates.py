@@ -51,7 +51,9 @@ SPEC_TYPES = {'text': 'str', 'textarea': 'str', 'password': 'str', 'multiplechoi
 EMERGENCY_TAGS = ['assess', 'stop', 'restore', 'verify', 'start']
 # Playbooks without a job template, and why.
 NO_TEMPLATE = {'schedule.yml': 'AWX schedules replace its cron entries and timers',
-               'awx-configure.yml': 'it configures the controller itself'}
+               'awx-configure.yml': 'it configures the controller itself',
+               'dr-simulation.yml': 'sandbox only: it breaks the database on purpose and refuses other inventories',
+               'db-roles.yml': 'run once by an administrator, with the vault that holds the backup role\'s password'}
 
 
 def load_config():
@@ -387,6 +389,7 @@ def world(sandbox_base):
     workdir = pgsandbox.make_base(tempfile.mkdtemp(prefix='awx-', dir=sandbox_base))   # postgres runs the archive command from here
     cluster = pgsandbox.Cluster(sandbox_base, name='pg-awx-%s' % uuid.uuid4().hex[:8])
     repo = make_repo(os.path.join(sandbox_base, 'awx-repo-%s' % uuid.uuid4().hex[:8]))
+    app_stop = None
     try:
         cluster.init().start()
         cluster.psql('CREATE DATABASE modulodb')
@@ -397,14 +400,26 @@ def world(sandbox_base):
                          ansible_python_interpreter=sys.executable,
                          wal_archive_command_path=os.path.join(workdir, 'bin', 'pgbackup-wal'))
         inventory = os.path.join(workdir, 'hosts.yml')
+        # The emergency workflow stops and starts the application: the test application stands in for it.
+        app_cli = '%s %s' % (sys.executable, os.path.join(ROOT, 'tests', 'modulo_app.py'))
+        pidfile, app_port = os.path.join(workdir, 'app.pid'), pgsandbox.free_port()
+        app_stop = '%s stop --pidfile %s' % (app_cli, pidfile)
+        app = {'app_services_commands': [{
+            'name': 'modulo-app',
+            'start': '%s start --pidfile %s --port %d --log %s --host 127.0.0.1 --dbport %d --user postgres --db modulodb'
+                     % (app_cli, pidfile, app_port, os.path.join(workdir, 'app.log'), cluster.port),
+            'stop': app_stop, 'status': '%s status --pidfile %s' % (app_cli, pidfile)}],
+            'app_services_health_urls': ['http://127.0.0.1:%d/health' % app_port]}
         with open(inventory, 'w') as handle:
             yaml.safe_dump({'all': {'vars': variables, 'children': {
                 'postgres': {'hosts': {'localhost': None}}, 'backup_scheduler': {'hosts': {'localhost': None}},
-                'modulo_app': {'hosts': {}}}}}, handle)
+                'modulo_app': {'hosts': {'modulo-app-awx': app}}}}}, handle)
         controller = Controller(workdir, inventory)
         nightly = controller.launch(TEMPLATES['modulo.pgbackup nightly backup'])
         yield {'cluster': cluster, 'repo': repo, 'controller': controller, 'nightly': nightly}
     finally:
+        if app_stop:
+            subprocess.run(app_stop, shell=True, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         cluster.destroy()
         shutil.rmtree(repo, ignore_errors=True)
         shutil.rmtree(workdir, ignore_errors=True)
@@ -501,6 +516,14 @@ def test_templates_of_playbooks_built_elsewhere(world, name):
     template = TEMPLATES[name]
     require_playbook(template)
     result = world['controller'].launch(template)
+    if name == 'modulo.pgbackup health check':
+        # It runs to its verdict: written down, and a breach (e.g. no drill yet) fails the job as it should.
+        with open(os.path.join(world['repo'], 'logs', 'health.json')) as handle:
+            verdict = json.load(handle)
+        assert (result.status == 'successful') == verdict['ok'], result.output[-3000:]
+        if not verdict['ok']:
+            assert 'backup health NOT OK: %s' % ', '.join(verdict['breached']) in result.output
+        return
     assert_ran(result, template)
 
 
