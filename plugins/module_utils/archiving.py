@@ -635,7 +635,10 @@ def verify_archiving(conn, repo, store=None, timeout=60, log=None, sleep=time.sl
                 '%s at %s). The server log has the command\'s message (lines starting with "walarchive:"). %s'
                 % (stats.get('last_failed_wal') or segment, failed_before, failed, stats.get('last_failed_wal'),
                    stats.get('last_failed_time'), hint))
-        if local and remote:
+        # The archiver records its success just after the command returns: wait for pg_stat_archiver to
+        # say so too, so the stats returned describe this segment (the file alone is already durable).
+        recorded = (stats.get('last_archived_wal') or '') >= segment
+        if local and remote and (recorded or clock() >= deadline):
             return segment, stats
         if clock() >= deadline:
             raise ArchivingError(
