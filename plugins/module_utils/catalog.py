@@ -8,6 +8,7 @@ __metaclass__ = type
 
 import os
 import subprocess
+import time
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import compression, encryption, fsutil, pipeline, repository, walarchive
 
@@ -100,13 +101,15 @@ def _decompress_test_one(meta, path, fmt, pg_restore, keys):
     return True, None
 
 
-def recovery_window(backups, repo_root):
+def recovery_window(backups, repo_root, chain=None):
     """The points a restore can reach now: the newest logical snapshot and the PITR range.
 
     A logical backup recovers the moment its dump snapshot was taken (its start);
     PITR reaches from the end of the oldest complete base backup to the newest
     WAL segment in the local archive (archived at most archive_timeout after its
-    last write).  ``newest_point`` is the later of the two.
+    last write).  ``newest_point`` is the later of the two.  ``chain`` (walchain's
+    check from the oldest base backup) moves the end of the PITR range back to the
+    last segment before a gap: recovery cannot replay past it.
     """
     complete = [b for b in backups if repository.is_complete(b)]
     logical = [b for b in complete if b.get('type') == 'logical']
@@ -126,6 +129,13 @@ def recovery_window(backups, repo_root):
     if bases and archive and archive.get('last_archived_at'):
         window['pitr'] = {'from': bases[0].get('finished_at'), 'to': archive['last_archived_at'],
                           'base_backups': len(bases), 'newest_segment': archive.get('newest_segment')}
+        if chain is not None and not chain.get('ok'):
+            reachable = chain.get('reachable')
+            path = walarchive.find_segment(repo_root, reachable) if reachable else None
+            window['pitr'].update(gap=(chain.get('missing') or [None])[0], problem=chain.get('problem'),
+                                  newest_segment=reachable,
+                                  to=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(os.stat(path).st_mtime))
+                                  if path else window['pitr']['from'])
     candidates = [(window['pitr']['to'], 'pitr')] if window['pitr'] else []
     if window['logical'] and window['logical']['point']:
         candidates.append((window['logical']['point'], 'logical'))

@@ -74,7 +74,7 @@ def check_chain(entries, base_wal_start, read_history, seg_size=walarchive.WAL_S
     and ``problem`` (a sentence, or None).
     """
     result = {'ok': False, 'from': base_wal_start, 'to': None, 'timeline': None, 'segments': 0,
-              'missing_count': 0, 'missing': [], 'problem': None}
+              'missing_count': 0, 'missing': [], 'problem': None, 'reachable': None}
     base_tli, first = walarchive.parse_segment_name(base_wal_start, seg_size)
     segments = set()
     timelines = set([base_tli])
@@ -120,6 +120,13 @@ def check_chain(entries, base_wal_start, read_history, seg_size=walarchive.WAL_S
     names = ['%08X%08X%08X' % (tli, n // per_id, n % per_id) for tli, n in missing]
     result.update(segments=last - first + 1, missing_count=len(names), missing=names[:MAX_LISTED],
                   to='%08X%08X%08X' % (reading_timeline(last, starts), last // per_id, last % per_id))
+    # The last segment recovery can replay before the first gap: the end of the usable PITR window.
+    if missing and missing[0][1] > first:
+        gap_tli, gap_seg = missing[0][0], missing[0][1] - 1
+        gap_tli = reading_timeline(gap_seg, starts)
+        result['reachable'] = '%08X%08X%08X' % (gap_tli, gap_seg // per_id, gap_seg % per_id)
+    elif not missing:
+        result['reachable'] = result['to']
     if names:
         result['problem'] = ('%d segment(s) missing, first %s: recovery from this base backup stops there'
                              % (len(names), names[0]))

@@ -218,7 +218,6 @@ def main():
     if p['db']:
         # A base backup holds every database of its cluster: it stays whatever db is asked for.
         everything = [b for b in everything if b.get('type') == 'physical' or b.get('database') == p['db']]
-    result['recovery_window'] = catalog.recovery_window(everything, repo.root)
     backups = [b for b in everything if p['type'] == 'all' or b.get('type') == p['type']]
     result['problems'] = problems
     try:
@@ -228,6 +227,7 @@ def main():
     # Health looks at every kind: a logical-only listing must not hide the base backups PITR relies on.
     facts = health.gather(repo, everything, conn=conn, pgdata=p['pgdata'], log=log, s3=common.s3_settings(p))
     result['health'] = health.evaluate(facts, limits)
+    result['recovery_window'] = catalog.recovery_window(everything, repo.root, chain=result['health']['wal_chain'])
     result['health']['summary'] = health.summary(result['health'])
     result['health']['metrics'] = health.metrics(result['health'])
     complete = [b for b in backups if repository.is_complete(b)]

@@ -394,3 +394,32 @@ def test_gather_reads_the_newest_drill_and_skips_broken_reports(repo):
     assert found['drill_path'].endswith('monthly_drill_20261122_040000.json')
     assert found['archive']['segments'] == 0 and found['repository_disk']['free_bytes'] > 0
     assert 'server' not in found
+
+
+def test_chain_reachable_is_the_last_segment_before_the_first_gap():
+    chain = walchain.check_chain(wal_entries(seg(1, 3), seg(1, 4), seg(1, 6)), seg(1, 3), {}.get)
+    assert chain['reachable'] == seg(1, 4) and chain['missing'] == [seg(1, 5)]
+    chain = walchain.check_chain(wal_entries(seg(1, 3), seg(1, 4)), seg(1, 3), {}.get)
+    assert chain['ok'] and chain['reachable'] == seg(1, 4)
+    chain = walchain.check_chain(wal_entries(seg(1, 4)), seg(1, 3), {}.get)
+    assert chain['reachable'] is None  # not even the base backup's first segment
+
+
+def test_recovery_window_ends_at_a_gap(tmp_path):
+    """catalog.recovery_window (what emergency recovery's assess step shows) never promises past a gap."""
+    from ansible_collections.modulo.pgbackup.plugins.module_utils import catalog
+    repo = str(tmp_path)
+    day = os.path.join(repo, 'wal', '20261124')
+    os.makedirs(day)
+    for n, stamp in ((3, 1000), (4, 2000), (6, 3000)):
+        path = os.path.join(day, seg(1, n))
+        with open(path, 'wb') as handle:
+            handle.write(b'x')
+        os.utime(path, (stamp, stamp))
+    base = make_meta('modulo_base_19700101_000000', '1970-01-01T00:00:00Z', kind='physical', wal_start=seg(1, 3))
+    entries = [{'name': seg(1, n), 'kind': 'segment'} for n in (3, 4, 6)]
+    chain = walchain.check_chain(entries, seg(1, 3), {}.get)
+    window = catalog.recovery_window([base], repo, chain=chain)
+    assert window['pitr']['gap'] == seg(1, 5) and window['pitr']['newest_segment'] == seg(1, 4)
+    assert window['pitr']['to'] == '1970-01-01T00:33:20Z'   # segment 4's archive time, not segment 6's
+    assert catalog.recovery_window([base], repo)['pitr']['to'] == '1970-01-01T00:50:00Z'
