@@ -79,3 +79,41 @@ def test_flipped_byte_in_a_meta_is_refused_and_latest_never_falls_back_silently(
     assert not res.get('failed'), res.get('msg')
     assert table_rows(pg, target) == older['table_rows']
     pg.psql('DROP DATABASE %s' % target)
+
+
+def redate(root, meta, when, mtime):
+    """What a host with a wrong clock leaves: ``.meta`` times from ``when``, file times from ``mtime``."""
+    path = meta_path(root, meta)
+    with open(path) as handle:
+        doc = json.load(handle)
+    doc['started_at'] = repository.iso(when)
+    doc['finished_at'] = repository.iso(when + datetime.timedelta(seconds=doc['duration_s']))
+    with open(path, 'w') as handle:
+        json.dump(doc, handle)
+    for name in os.listdir(os.path.join(root, 'full')):
+        if name.startswith(meta['name']):
+            os.utime(os.path.join(root, 'full', name), (mtime.timestamp(), mtime.timestamp()))
+
+
+def test_skewed_clock_ages_come_from_the_meta_and_a_future_backup_is_flagged(ansible, pg, modulo_db, backup_root,
+                                                                              conn_args):
+    now = repository.utcnow()
+    expired = take(pg, modulo_db, backup_root, now - 10 * DAY)
+    recent = take(pg, modulo_db, backup_root, now - DAY)
+    future = take(pg, modulo_db, backup_root, now + 2 * DAY)
+    redate(backup_root, expired, now - 10 * DAY, mtime=now)              # touched since: mtime says "new"
+    redate(backup_root, recent, now - DAY, mtime=now - 30 * DAY)         # restored from tape: mtime says "old"
+    redate(backup_root, future, now + 2 * DAY, mtime=now + 2 * DAY)      # written while the clock was ahead
+
+    res = task(ansible, 'backup_retention', conn_args, backup_root, full_days=7, min_full=1)
+    assert not res.get('failed'), res.get('msg')
+    gone = sorted(set(d['backup'] for d in res['deleted'] if d.get('backup')))
+    assert gone == [expired['name']], res['deleted']
+    left = sorted(n for n in os.listdir(os.path.join(backup_root, 'full')) if n.endswith('.meta'))
+    assert left == sorted([recent['name'] + '.meta', future['name'] + '.meta'])
+
+    res = task(ansible, 'backup_info', conn_args, backup_root)
+    assert not res.get('failed'), res.get('msg')
+    assert [b['name'] for b in res['backups']] == [recent['name'], future['name']]
+    age = [c for c in res['health']['checks'] if c['check'] == 'backup_age'][0]
+    assert age['breached'] and 'in the future' in age['detail'] and future['name'] in age['detail'], age
