@@ -9,7 +9,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 SANDBOX ?= $(CURDIR)/.sandbox
 PYTEST_WORKERS ?= 2
 
-.PHONY: bootstrap demo demo-clean test unit integration sanity lint clean
+.PHONY: bootstrap demo demo-clean test unit integration faults sanity lint clean
 
 bootstrap:
 	@./scripts/bootstrap.sh
@@ -22,13 +22,18 @@ demo-clean:
 	@rm -rf $(SANDBOX)
 	@echo "sandbox removed"
 
-test: bootstrap unit integration sanity lint
+test: bootstrap unit integration faults sanity lint
 
 unit: bootstrap
 	cd tests && $(PY) -m pytest -q -p no:cacheprovider unit
 
 integration: bootstrap
 	cd tests && $(PY) -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) integration
+
+# The fault-injection suite: one file per kind of fault; a file's cases share their cluster, so files
+# (not single tests) are spread over the workers.
+faults: bootstrap
+	cd tests && $(PY) -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadfile faults
 
 sanity: bootstrap
 	@./scripts/ansible-test.sh sanity

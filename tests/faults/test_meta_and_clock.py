@@ -74,11 +74,12 @@ def test_flipped_byte_in_a_meta_is_refused_and_latest_never_falls_back_silently(
         assert [b['name'] for b in res['backups']] == [older['name']]
         assert [p['path'] for p in res['problems']] == [path], res['problems']
 
-    # Going back deliberately, by name, works and restores the older backup's rows.
-    res = task(ansible, 'backup_restore', conn_args, backup_root, backup=older['name'], target_db=target)
-    assert not res.get('failed'), res.get('msg')
-    assert table_rows(pg, target) == older['table_rows']
-    pg.psql('DROP DATABASE %s' % target)
+    if damage == 'json structure':
+        # Going back deliberately, by name, works and restores the older backup's rows.
+        res = task(ansible, 'backup_restore', conn_args, backup_root, backup=older['name'], target_db=target)
+        assert not res.get('failed'), res.get('msg')
+        assert table_rows(pg, target) == older['table_rows']
+        pg.psql('DROP DATABASE %s' % target)
 
 
 def redate(root, meta, when, mtime):
