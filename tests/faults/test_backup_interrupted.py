@@ -81,8 +81,8 @@ def assert_nothing_kept(repo, sub, before):
         assert [n for n in os.listdir(os.path.join(repo, sub)) if n.startswith('.')] == []
 
 
-def test_base_backup_interrupted_half_way_by_a_kill_then_by_a_server_restart(ansible, new_cluster, backup_root,
-                                                                              sandbox_base):
+def test_base_backup_interrupted_half_way_by_a_kill_then_by_a_server_restart(
+        ansible, new_cluster, backup_root, sandbox_base):
     repo = make_repo(backup_root)
     cluster = archiving_cluster(new_cluster, repo)
     res = ansible.task('modulo.pgbackup.pg_backup', args_for(cluster, repo, type='physical', wait_archive=60))

@@ -96,8 +96,8 @@ def redate(root, meta, when, mtime):
             os.utime(os.path.join(root, 'full', name), (mtime.timestamp(), mtime.timestamp()))
 
 
-def test_skewed_clock_ages_come_from_the_meta_and_a_future_backup_is_flagged(ansible, pg, modulo_db, backup_root,
-                                                                              conn_args):
+def test_skewed_clock_ages_come_from_the_meta_and_a_future_backup_is_flagged(
+        ansible, pg, modulo_db, backup_root, conn_args):
     now = repository.utcnow()
     expired = take(pg, modulo_db, backup_root, now - 10 * DAY)
     recent = take(pg, modulo_db, backup_root, now - DAY)
