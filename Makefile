@@ -11,7 +11,7 @@ PYTEST_WORKERS ?= 2
 # Molecule's sandboxes (one per scenario) live here; the server runs as postgres, which must reach it.
 export PGBACKUP_MOLECULE_DIR ?= /var/tmp/modulo-pgbackup-molecule-$(shell id -u)-$(notdir $(CURDIR))
 
-.PHONY: bootstrap demo demo-clean test unit integration molecule molecule-default sanity units integration-targets lint clean bench bench-smoke
+.PHONY: bootstrap demo demo-clean test unit integration molecule molecule-default faults sanity units integration-targets lint clean bench bench-smoke
 BENCH_SCALE ?= 100
 # The benchmark's clusters run as postgres: they need a directory it can reach.
 BENCH_WORKDIR ?= /var/tmp
@@ -28,7 +28,7 @@ demo-clean:
 	@rm -rf $(SANDBOX)
 	@echo "sandbox removed"
 
-test: bootstrap unit integration molecule-default bench-smoke sanity units integration-targets lint
+test: bootstrap unit integration faults molecule-default bench-smoke sanity units integration-targets lint
 
 unit: bootstrap
 	cd tests && $(PY) -m pytest -q -p no:cacheprovider unit
@@ -42,6 +42,11 @@ molecule: bootstrap
 
 molecule-default: bootstrap
 	molecule test --scenario-name default
+
+# The fault-injection suite: one file per kind of fault; a file's cases share their cluster, so files
+# (not single tests) are spread over the workers.
+faults: bootstrap
+	cd tests && $(PY) -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadfile faults
 
 sanity: bootstrap
 	@./scripts/ansible-test.sh sanity

@@ -109,6 +109,30 @@ def s3_bucket(s3_server, monkeypatch):
     return {'name': name, 'client': client, 'url': s3_server.url}
 
 
+@pytest.fixture
+def tmpfs_at():
+    """Mount a small tmpfs on a directory (root only); always unmounted afterwards."""
+    mounted = []
+
+    def mount(path, size='2m'):
+        if os.geteuid() != 0:
+            pytest.skip('mounting a tmpfs needs root')
+        os.makedirs(path, exist_ok=True)
+        proc = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=%s,mode=0700' % size, 'tmpfs', path],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        if proc.returncode:
+            pytest.skip('cannot mount a tmpfs here: %s' % proc.stdout.decode().strip())
+        mounted.append(path)
+
+    def remount(path, readonly):
+        subprocess.run(['mount', '-o', 'remount,%s' % ('ro' if readonly else 'rw'), path], check=True)
+
+    mount.remount = remount
+    yield mount
+    for path in reversed(mounted):
+        subprocess.run(['umount', '-l', path], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def table_rows(cluster, db):
     """Exact row counts of every user table, the way a DBA would check a restore."""
     out = cluster.psql("SELECT n.nspname || '.' || c.relname FROM pg_class c "

@@ -223,6 +223,10 @@ def _check(name, status, detail, advice=None, **extra):
     return item
 
 
+# Clocks of the database and backup hosts may differ by this much before a date "from the future" is an error.
+CLOCK_TOLERANCE_S = 300
+
+
 def _age(now, then):
     return int((now - then).total_seconds())
 
@@ -307,6 +311,14 @@ def check_recovery_point(facts, limits, now, chain):
         return _check('backup_age', 'breached', 'no complete backup at all', 'run playbooks/nightly-backup.yml',
                       value_s=None, limit_s=limits['rpo_target_s'])
     when, basis = max(points, key=lambda p: p[0])
+    if _age(when, now) > CLOCK_TOLERANCE_S:
+        # Age 0 here would hide a stale repository for as long as the skew lasts.
+        return _check('backup_age', 'breached', 'newest recoverable point %s (%s) is %s in the future of this '
+                      "host's clock (%s)" % (repository.iso(when), basis, human_duration(_age(when, now)),
+                                             repository.iso(now)),
+                      'a clock was wrong when it was taken or is wrong now: check NTP on the database and backup '
+                      'hosts; until then the backup age cannot be trusted', value_s=_age(now, when),
+                      limit_s=limits['rpo_target_s'], basis=basis, recovery_point=repository.iso(when))
     age = max(0, _age(now, when))
     status = 'breached' if age > limits['rpo_target_s'] else 'ok'
     detail = 'newest recoverable point %s ago (%s), RPO %s' % (

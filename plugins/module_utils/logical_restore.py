@@ -41,7 +41,8 @@ def validate_dbname(name, option='target_db'):
 
 def resolve_backup(repo, selector, database=None, s3=None):
     """Find the ``.meta`` for ``latest``, a backup name, or a path to a backup file."""
-    entries, _problems = repo.scan('full')
+    entries, problems = repo.scan('full')
+    damaged = [q for q in problems if q['problem'].startswith('unreadable .meta')]
     remote = []
     if s3 is not None:
         local_names = set(e['name'] for e in entries)
@@ -57,6 +58,7 @@ def resolve_backup(repo, selector, database=None, s3=None):
                                'first or give backup: <name|path>' % (
                                    repo.path('full'), ' or %s' % s3.uri('full/') if s3 else '',
                                    ' for database %s' % database if database else ''))
+        _refuse_past_damaged(damaged, complete[-1]['name'])
         return complete[-1]
     if os.sep in selector or selector.endswith(('.gz', '.zst', '.lz4', '.sql', '.dump', '.dir', '.age')):
         # A bare file name means a file of this repository, not of the current directory.
@@ -79,11 +81,32 @@ def resolve_backup(repo, selector, database=None, s3=None):
         return meta
     matches = [m for m in candidates if m.get('name') == selector]
     if not matches:
+        _refuse_past_damaged([q for q in damaged if _stem(q['path']) == selector], selector)
         raise RestoreError('no backup named %s in %s: list them with playbooks/list-backups.yml' % (
             selector, repo.root))
     if not repository.is_complete(matches[0]):
         raise RestoreError('backup %s is not complete (status %r)' % (selector, matches[0].get('status')))
     return matches[0]
+
+
+def _stem(path):
+    return os.path.basename(path)[:-len('.meta')]
+
+
+def _refuse_past_damaged(damaged, chosen):
+    """A damaged ``.meta`` as new as the chosen backup: never fall back to an older backup silently."""
+    stamp = re.compile(r'(\d{8}_\d{6})$')
+    chosen_at = stamp.search(chosen)
+    for problem in damaged:
+        if _stem(problem['path']) == chosen:
+            raise RestoreError('backup %s cannot be used: its .meta %s is damaged (%s); repair it (e.g. from the S3 '
+                               'copy) or choose another backup' % (chosen, problem['path'], problem['problem']))
+        at = stamp.search(_stem(problem['path']))
+        if at and chosen_at and at.group(1) < chosen_at.group(1):
+            continue
+        raise RestoreError('the .meta %s of a newer backup is damaged (%s): that backup is not trusted, and "latest" '
+                           'would silently go back to the older %s; repair or remove that .meta, or name the backup '
+                           '(backup: %s) to go back deliberately' % (problem['path'], problem['problem'], chosen, chosen))
 
 
 def verify_checksum(meta):

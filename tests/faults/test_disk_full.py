@@ -10,7 +10,6 @@ import errno
 import os
 import pwd
 
-from test_pg_backup_faults import tmpfs_at  # noqa: F401  (fixture)
 from test_pitr import archiving_cluster
 from test_walarchive_cluster import archiver, segments, switch_wal, wait_for
 from ansible_collections.modulo.pgbackup.plugins.module_utils import walarchive

@@ -176,30 +176,6 @@ def _task(ansible, conn_args, backup_root, db, secret, check=False, **extra):
     return res
 
 
-@pytest.fixture
-def tmpfs_at():
-    """Mount a small tmpfs on a directory (root only); always unmounted afterwards."""
-    mounted = []
-
-    def mount(path, size='2m'):
-        if not _is_root():
-            pytest.skip('mounting a tmpfs needs root')
-        os.makedirs(path, exist_ok=True)
-        proc = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=%s,mode=0700' % size, 'tmpfs', path],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        if proc.returncode:
-            pytest.skip('cannot mount a tmpfs here: %s' % proc.stdout.decode().strip())
-        mounted.append(path)
-
-    def remount(path, readonly):
-        subprocess.run(['mount', '-o', 'remount,%s' % ('ro' if readonly else 'rw'), path], check=True)
-
-    mount.remount = remount
-    yield mount
-    for path in reversed(mounted):
-        subprocess.run(['umount', '-l', path], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
 # -- the database side fails ----------------------------------------------
 
 @pytest.mark.parametrize('case', ['wrong_port', 'missing_database'])

@@ -2,7 +2,8 @@
 -- nothing else. Run by psql as a superuser (or a role with CREATEROLE and ADMIN on the granted roles).
 -- Every value comes from psql variables (-v) and the password from the environment (\getenv), so no
 -- value is ever pasted into SQL text and the password is in no process argument.
--- Variables: role, replication (on|off), monitor (on|off), update_password (always|on_create), check (0|1).
+-- Variables: role, replication (on|off), monitor (on|off), bypassrls (on|off), update_password (always|on_create),
+-- check (0|1).
 \set ON_ERROR_STOP on
 \getenv password DB_ROLES_PASSWORD
 \if :{?password}
@@ -15,6 +16,7 @@ SET log_min_duration_statement = -1;
 BEGIN;
 SELECT set_config('db_roles.role', :'role', true), set_config('db_roles.password', :'password', true),
        set_config('db_roles.replication', :'replication', true), set_config('db_roles.monitor', :'monitor', true),
+       set_config('db_roles.bypassrls', :'bypassrls', true),
        set_config('db_roles.update_password', :'update_password', true) \gset dummy_
 CREATE TEMP TABLE db_roles_changes (change text) ON COMMIT DROP;
 DO $do$
@@ -23,6 +25,7 @@ DECLARE
     pw text := current_setting('db_roles.password');
     want_repl boolean := current_setting('db_roles.replication')::boolean;
     want_monitor boolean := current_setting('db_roles.monitor')::boolean;
+    want_bypassrls boolean := current_setting('db_roles.bypassrls')::boolean;
     a pg_roles%ROWTYPE;
     wanted text[] := ARRAY['pg_read_all_data'];
     granted text;
@@ -32,8 +35,9 @@ BEGIN
     END IF;
     SELECT * INTO a FROM pg_roles WHERE rolname = r;
     IF NOT FOUND THEN
-        EXECUTE format('CREATE ROLE %I LOGIN INHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS %s',
-                       r, CASE WHEN want_repl THEN 'REPLICATION' ELSE 'NOREPLICATION' END);
+        EXECUTE format('CREATE ROLE %I LOGIN INHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE %s %s',
+                       r, CASE WHEN want_repl THEN 'REPLICATION' ELSE 'NOREPLICATION' END,
+                       CASE WHEN want_bypassrls THEN 'BYPASSRLS' ELSE 'NOBYPASSRLS' END);
         INSERT INTO db_roles_changes VALUES (format('created role %s', r));
         IF pw <> '' THEN
             EXECUTE format('ALTER ROLE %I PASSWORD %L', r, pw);
@@ -53,9 +57,9 @@ BEGIN
             EXECUTE format('ALTER ROLE %I NOCREATEROLE', r);
             INSERT INTO db_roles_changes VALUES ('removed CREATEROLE');
         END IF;
-        IF a.rolbypassrls THEN
-            EXECUTE format('ALTER ROLE %I NOBYPASSRLS', r);
-            INSERT INTO db_roles_changes VALUES ('removed BYPASSRLS');
+        IF a.rolbypassrls <> want_bypassrls THEN
+            EXECUTE format('ALTER ROLE %I %s', r, CASE WHEN want_bypassrls THEN 'BYPASSRLS' ELSE 'NOBYPASSRLS' END);
+            INSERT INTO db_roles_changes VALUES (CASE WHEN want_bypassrls THEN 'added' ELSE 'removed' END || ' BYPASSRLS');
         END IF;
         IF NOT a.rolcanlogin THEN
             EXECUTE format('ALTER ROLE %I LOGIN', r);

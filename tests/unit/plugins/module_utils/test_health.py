@@ -158,6 +158,19 @@ def test_recovery_point_exactly_at_the_rpo_is_not_breached():
                  'backup_age')['breached']
 
 
+def test_a_recovery_point_from_the_future_is_a_clock_problem_not_a_fresh_backup():
+    backups = daily(2)
+    finished = repository.parse_iso(backups[-1]['finished_at'])
+    # Within the tolerance between two hosts' clocks: fine.
+    assert check(health.evaluate(facts(backups), now=finished - datetime.timedelta(seconds=health.CLOCK_TOLERANCE_S)),
+                 'backup_age')['status'] == 'ok'
+    result = health.evaluate(facts(backups), now=finished - datetime.timedelta(hours=3))
+    age = check(result, 'backup_age')
+    assert age['breached'] and 'backup_age' in result['breached']
+    assert '3.0 h in the future' in age['detail'] and 'NTP' in age['advice']
+    assert age['value_s'] == -3 * 3600
+
+
 def test_no_backup_at_all():
     result = health.evaluate(facts([], runs=[]), now=NOW)
     assert result['ok'] is False and result['latest'] is None

@@ -171,3 +171,30 @@ def test_resolve_directory_format_by_path(repo):
     found = logical_restore.resolve_backup(repo, os.path.join(full, name + '.dir') + '/')
     assert found['name'] == name
     assert found['format'] == 'directory'
+
+
+def damage_meta(repo, name):
+    path = repo.path('full', name + '.meta')
+    with open(path, 'r+b') as handle:
+        handle.write(b'z')              # '{' -> 'z': the .meta is no longer JSON
+    return path
+
+
+def test_latest_never_falls_back_past_a_damaged_newer_meta(repo):
+    populate(repo)
+    path = damage_meta(repo, 'modulo_full_20261123_030000')
+    with pytest.raises(RestoreError) as info:
+        logical_restore.resolve_backup(repo, 'latest')
+    assert 'the .meta %s of a newer backup is damaged' % path in str(info.value)
+    assert 'backup: modulo_full_20261123_020000' in str(info.value)
+    # Named, the older backup is a deliberate choice; the damaged one says why it cannot be used.
+    assert logical_restore.resolve_backup(repo, 'modulo_full_20261123_020000')['name'] == 'modulo_full_20261123_020000'
+    with pytest.raises(RestoreError) as info:
+        logical_restore.resolve_backup(repo, 'modulo_full_20261123_030000')
+    assert 'its .meta %s is damaged' % path in str(info.value)
+
+
+def test_a_damaged_meta_older_than_latest_does_not_block_it(repo):
+    populate(repo)
+    damage_meta(repo, 'modulo_full_20261122_020000')
+    assert logical_restore.resolve_backup(repo, 'latest')['name'] == 'modulo_full_20261123_030000'
