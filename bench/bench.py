@@ -14,6 +14,8 @@ that same data, in the same run, so the ratios compare like with like:
 * WAL archiving: per-segment push cost over real segments (cp, the collection's archive
   command as wal_archive installs it, ``pgbackrest archive-push``) and the ``.ready``
   backlog under ``pgbench -c 4`` load;
+* emergency recovery end to end: ``playbooks/emergency-recovery.yml`` on the same database with
+  the test application writing orders (stop, PITR of the cluster to the newest point, verify, start);
 * peak RSS and CPU seconds of the processes each method runs.
 
 The collection is measured through its real code paths: its modules run in
