@@ -14,6 +14,8 @@ that same data, in the same run, so the ratios compare like with like:
 * WAL archiving: per-segment push cost over real segments (cp, the collection's archive
   command as wal_archive installs it, ``pgbackrest archive-push``) and the ``.ready``
   backlog under ``pgbench -c 4`` load;
+* emergency recovery end to end: ``playbooks/emergency-recovery.yml`` on the same database with
+  the test application writing orders (stop, PITR of the cluster to the newest point, verify, start);
 * peak RSS and CPU seconds of the processes each method runs.
 
 The collection is measured through its real code paths: its modules run in
@@ -45,7 +47,6 @@ import pgsandbox  # noqa: E402
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import walarchive  # noqa: E402
 
-EMERGENCY_PLAYBOOK = os.path.join(ROOT, 'playbooks', 'emergency-recovery.yml')
 STANZA = 'bench'
 MB = 1024.0 * 1024.0
 
@@ -213,6 +214,11 @@ def size_of(path):
         return sum(os.path.getsize(os.path.join(base, name))
                    for base, _dirs, files in os.walk(path) for name in files)
     return os.path.getsize(path)
+
+
+def utc_parse(text):
+    """An ISO time of the incident report or the application's journal ('Z' or an offset) as an aware datetime."""
+    return datetime.datetime.fromisoformat(text.replace('Z', '+00:00'))
 
 
 def utc_iso(ts):
@@ -663,26 +669,110 @@ class Bench(object):
             entry['rate_ratio'] = round(entry['segments_per_s'] / ref_rate, 2)
         shutil.rmtree(os.path.join(self.base, 'fetched'), ignore_errors=True)
 
+    def emergency_inventory(self, app):
+        """The bench's own inventory: its cluster as the database server, the test application as modulo_app."""
+        db_host = dict(self.cluster.connection_vars(), pgbackup_backup_root=self.repo, pgbackup_db='modulodb',
+                       ansible_connection='local', ansible_python_interpreter=sys.executable)
+        path = os.path.join(self.base, 'emergency-inventory.json')
+        with open(path, 'w') as handle:
+            json.dump({'all': {'children': {'postgres': {'hosts': {'localhost': db_host}},
+                                            'modulo_app': {'hosts': {'bench-app': app.host_vars()}}}}}, handle)
+        return path
+
     def emergency_recovery(self):
-        """End-to-end emergency recovery, measured only once playbooks/emergency-recovery.yml exists."""
-        if not os.path.exists(EMERGENCY_PLAYBOOK):
-            self.results['measurements']['emergency_recovery'] = {
-                'skipped': 'playbooks/emergency-recovery.yml does not exist yet'}
-            print('bench: emergency_recovery skipped (no playbook)', flush=True)
-            return
-        extra = self.cluster.connection_vars()
-        extra.update(pgbackup_backup_root=self.repo, pgbackup_db='modulodb', restore_source='latest',
-                     target_db='modulodb', confirm='modulodb')
-        with Sampler(self.server_pids) as sampler:
-            start = time.time()
-            proc = self.ansible.playbook('emergency-recovery.yml', extra_vars=extra)
-            elapsed = time.time() - start
-        rows = None
-        if proc.returncode == 0:
-            rows = int(self.psql('SELECT count(*) FROM pgbench_accounts', db='modulodb'))
-        self.record('emergency_recovery', method='playbooks/emergency-recovery.yml end to end',
-                    time_s=round(elapsed, 2), ok=proc.returncode == 0, rows_ok=rows == self.scale * 100000,
-                    target_s=60, output_tail=proc.stdout[-2000:] if proc.returncode else '', **sampler.summary())
+        """playbooks/emergency-recovery.yml end to end on the bench's database, the test application writing.
+
+        The incident: the cluster has to be rebuilt from the backups up to the newest point (a lost or
+        damaged data directory), so restore_source=pitr pitr_mode=cluster target=latest, from a base backup
+        taken once the application's tables exist and the WAL the application wrote since. The playbook
+        stops the application, restores, verifies and starts it; the orders it had committed must all be
+        back, and it must write again.
+        """
+        from conftest import SCHEMA_SQL, ModuloApp
+        db = 'modulodb'
+        self.cluster.psql_file(SCHEMA_SQL, db=db)
+        seed_orders = int(self.psql('SELECT count(*) FROM orders', db=db))
+        app_dir = os.path.join(self.base, 'app')
+        os.makedirs(app_dir)
+        app = ModuloApp(app_dir, self.cluster, db)
+        try:
+            app.start()
+            app.wait_for_orders(5)
+            self.wait_archived()
+            base, _elapsed, _mem = self.task('pg_backup', self.conn_args(type='physical'))
+            base = base['backup']['meta']
+            # WAL written by the application after the base backup: the recovery replays it.
+            app.wait_for_orders(20, after=base['finished_at'])
+            timeline = self.timeline()
+            incident_id = 'bench_%s' % datetime.datetime.now(datetime.timezone.utc).strftime('%Y%m%d_%H%M%S')
+            extra = {'restore_source': 'pitr', 'pitr_mode': 'cluster', 'target': 'latest',
+                     'confirm': self.cluster.pgdata, 'incident_id': incident_id}
+            with Sampler(self.server_pids) as sampler:
+                start = time.time()
+                proc = self.ansible.playbook('emergency-recovery.yml', extra_vars=extra,
+                                             inventory=self.emergency_inventory(app))
+                elapsed = time.time() - start
+            values = {'method': 'playbooks/emergency-recovery.yml restore_source=pitr pitr_mode=cluster target=latest '
+                                '(stop the application, recover, verify, start)',
+                      'time_s': round(elapsed, 2), 'ok': proc.returncode == 0, 'target_s': 60,
+                      'base_backup': base['name']}
+            values.update(self.emergency_outcome(app, incident_id, seed_orders))
+            # A recovery that really ran: the server is on a new timeline, the replaced directory kept aside.
+            values.update(timeline_before=timeline, timeline_after=self.timeline())
+            values['ok'] = values['ok'] and (values['timeline_after'] or 0) > timeline and \
+                os.path.isdir(values.get('old_pgdata') or '')
+            if not values['ok']:
+                values['output_tail'] = proc.stdout[-3000:]
+            values.update(sampler.summary())
+            self.record('emergency_recovery', **values)
+        finally:
+            app.stop()
+
+    def timeline(self):
+        """The timeline the server writes WAL on now (None when it does not answer)."""
+        try:
+            return int(self.psql('SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)'), 16)
+        except (RuntimeError, ValueError):
+            return None
+
+    def emergency_outcome(self, app, incident_id, seed_orders):
+        """What the recovery left: the incident report's timings, the rows, the application writing again."""
+        try:
+            with open(os.path.join(self.repo, 'logs', 'incident_%s.json' % incident_id)) as handle:
+                report = json.load(handle)
+        except (OSError, ValueError):
+            return {'ok': False, 'rows_ok': False, 'app_writes_again': False, 'error': 'no incident report'}
+        steps = dict(((s['step'], (s.get('details') or {}).get('part')), s) for s in report['steps'])
+        found = {'incident_status': report['status'], 'outage_s': (report.get('rto') or {}).get('measured_s'),
+                 'recovered_to': report.get('recovered_to'),
+                 'step_s': dict(('%s%s' % (step, ' (%s)' % part if part else ''), s['duration_s'])
+                                for (step, part), s in steps.items())}
+        found['old_pgdata'] = (steps.get(('restore', None), {}).get('details') or {}).get('old_pgdata')
+        stop, start = steps.get(('stop', 'application')), steps.get(('start', None))
+        if report['status'] != 'recovered' or not stop or not start:
+            found.update(ok=False, rows_ok=False, app_writes_again=False)
+            return found
+        stopped, restarted = utc_parse(stop['finished_at']), utc_parse(start['started_at'])
+        # The application committed these before it was stopped: target=latest must bring back every one.
+        committed = [o for o in app.journal() if utc_parse(o['created_at']) < restarted]
+        during = [o for o in committed if utc_parse(o['created_at']) > stopped]
+        before = "created_at < '%s'" % restarted.isoformat()
+        accounts = int(self.psql('SELECT count(*) FROM pgbench_accounts', db='modulodb'))
+        orders, last_id = self.psql('SELECT count(*), max(id) FROM orders WHERE %s' % before, db='modulodb').split('|')
+        expected = seed_orders + len(committed)
+        try:
+            after = app.wait_for_orders(3, after=start['started_at'], timeout=30)
+            written_after = int(self.psql("SELECT count(*) FROM orders WHERE id IN (%s)"
+                                          % ', '.join(str(o['id']) for o in after), db='modulodb'))
+        except AssertionError:
+            after, written_after = [], 0
+        found.update(pgbench_accounts=accounts, orders_recovered=int(orders), orders_expected=expected,
+                     orders_written_before_stop=len(committed), orders_written_during_outage=len(during),
+                     app_orders_after_restart=written_after,
+                     rows_ok=accounts == self.scale * 100000 and int(orders) == expected and not during
+                     and bool(committed) and int(last_id) == committed[-1]['id'],
+                     app_writes_again=written_after >= 3 and written_after == len(after))
+        return found
 
     # -- the run ------------------------------------------------------------------------------------
     def run(self):
@@ -800,6 +890,18 @@ def markdown(results):
         for key, entry in load:
             lines.append('| %s | %s | %s | %s | %s |' % (key, entry['segments_archived'], entry['ready_backlog_peak'],
                                                          entry['ready_backlog_at_end'], entry['failures']))
+    emergency = results['measurements'].get('emergency_recovery') or {}
+    if 'ok' in emergency:
+        lines += ['', 'Emergency recovery: %s; outage %s s (incident report, application stopped to started), '
+                  'steps %s; pgbench_accounts %s rows; orders %s of %s expected (the %s the application committed before '
+                  'the stop included), %s written during the outage; the application wrote %s orders again after '
+                  'the restart.' % (
+                      'recovered' if emergency['ok'] else 'FAILED', _fmt(emergency.get('outage_s')),
+                      ', '.join('%s %s s' % kv for kv in (emergency.get('step_s') or {}).items()) or '-',
+                      emergency.get('pgbench_accounts'), emergency.get('orders_recovered'),
+                      emergency.get('orders_expected'), emergency.get('orders_written_before_stop'),
+                      emergency.get('orders_written_during_outage'),
+                      emergency.get('app_orders_after_restart'))]
     lines += ['', '| target | value | met |', '|---|---:|---|']
     for verdict in results.get('targets', []):
         met = {True: 'yes', False: 'NO', None: 'not measured'}[verdict['met']]
@@ -828,7 +930,7 @@ REQUIRED = ('logical_backup.pg_dump_gzip', 'logical_backup.pg_backup_default', '
             'physical_restore.pgbackrest', 'physical_restore.backup_restore', 'pitr.pgbackrest',
             'pitr.backup_restore', 'archive_push.cp', 'archive_push.project', 'archive_push.pgbackrest',
             'archive_fetch.cp', 'archive_fetch.project', 'archive_fetch.pgbackrest',
-            'archive_load.project', 'archive_load.pgbackrest')
+            'archive_load.project', 'archive_load.pgbackrest', 'emergency_recovery')
 
 
 def check(json_path):
@@ -855,6 +957,17 @@ def check(json_path):
             problems.append('%s has no peak RSS' % key)
         if key.startswith('archive_load.') and (entry.get('segments_archived') or 0) < 1:
             problems.append('%s archived no segment' % key)
+    emergency = measurements.get('emergency_recovery') or {}
+    if 'skipped' in emergency:
+        problems.append('emergency_recovery was skipped: %s' % emergency['skipped'])
+    elif emergency:
+        for field, what in (('ok', 'the playbook did not recover (ok is not true)'),
+                            ('rows_ok', 'the data after the recovery is not pgbench_accounts and every committed order'),
+                            ('app_writes_again', 'the application does not write again after the recovery')):
+            if emergency.get(field) is not True:
+                problems.append('emergency_recovery: %s' % what)
+        if not (emergency.get('peak_rss_mb') or 0) > 0:
+            problems.append('emergency_recovery has no peak RSS')
     if measurements.get('pitr.backup_restore', {}).get('rows_match_pgbackrest') is False:
         problems.append('the two PITRs to the same time recovered different pgbench_history rows')
     md_path = json_path[:-len('.json')] + '.md'

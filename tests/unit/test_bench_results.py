@@ -37,6 +37,11 @@ def complete_results():
                      'failures': 0}
         measurements[key] = entry
     measurements['pitr.backup_restore']['rows_match_pgbackrest'] = True
+    measurements['emergency_recovery'].update(ok=True, rows_ok=True, app_writes_again=True, outage_s=20.5,
+                                              step_s={'restore': 9.1}, pgbench_accounts=500000,
+                                              orders_recovered=3040, orders_expected=3040,
+                                              orders_written_before_stop=40, orders_written_during_outage=0,
+                                              app_orders_after_restart=3)
     return {'scale': 5, 'started_at': '2026-11-26T05:00:00.000+00:00', 'host': {'cpus': 2},
             'database': {'size_bytes': 80 * 1024 * 1024}, 'measurements': measurements}
 
@@ -46,6 +51,7 @@ def test_complete_results_pass_the_check(tmp_path):
     assert bench.check(json_path) == []
     text = open(md_path).read()
     assert '| m \\| n |' in text  # a pipe in a method is escaped, the table keeps its columns
+    assert 'Emergency recovery: recovered; outage 20.50 s' in text and 'orders 3040 of 3040 expected (the 40 ' in text
     assert json.load(open(json_path))['targets']
 
 
@@ -61,7 +67,15 @@ def test_complete_results_pass_the_check(tmp_path):
     (lambda r: r['measurements']['pitr.backup_restore'].update(rows_match_pgbackrest=False),
      'different pgbench_history rows'),
     (lambda r: r['measurements']['physical_restore.backup_restore'].pop('peak_rss_mb'), 'has no peak RSS'),
-], ids=['missing', 'no-time', 'no-size', 'rows', 'no-segment', 'pitr-mismatch', 'no-rss'])
+    (lambda r: r['measurements'].update(emergency_recovery={'skipped': 'no playbook'}),
+     'emergency_recovery was skipped'),
+    (lambda r: r['measurements']['emergency_recovery'].update(ok=False), 'emergency_recovery: the playbook did not'),
+    (lambda r: r['measurements']['emergency_recovery'].pop('rows_ok'), 'emergency_recovery: the data after'),
+    (lambda r: r['measurements']['emergency_recovery'].update(app_writes_again=False),
+     'the application does not write again'),
+    (lambda r: r['measurements']['emergency_recovery'].pop('peak_rss_mb'), 'emergency_recovery has no peak RSS'),
+], ids=['missing', 'no-time', 'no-size', 'rows', 'no-segment', 'pitr-mismatch', 'no-rss', 'emergency-skipped',
+        'emergency-failed', 'emergency-rows-unchecked', 'emergency-app-silent', 'emergency-no-rss'])
 def test_check_names_what_is_missing_or_wrong(tmp_path, damage, expected):
     results = copy.deepcopy(complete_results())
     damage(results)
@@ -80,7 +94,10 @@ def test_targets_are_judged_in_their_direction():
     results = complete_results()
     results['measurements']['archive_push.project']['rate_ratio'] = 1.3
     results['measurements']['physical_backup.pg_backup']['time_ratio'] = 1.3
+    results['measurements']['emergency_recovery']['time_s'] = 75.0
+    results['measurements'].pop('pitr.backup_restore')
     verdicts = dict(((v['measurement'], v['field']), v['met']) for v in bench.evaluate_targets(results))
     assert verdicts[('archive_push.project', 'rate_ratio')] is True
     assert verdicts[('physical_backup.pg_backup', 'time_ratio')] is False
-    assert verdicts[('emergency_recovery', 'time_s')] is None
+    assert verdicts[('emergency_recovery', 'time_s')] is False
+    assert verdicts[('pitr.backup_restore', 'time_ratio')] is None
