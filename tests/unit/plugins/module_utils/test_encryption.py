@@ -8,7 +8,7 @@ import pytest
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import compression, encryption, pipeline, walarchive
 
-from test_walarchive import make_segment, sha, temp_files
+from ansible_collections.modulo.pgbackup.tests.unit.plugins.module_utils.test_walarchive import make_segment, sha, temp_files
 
 pytestmark = pytest.mark.skipif(not os.path.exists('/usr/bin/age'), reason='the age package is not installed')
 

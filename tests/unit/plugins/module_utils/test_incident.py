@@ -10,7 +10,7 @@ import pytest
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import catalog, incident, walarchive
 
-from fakerepo import make_meta
+from ansible_collections.modulo.pgbackup.tests.unit.plugins.module_utils.fakerepo import make_meta
 
 UTC = datetime.timezone.utc
 
