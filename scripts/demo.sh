@@ -25,7 +25,7 @@ fi
 export PGBACKUP_SANDBOX=$SANDBOX
 start=$(date +%s)
 
-echo "== 1/10 sandbox PostgreSQL 15 cluster in $SANDBOX"
+echo "== 1/11 sandbox PostgreSQL 15 cluster in $SANDBOX"
 info=$("$PY" tools/pgsandbox.py start "$SANDBOX" --port "${PGBACKUP_PORT:-54329}")
 PGBACKUP_PORT=$("$PY" -c 'import json,sys; print(json.loads(sys.argv[1])["port"])' "$info")
 export PGBACKUP_PORT
@@ -43,27 +43,27 @@ if [ "$(id -u)" = 0 ] && [ ! -d "$SANDBOX/backups" ]; then
   install -d -m 0700 -o postgres -g postgres "$SANDBOX/backups"
 fi
 
-echo "== 2/10 nightly backup (playbooks/nightly-backup.yml)"
+echo "== 2/11 nightly backup (playbooks/nightly-backup.yml)"
 ansible-playbook playbooks/nightly-backup.yml
 
-echo "== 3/10 list backups (playbooks/list-backups.yml)"
+echo "== 3/11 list backups (playbooks/list-backups.yml)"
 ansible-playbook playbooks/list-backups.yml
 
-echo "== 4/10 restore the latest backup into modulodb_test (playbooks/restore.yml)"
+echo "== 4/11 restore the latest backup into modulodb_test (playbooks/restore.yml)"
 # modulodb_test is the demo's own staging copy: replacing it on a re-run is intended.
 ansible-playbook playbooks/restore.yml -e target_db=modulodb_test -e confirm=modulodb_test -e keep_old=false
 
-echo "== 5/10 summary of backup and restore"
+echo "== 5/11 summary of backup and restore"
 "$PY" scripts/demo_summary.py "$SANDBOX/backups" modulodb modulodb_test
 
-echo "== 6/10 monthly restore drill on the latest backup (playbooks/restore-drill.yml)"
+echo "== 6/11 monthly restore drill on the latest backup (playbooks/restore-drill.yml)"
 ansible-playbook playbooks/restore-drill.yml
 
-echo "== 7/10 point-in-time recovery: WAL archiving (playbooks/configure-pitr.yml) and a base backup"
+echo "== 7/11 point-in-time recovery: WAL archiving (playbooks/configure-pitr.yml) and a base backup"
 ansible-playbook playbooks/configure-pitr.yml
 ansible-playbook playbooks/nightly-backup.yml
 
-echo "== 8/10 today's orders arrive after the backup, then are deleted by mistake"
+echo "== 8/11 today's orders arrive after the backup, then are deleted by mistake"
 psql_q() { "$BIN/psql" -XAtq -v ON_ERROR_STOP=1 -d modulodb -c "$1"; }
 psql_q "SET client_min_messages = warning; CREATE TABLE IF NOT EXISTS todays_orders (id serial PRIMARY KEY, customer_id bigint, note text,
         created_at timestamptz DEFAULT clock_timestamp())"
@@ -81,14 +81,14 @@ for _ in $(seq 1 100); do
   sleep 0.2
 done
 
-echo "== 9/10 recover modulodb as it was at $just_before UTC into modulodb_recovered (playbooks/pitr.yml)"
+echo "== 9/11 recover modulodb as it was at $just_before UTC into modulodb_recovered (playbooks/pitr.yml)"
 ansible-playbook playbooks/pitr.yml -e target_time="$just_before" -e target_db=modulodb_recovered \
   -e confirm=modulodb_recovered -e keep_old=false
 recovered=$("$BIN/psql" -XAtq -d modulodb_recovered -c "SELECT count(*) FROM todays_orders")
 echo "   todays_orders: modulodb has $(psql_q 'SELECT count(*) FROM todays_orders') rows, modulodb_recovered has $recovered"
 [ "$recovered" = 500 ] || { echo "   PITR did not bring back the 500 deleted orders" >&2; exit 1; }
 echo "   the deleted orders are back, recovered from the WAL archive"
-echo "== 10/10 disaster recovery simulation with the application writing (playbooks/dr-simulation.yml)"
+echo "== 10/11 disaster recovery simulation with the application writing (playbooks/dr-simulation.yml)"
 APP="$PY tests/modulo_app.py"
 $APP stop --pidfile "$SANDBOX/app/modulo-app.pid" >/dev/null
 PGBACKUP_APP_PORT=$("$PY" -c 'import sys; sys.path.insert(0, "tools"); import pgsandbox; print(pgsandbox.free_port())')
@@ -107,4 +107,13 @@ lessons=$(find "$SANDBOX/backups/logs" -name 'dr_simulation_*.md' | sort | tail 
 grep -E '^\| (Failure|Recovery|Recovered|RTO|Outage|Data lost|Application) ' "$lessons" | sed 's/^| /   /; s/ |$//; s/ | /: /'
 echo "   emergency recovery output: $SANDBOX/dr-simulation.log; lessons-learned template: $lessons"
 $APP stop --pidfile "$SANDBOX/app/modulo-app.pid" >/dev/null
+
+echo "== 11/11 backup health checks (playbooks/health-check.yml; Prometheus textfile in $SANDBOX/modulo_pgbackup.prom)"
+if ! ansible-playbook playbooks/health-check.yml -e pgbackup_health_textfile="$SANDBOX/modulo_pgbackup.prom" \
+    > "$SANDBOX/health-check.log" 2>&1; then
+  tail -40 "$SANDBOX/health-check.log" >&2
+  echo "   a health check failed: full output in $SANDBOX/health-check.log" >&2
+  exit 1
+fi
+sed -n '/backup health of/,/wal_chain/p' "$SANDBOX/health-check.log" | sed 's/^ */   /'
 echo "   demo took $(( $(date +%s) - start )) s; remove the sandbox with: make demo-clean"
