@@ -116,15 +116,16 @@ def check_chain(entries, base_wal_start, read_history, seg_size=walarchive.WAL_S
         tli = reading_timeline(segno, starts)
         if (tli, segno) not in segments:
             missing.append((tli, segno))
-    per_id = 0x100000000 // seg_size
-    names = ['%08X%08X%08X' % (tli, n // per_id, n % per_id) for tli, n in missing]
-    result.update(segments=last - first + 1, missing_count=len(names), missing=names[:MAX_LISTED],
-                  to='%08X%08X%08X' % (reading_timeline(last, starts), last // per_id, last % per_id))
+
+    def name(segno, tli=None):
+        tli = reading_timeline(segno, starts) if tli is None else tli
+        return walarchive.segment_name(tli, segno * seg_size, seg_size)
+
+    names = [name(n, tli) for tli, n in missing]
+    result.update(segments=last - first + 1, missing_count=len(names), missing=names[:MAX_LISTED], to=name(last))
     # The last segment recovery can replay before the first gap: the end of the usable PITR window.
     if missing and missing[0][1] > first:
-        gap_tli, gap_seg = missing[0][0], missing[0][1] - 1
-        gap_tli = reading_timeline(gap_seg, starts)
-        result['reachable'] = '%08X%08X%08X' % (gap_tli, gap_seg // per_id, gap_seg % per_id)
+        result['reachable'] = name(missing[0][1] - 1)
     elif not missing:
         result['reachable'] = result['to']
     if names:

@@ -324,6 +324,7 @@ def point_in_time(module, p, log, result):
         module.exit_json(**result)
 
     started = time.time()
+    keys = encryption.Keys.from_params(p)
     try:
         repo.ensure()
         if base.get('location') == 's3':
@@ -335,8 +336,7 @@ def point_in_time(module, p, log, result):
                                                 port=p['scratch_port'])
                 try:
                     reached = recovery.recover(base, repo.root, target_settings, s3_settings=s3_settings,
-                                               timeout_s=p['recovery_timeout'], log=log,
-                                               keys=encryption.Keys.from_params(p))
+                                               timeout_s=p['recovery_timeout'], log=log, keys=keys)
                     reached['last_replayed_transaction'] = recovery.query(
                         'SELECT pg_last_xact_replay_timestamp()')[0][0]
                     outcome = pitr.copy_database(recovery, p['db'] or 'modulodb', conn, p['target_db'],
@@ -348,7 +348,7 @@ def point_in_time(module, p, log, result):
             aside, workdir = pitr.replace_cluster(base, repo.root, p['pgdata'], Connection.from_params(p).bindir,
                                                   target_settings, p['pg_os_user'], stop, start,
                                                   s3_settings=s3_settings, timeout_s=p['recovery_timeout'], log=log,
-                                                  keys=encryption.Keys.from_params(p))
+                                                  keys=keys)
             result['old_pgdata'] = aside
             try:
                 start()
