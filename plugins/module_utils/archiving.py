@@ -25,20 +25,17 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import errno
-import inspect
 import json
 import os
 import shlex
 import subprocess
 import time
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import encryption, walarchive
+from ansible_collections.modulo.pgbackup.plugins.module_utils import encryption, walarchive, walcommand
 from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import PgError, psql_query, quote_literal
 
 DEFAULT_COMMAND_PATH = '/usr/local/lib/modulo-pgbackup/pgbackup-wal'
-SYSTEM_PYTHON = '/usr/bin/python3'
-SHEBANG = '#!%s\n' % SYSTEM_PYTHON
-COMMAND_MODE = 0o755
+SYSTEM_PYTHON = walcommand.SYSTEM_PYTHON
 CONFIG_MODE = 0o644
 PARENT_MODE = 0o755
 REPO_DIR_MODE = 0o700
@@ -82,18 +79,6 @@ def commands(command_path, config_path):
     config = command_arg(config_path)
     return ('%s push --config %s %%p %%f' % (prefix, config),
             '%s fetch --config %s %%f %%p' % (prefix, config))
-
-
-def command_source():
-    """walarchive.py's source as an executable script (bytes).
-
-    The installed command is the very code the collection tests and imports,
-    so the host runs what this version of the collection ships, nothing else.
-    """
-    source = inspect.getsource(walarchive)
-    if source.startswith('#!'):
-        source = source.split('\n', 1)[1]
-    return (SHEBANG + source).encode('utf-8')
 
 
 def config_document(repo, compression='auto', level=None, s3=None, encryption=None):
@@ -648,6 +633,13 @@ def verify_archiving(conn, repo, store=None, timeout=60, log=None, sleep=time.sl
         sleep(0.5)
 
 
+def _bytecode(command_path, write, log=None):
+    try:
+        return walcommand.bytecode(command_path, write=write, log=log)
+    except walcommand.WalCommandError as exc:
+        raise ArchivingError(str(exc))
+
+
 def check_system_python(need_boto3, log=None):
     """The archive command runs with /usr/bin/python3: it must exist, and import boto3 when S3 is used."""
     if not os.access(SYSTEM_PYTHON, os.X_OK):
@@ -701,7 +693,7 @@ def run(conn, params, result, s3=None, check_mode=False, log=None, warn=None):
     current = read_settings(conn, log=log)
     present = params['state'] == 'present'
 
-    file_plans, repo_plan, seed = [], [], False
+    file_plans, repo_plan, seed, stale_bytecode = [], [], False, False
     owner = None
     if present:
         check_compression(params['compression'], params['compression_level'])
@@ -724,11 +716,15 @@ def run(conn, params, result, s3=None, check_mode=False, log=None, warn=None):
                  % (current_user(), params['pg_os_user'], current_user()))
         doc = config_document(repo, params['compression'], params['compression_level'], s3,
                               wal_encryption(params))
-        for path, content, mode in ((command_path, command_source(), COMMAND_MODE),
-                                    (config_path, render_config(doc), CONFIG_MODE)):
+        # The installed command is the very code the collection tests and imports (walcommand).
+        for path, content, mode in walcommand.files(command_path) + [(config_path, render_config(doc), CONFIG_MODE)]:
             action = plan_file(path, content, mode)
             if action:
                 file_plans.append((path, content, mode, action))
+        # A new or changed library is compiled once written; otherwise: is its bytecode current?
+        library = walcommand.library_path(command_path)
+        stale_bytecode = any(plan[0] == library for plan in file_plans) or \
+            bool(_bytecode(command_path, write=False, log=log))
         repo_plan = plan_repository(repo, owner)
         seed = not os.path.isdir(walarchive.wal_dir(repo)) or archive_owner(repo, sysid) == 'absent'
         store = walarchive.s3_archive(s3) if s3 else None
@@ -748,7 +744,8 @@ def run(conn, params, result, s3=None, check_mode=False, log=None, warn=None):
     for message in plan['warnings']:
         warn(message)
 
-    result['files_changed'] = [p[0] for p in file_plans] + [a['path'] for a in repo_plan] + \
+    result['files_changed'] = [p[0] for p in file_plans] + \
+        ([walcommand.bytecode_dir(command_path)] if stale_bytecode else []) + [a['path'] for a in repo_plan] + \
         ([os.path.join(walarchive.wal_dir(repo), walarchive.INFO_FILE)] if seed else [])
     result['settings_changed'] = plan['changed']
     result['restart_required'] = plan['restart_required']
@@ -759,6 +756,8 @@ def run(conn, params, result, s3=None, check_mode=False, log=None, warn=None):
         # Files first: archive_command must never name a command, config or wal/ that is not there yet.
         for path, content, mode, _action in file_plans:
             write_file(path, content, mode)
+        if stale_bytecode:
+            _bytecode(command_path, write=True, log=log)
         apply_repository(repo_plan)
         if seed:
             seed_archive_info(repo, sysid, seg_size, owner)

@@ -12,7 +12,6 @@ restored copy can never write into the production archive.
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
-import inspect
 import json
 import os
 import pwd
@@ -23,7 +22,7 @@ import subprocess
 import tempfile
 import time
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import compression, encryption, fsutil, pipeline, walarchive
+from ansible_collections.modulo.pgbackup.plugins.module_utils import compression, encryption, fsutil, pipeline, walcommand
 from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import Connection, psql_query
 
 
@@ -53,10 +52,7 @@ def install_wal_command(workdir, repo_root, s3_settings=None, os_user=None, keys
 
     With ``keys``, the fetch decrypts with the same identities (readable by the server's OS user).
     """
-    script = os.path.join(workdir, 'pgbackup-wal')
-    source = inspect.getsource(walarchive)
-    fsutil.write_atomic(script, '#!/usr/bin/python3\n' + source, mode=0o755, overwrite=True)
-    os.chmod(script, 0o755)
+    script = walcommand.install(os.path.join(workdir, 'pgbackup-wal'))
     config = {'repo': repo_root}
     if s3_settings:
         config.update({'s3_bucket': s3_settings['bucket'], 's3_prefix': s3_settings.get('prefix'),
@@ -68,7 +64,7 @@ def install_wal_command(workdir, repo_root, s3_settings=None, os_user=None, keys
     config_path = os.path.join(workdir, 'pgbackup-wal.json')
     fsutil.write_json_atomic(config_path, config, overwrite=True)
     os.chmod(config_path, 0o644)
-    return "/usr/bin/python3 %s fetch --config %s %%f %%p" % (script, config_path)
+    return "%s %s fetch --config %s %%f %%p" % (walcommand.SYSTEM_PYTHON, script, config_path)
 
 
 def extract_base(base_dir, pgdata, os_user=None, log=None, keys=None):

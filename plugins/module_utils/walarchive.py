@@ -70,10 +70,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import argparse
-import calendar
 import errno
-import gzip
-import hashlib
 import json
 import os
 import re
@@ -421,19 +418,35 @@ def _zstd_or_fail():
     return program
 
 
-def _compress_into(src, fd, codec, level, encryption=None):
+def _sha256():
+    # hashlib (OpenSSL) and gzip are imported where they are used: PostgreSQL starts this command
+    # once per segment, every import is paid again each time, and a first push to a local archive
+    # needs neither.
+    import hashlib
+    return hashlib.sha256()
+
+
+def _gzip():
+    import gzip
+    return gzip
+
+
+def _compress_into(src, fd, codec, level, encryption=None, digest=True):
     """Stream ``src`` (an open binary file) into ``fd``; returns (sha256 of raw bytes, raw size).
+
+    With ``digest=False`` the sha256 is None when the compressor reads the file itself (size too):
+    it is needed only to compare with an existing copy or to record in S3.
 
     With ``encryption`` ({'recipient': 'age1...'}), the compressed stream goes through ``age`` on its
     way to ``fd``: nothing unencrypted is written.
     """
     if not encryption:
-        return _compress_plain(src, fd, codec, level)
+        return _compress_plain(src, fd, codec, level, digest)
     with tempfile.TemporaryFile() as errors:
         proc = subprocess.Popen([_age_or_fail(), '--encrypt', '--recipient', encryption['recipient']],
                                 stdin=subprocess.PIPE, stdout=fd, stderr=errors)
         try:
-            result = _compress_plain(src, proc.stdin.fileno(), codec, level)
+            result = _compress_plain(src, proc.stdin.fileno(), codec, level, digest)
         except BaseException:
             proc.kill()
             proc.wait()
@@ -451,13 +464,16 @@ def _compress_into(src, fd, codec, level, encryption=None):
     return result
 
 
-def _compress_plain(src, fd, codec, level):
-    digest = hashlib.sha256()
+def _compress_plain(src, fd, codec, level, digest=True):
+    hasher = _sha256() if digest else None
     size = [0]
+    consumed = [False]
 
     def feed(write):
+        consumed[0] = True
         for chunk in iter(lambda: src.read(_CHUNK), b''):
-            digest.update(chunk)
+            if hasher:
+                hasher.update(chunk)
             size[0] += len(chunk)
             write(chunk)
 
@@ -466,8 +482,8 @@ def _compress_plain(src, fd, codec, level):
         if level > 19:
             argv.insert(1, '--ultra')
         # A segment PostgreSQL hands to archive_command does not change until it is archived, so
-        # zstd reads the file itself while we hash it: two cores instead of one, and no copy of
-        # every byte through a pipe (half of the cost of a push).
+        # zstd reads the file itself (while we hash it, when a hash is wanted): no copy of every
+        # byte through a pipe, which was half of the cost of a push.
         source_path = getattr(src, 'name', None)
         direct = isinstance(source_path, str) and os.path.isfile(source_path)
         if direct:
@@ -477,7 +493,8 @@ def _compress_plain(src, fd, codec, level):
                                     stdout=fd, stderr=errors)
             fed = False
             try:
-                feed((lambda chunk: None) if direct else proc.stdin.write)
+                if hasher or not direct:
+                    feed((lambda chunk: None) if direct else proc.stdin.write)
                 fed = True
             except BrokenPipeError:
                 fed = None  # zstd died: its exit status and stderr say why, below
@@ -497,16 +514,18 @@ def _compress_plain(src, fd, codec, level):
                 raise WalArchiveError('zstd failed (exit %d): %s' % (rc, errors.read().decode('utf-8', 'replace').strip()))
     elif codec == 'gzip':
         with os.fdopen(os.dup(fd), 'wb') as raw:
-            with gzip.GzipFile(filename='', mode='wb', compresslevel=level, fileobj=raw, mtime=0) as gz:
+            with _gzip().GzipFile(filename='', mode='wb', compresslevel=level, fileobj=raw, mtime=0) as gz:
                 feed(gz.write)
     else:
         feed(lambda chunk: _write_all(fd, chunk))
-    return digest.hexdigest(), size[0]
+    if not consumed[0]:
+        return None, None
+    return (hasher.hexdigest() if hasher else None), size[0]
 
 
 def _decompress_into(path_or_file, codec, fd, encryption=None, encrypted=False):
     """Write the raw bytes of a stored file into ``fd``; returns their sha256."""
-    digest = hashlib.sha256()
+    digest = _sha256()
 
     def emit(chunk):
         digest.update(chunk)
@@ -575,6 +594,7 @@ def _raw_chunks(path_or_file, codec):
     what = path_or_file if isinstance(path_or_file, str) else 'the S3 object'
     try:
         if codec == 'gzip':
+            gzip = _gzip()
             handle = gzip.open(path_or_file, 'rb') if isinstance(path_or_file, str) else gzip.GzipFile(fileobj=path_or_file, mode='rb')
         else:
             handle = open(path_or_file, 'rb') if isinstance(path_or_file, str) else path_or_file
@@ -590,7 +610,7 @@ def raw_sha256(path, encryption=None):
 
 
 def _file_sha256(path):
-    digest = hashlib.sha256()
+    digest = _sha256()
     with open(path, 'rb') as handle:
         for chunk in iter(lambda: handle.read(_CHUNK), b''):
             digest.update(chunk)
@@ -838,7 +858,7 @@ class S3Archive(object):
                 entries.append({'name': name, 'file': parts[1], 'date': parts[0], 'path': obj['Key'],
                                 'relpath': 'wal/%s/%s' % (parts[0], parts[1]), 'size': obj['Size'],
                                 'compression': codec_of(parts[1]), 'kind': kind,
-                                'mtime': calendar.timegm(obj['LastModified'].utctimetuple())})
+                                'mtime': int(obj['LastModified'].timestamp())})  # botocore: tz-aware UTC
             if not page.get('IsTruncated'):
                 break
             token = page.get('NextContinuationToken')
@@ -999,8 +1019,12 @@ def _compare_local(existing, name, new_sha, encryption=None):
     _fsync_dir(os.path.dirname(existing))
 
 
-def _push_local(path, name, repo, codec, level, now, encryption=None):
-    """Store the file under wal/<date>/; returns (status, final path, raw sha256)."""
+def _push_local(path, name, repo, codec, level, now, encryption=None, want_sha=True):
+    """Store the file under wal/<date>/; returns (status, final path, raw sha256).
+
+    With ``want_sha=False`` (no S3 mirror to record it in) a new segment is not hashed: the sha256
+    is None, and computed only if another copy turns up to compare with.
+    """
     existing = find_segment(repo, name)
     if existing:
         new_sha = _source_sha256(path)
@@ -1020,7 +1044,7 @@ def _push_local(path, name, repo, codec, level, now, encryption=None):
     try:
         try:
             with open(path, 'rb') as src:
-                new_sha, _size = _compress_into(src, fd, codec, level, encryption)
+                new_sha, _size = _compress_into(src, fd, codec, level, encryption, digest=want_sha)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -1031,6 +1055,7 @@ def _push_local(path, name, repo, codec, level, now, encryption=None):
                 raise
             # A concurrent push of the same name won the race: same rule as a duplicate.
             _remove_quietly(tmp)
+            new_sha = new_sha or _source_sha256(path)
             _compare_local(final, name, new_sha, encryption)
             return 'duplicate', final, new_sha
     except BaseException:
@@ -1058,7 +1083,7 @@ def _push_s3(s3, path, name, relpath, local_final, codec, level, raw_sha, encryp
         with open(path, 'rb') as src:
             raw_sha, _size = _compress_into(src, handle.fileno(), codec, level, encryption)
         handle.seek(0)
-        digest = hashlib.sha256()
+        digest = _sha256()
         for chunk in iter(lambda: handle.read(_CHUNK), b''):
             digest.update(chunk)
         size = handle.tell()
@@ -1106,7 +1131,7 @@ def push(path, name, repo=None, compression='auto', level=None, s3=None, s3_only
               's3_uri': None, 's3_status': None}
     raw_sha = None
     if local:
-        status, final, raw_sha = _push_local(path, name, repo, codec, level, now, encryption)
+        status, final, raw_sha = _push_local(path, name, repo, codec, level, now, encryption, want_sha=bool(store))
         result.update(status=status, path=final, relpath=os.path.relpath(final, repo).replace(os.sep, '/'))
     if store:
         relpath = result['relpath'] or 'wal/%s/%s' % (_utc_date(now), stored_name(name, codec, encryption))

@@ -94,6 +94,10 @@ options:
   command_path:
     description:
       - Where the archive command is installed (mode 0755; missing parent directories are created 0755).
+      - The command is a short launcher; its code is C(walarchive.py) in the directory O(command_path) with
+        C(.lib) appended, compiled at install time by C(/usr/bin/python3) into its C(__pycache__), because
+        PostgreSQL starts the command once per WAL segment and compiling it each time would cost more than
+        compressing the segment.
       - The server's OS user must be able to read it; it is run with C(/usr/bin/python3), never with the Python
         that runs Ansible, so it imports nothing from a virtualenv.
     type: path

@@ -17,7 +17,7 @@ import uuid
 
 import pytest
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import archiving, pgclient, walarchive
+from ansible_collections.modulo.pgbackup.plugins.module_utils import archiving, pgclient, walarchive, walcommand
 
 MODULE = 'modulo.pgbackup.wal_archive'
 
@@ -102,6 +102,10 @@ def test_configure_restart_verify_idempotent_then_absent(new_cluster, backup_roo
     assert any('ALTER SYSTEM SET archive_mode' in c for c in res['executed_commands'])
     assert os.stat(command_path).st_mode & 0o7777 == 0o755
     assert os.stat(config_path).st_mode & 0o7777 == 0o644
+    # The launcher's library, compiled by the system Python that runs it.
+    assert walcommand.library_path(command_path) in res['files_changed']
+    assert walcommand.bytecode_dir(command_path) in res['files_changed']
+    assert walcommand.bytecode(command_path, write=False) is None
     with open(command_path) as handle:
         assert handle.readline() == '#!/usr/bin/python3\n'
     with open(config_path) as handle:

@@ -38,20 +38,6 @@ def test_paths_survive_the_shell_and_the_percent_placeholders():
         archiving.commands('/opt/a\nb', '/etc/c.json')
 
 
-def test_command_source_is_walarchive_with_the_system_shebang(tmp_path):
-    source = archiving.command_source()
-    assert source.startswith(b'#!/usr/bin/python3\n# -*- coding: utf-8 -*-\n')
-    assert not any(line.startswith(b'#!') for line in source.splitlines()[1:]) and b'def main(' in source
-    path = tmp_path / 'pgbackup-wal'
-    path.write_bytes(source)
-    path.chmod(0o755)
-    # Runs with the system Python, from a neutral directory and environment: no virtualenv involved.
-    proc = subprocess.run([str(path), 'push', '--help'], cwd='/', env={'PATH': '/usr/bin:/bin'},
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, check=False)
-    assert proc.returncode == 0, proc.stderr
-    assert '--config' in proc.stdout
-
-
 def test_config_is_what_walarchive_reads(tmp_path):
     s3 = {'bucket': 'modulo-backups', 'prefix': 'database-backups/', 'region': 'eu-west-1',
           'endpoint_url': None, 'sse': True}
