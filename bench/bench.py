@@ -266,7 +266,7 @@ class Bench(object):
         """Run one of the collection's modules through ansible-playbook; time and sample it."""
         with Sampler(self.server_pids) as sampler:
             start = time.time()
-            result = self.ansible.task('modulo.pgbackup.%s' % module, args)
+            result = self.ansible.task('modulo.pgbackup.%s' % module, args, alone=True)
             elapsed = time.time() - start
         if result.get('failed'):
             raise RuntimeError('%s failed: %s\n%s' % (module, result.get('msg'), result.get('_output', '')[-3000:]))

@@ -165,19 +165,24 @@ class AnsibleRunner(object):
         env.update(extra or {})
         return env
 
-    def task(self, module, args, check=False, env=None):
-        """Run one module task on localhost and return its registered result."""
+    def task(self, module, args, check=False, env=None, alone=False):
+        """Run one module task on localhost and return its registered result.
+
+        ``alone``: the play holds only that task and a callback (tests/callback_plugins) saves its
+        result, the way the benchmark times a module: a second task to save the registered
+        result would add a module run of its own to the time measured.
+        """
         out = os.path.join(self.workdir, 'result-%s.json' % uuid.uuid4().hex)
-        play = [{
-            'hosts': 'localhost', 'gather_facts': False,
-            'vars': {'ansible_python_interpreter': sys.executable},
-            'tasks': [
-                {'name': 'module under test', module: args, 'register': 'result',
-                 'ignore_errors': True, 'check_mode': check},
-                {'name': 'save result', 'ansible.builtin.copy': {
-                    'content': '{{ result | to_json }}', 'dest': out, 'mode': '0600'},
-                 'check_mode': False},
-            ]}]
+        tasks = [{'name': 'module under test', module: args, 'register': 'result',
+                  'ignore_errors': True, 'check_mode': check}]
+        if alone:
+            env = dict(env or {}, MODULO_RESULT_FILE=out, ANSIBLE_CALLBACKS_ENABLED='result_file',
+                       ANSIBLE_CALLBACK_PLUGINS=os.path.join(ROOT, 'tests', 'callback_plugins'))
+        else:
+            tasks.append({'name': 'save result', 'ansible.builtin.copy': {
+                'content': '{{ result | to_json }}', 'dest': out, 'mode': '0600'}, 'check_mode': False})
+        play = [{'hosts': 'localhost', 'gather_facts': False,
+                 'vars': {'ansible_python_interpreter': sys.executable}, 'tasks': tasks}]
         path = os.path.join(self.workdir, 'play-%s.yml' % uuid.uuid4().hex)
         with open(path, 'w') as handle:
             json.dump(play, handle)
