@@ -16,6 +16,7 @@ __metaclass__ = type
 import json
 import os
 import re
+import subprocess
 import time
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import compression, encryption, fsutil, pipeline, repository, walarchive
@@ -89,7 +90,11 @@ def _watch_archiver(conn, limit_s):
                 raise PhysicalBackupError('WAL archiving failed for more than %d s during the base backup (%s): '
                                           'the backup was stopped and discarded; fix the archive and retry'
                                           % (limit_s, failing))
-            time.sleep(1.0)
+            try:
+                # Not sleep(): the backup's result waits for this loop, so it ends when pg_basebackup does.
+                procs[0].wait(timeout=1.0)
+            except subprocess.TimeoutExpired:
+                pass
     return watch
 
 

@@ -226,7 +226,7 @@ def wait_promoted(query, timeout_s, server):
             pass
         if not server.running():
             raise ScratchError('the restored server stopped during recovery: %s' % server.log_tail())
-        time.sleep(0.5)
+        time.sleep(0.2)
     raise ScratchError('recovery did not finish within %d s: %s' % (timeout_s, server.log_tail()))
 
 
