@@ -6,7 +6,6 @@ import os
 import pwd
 import shutil
 import stat
-import subprocess
 import tempfile
 
 import pytest
