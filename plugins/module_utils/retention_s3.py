@@ -16,7 +16,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import retention
-from ansible_collections.modulo.pgbackup.plugins.module_utils.s3store import BotoCoreError, ClientError, S3Error
+from ansible_collections.modulo.pgbackup.plugins.module_utils.s3store import S3Error, botocore_errors
 
 BATCH = 1000
 
@@ -24,7 +24,7 @@ BATCH = 1000
 def _s3_call(action, func):
     try:
         return func()
-    except (BotoCoreError, ClientError) as exc:
+    except botocore_errors() as exc:
         raise retention.RetentionError('S3 %s failed: %s' % (action, exc))
 
 

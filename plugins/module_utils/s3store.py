@@ -13,24 +13,43 @@ __metaclass__ = type
 
 import base64
 import binascii
+import importlib.util
 import json
 import os
 import time
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import fsutil
 
-try:
-    import boto3
-    from boto3.s3.transfer import TransferConfig
-    from botocore.config import Config
-    from botocore.exceptions import BotoCoreError, ClientError
-    # upload_file/download_file wrap ClientError in these (S3UploadFailedError,
-    # RetriesExceededError), which are not botocore exceptions.
-    from boto3.exceptions import Boto3Error
-    HAS_BOTO3 = True
-except ImportError:
-    HAS_BOTO3 = False
-    BotoCoreError = ClientError = Boto3Error = Exception
+# boto3 is imported by the first S3Store, not here: importing it takes a fifth of a second, every
+# module imports this file, and most runs never touch S3.
+HAS_BOTO3 = importlib.util.find_spec('boto3') is not None
+
+
+class _BotoNotLoaded(Exception):
+    """Stands for botocore's exception classes until boto3 is loaded; never raised."""
+
+
+_BOTO = {'BotoCoreError': _BotoNotLoaded, 'ClientError': _BotoNotLoaded, 'Boto3Error': _BotoNotLoaded}
+
+
+def _load_boto3():
+    if 'boto3' not in _BOTO:
+        import boto3
+        from boto3.s3.transfer import TransferConfig
+        from botocore.config import Config
+        from botocore.exceptions import BotoCoreError, ClientError
+        # upload_file/download_file wrap ClientError in these (S3UploadFailedError,
+        # RetriesExceededError), which are not botocore exceptions.
+        from boto3.exceptions import Boto3Error
+        _BOTO.update(boto3=boto3, TransferConfig=TransferConfig, Config=Config, BotoCoreError=BotoCoreError,
+                     ClientError=ClientError, Boto3Error=Boto3Error)
+    return _BOTO
+
+
+def botocore_errors():
+    """botocore's exception classes; placeholders that match nothing until boto3 is loaded."""
+    return (_BOTO['BotoCoreError'], _BOTO['ClientError'])
+
 
 DEFAULT_PREFIX = 'database-backups/'
 MULTIPART_THRESHOLD = 64 * 1024 * 1024
@@ -43,10 +62,10 @@ class S3Error(Exception):
 
 def _unwrap(exc):
     """The botocore error behind boto3's transfer wrappers, so its error code can be read."""
-    if isinstance(exc, (BotoCoreError, ClientError)):
+    if isinstance(exc, botocore_errors()):
         return exc
     for inner in (getattr(exc, 'last_exception', None), exc.__cause__, exc.__context__):
-        if isinstance(inner, (BotoCoreError, ClientError)):
+        if isinstance(inner, botocore_errors()):
             return inner
     return exc
 
@@ -61,14 +80,15 @@ class S3Store(object):
         if not HAS_BOTO3:
             raise S3Error('boto3 is required for S3 (s3_bucket is set): install python3-boto3 '
                           '(Debian) or pip install boto3 for the Python that runs the module')
+        boto = _load_boto3()
         self.bucket = bucket
         self.prefix = normalize_prefix(prefix)
         self.sse = sse
-        config = Config(retries={'mode': 'standard', 'max_attempts': 5},
+        config = boto['Config'](retries={'mode': 'standard', 'max_attempts': 5},
                         connect_timeout=10, read_timeout=60)
-        self.client = boto3.client('s3', region_name=region or 'us-east-1',
+        self.client = boto['boto3'].client('s3', region_name=region or 'us-east-1',
                                    endpoint_url=endpoint_url or None, config=config)
-        self.transfer = TransferConfig(multipart_threshold=MULTIPART_THRESHOLD,
+        self.transfer = boto['TransferConfig'](multipart_threshold=MULTIPART_THRESHOLD,
                                        multipart_chunksize=MULTIPART_THRESHOLD, max_concurrency=4)
 
     def key(self, relpath):
@@ -80,7 +100,7 @@ class S3Store(object):
     def _explain(self, exc, action):
         text = str(exc)
         code = ''
-        if isinstance(exc, ClientError):
+        if isinstance(exc, _BOTO['ClientError']):
             code = exc.response.get('Error', {}).get('Code', '')
         if code == 'NoSuchBucket':
             return 'S3 bucket %r does not exist: create it or fix s3_bucket (%s)' % (self.bucket, action)
@@ -95,9 +115,9 @@ class S3Store(object):
         for attempt in range(1, ATTEMPTS + 1):
             try:
                 return func()
-            except (BotoCoreError, ClientError, Boto3Error) as error:
+            except botocore_errors() + (_BOTO['Boto3Error'],) as error:
                 exc = _unwrap(error)
-                code = exc.response.get('Error', {}).get('Code', '') if isinstance(exc, ClientError) else ''
+                code = exc.response.get('Error', {}).get('Code', '') if isinstance(exc, _BOTO['ClientError']) else ''
                 permanent = code in ('NoSuchBucket', 'AccessDenied', 'InvalidAccessKeyId',
                                      'SignatureDoesNotMatch', 'NoSuchKey', '404')
                 if permanent or attempt == ATTEMPTS:
