@@ -139,9 +139,14 @@ def explain_connection_error(stderr, conn, db=None):
 
 
 def psql_query(conn, sql, db=None, log=None, check=True):
-    """Run one SQL statement with psql; return rows as lists of strings (NULL -> None)."""
-    argv = [conn.bin('psql'), '-X', '-q', '-A', '-t', '-F', FIELD_SEP, '-P', 'null=\\N',
-            '-v', 'ON_ERROR_STOP=1', '-c', sql]
+    """Run one SQL statement with psql; return rows as lists of strings (NULL -> None).
+
+    ``sql`` may be a list: one psql runs them in order, each in its own transaction (as
+    ALTER SYSTEM needs), and stops at the first error; the rows of all of them are returned.
+    """
+    argv = [conn.bin('psql'), '-X', '-q', '-A', '-t', '-F', FIELD_SEP, '-P', 'null=\\N', '-v', 'ON_ERROR_STOP=1']
+    for statement in ([sql] if isinstance(sql, str) else sql):
+        argv += ['-c', statement]
     if log is not None:
         log.add(argv)
     proc = subprocess.run(argv, env=conn.env(db), stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)

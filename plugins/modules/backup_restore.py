@@ -361,9 +361,9 @@ def point_in_time(module, p, log, result):
                 reached['timeline'] = int(psql_query(live, 'SELECT timeline_id FROM pg_control_checkpoint()',
                                                      db='postgres')[0][0])
                 # Recovery settings must not linger in the live configuration.
-                for name in ['restore_command', 'recovery_target_action', 'recovery_target_timeline'] + list(target_settings):
-                    psql_query(live, 'ALTER SYSTEM RESET %s' % name, db='postgres', log=log)
-                psql_query(live, 'SELECT pg_reload_conf()', db='postgres', log=log)
+                names = ['restore_command', 'recovery_target_action', 'recovery_target_timeline'] + list(target_settings)
+                psql_query(live, ['ALTER SYSTEM RESET %s' % name for name in names] + ['SELECT pg_reload_conf()'],
+                           db='postgres', log=log)
             except ERRORS as exc:
                 raise pitr.PitrError('%s. The previous data directory is intact at %s; to roll back: stop PostgreSQL, '
                                      'move %s away, rename %s to %s, start PostgreSQL'
