@@ -754,7 +754,12 @@ def run(conn, params, result, s3=None, check_mode=False, log=None, warn=None):
 
     if not check_mode:
         # Files first: archive_command must never name a command, config or wal/ that is not there yet.
+        # The library (walcommand.files() lists it first) and its bytecode come before the launcher
+        # that imports them, since the archiver may start the command at any moment.
         for path, content, mode, _action in file_plans:
+            if path == command_path and stale_bytecode:
+                _bytecode(command_path, write=True, log=log)
+                stale_bytecode = False
             write_file(path, content, mode)
         if stale_bytecode:
             _bytecode(command_path, write=True, log=log)

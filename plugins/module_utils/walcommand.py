@@ -95,9 +95,10 @@ def bytecode_dir(command_path):
 
 
 def files(command_path):
-    """[(path, content bytes, mode)] of the command: the launcher and its library."""
-    return [(command_path, launcher_source(command_path), COMMAND_MODE),
-            (library_path(command_path), library_source(), LIBRARY_MODE)]
+    """[(path, content bytes, mode)] of the command, in the order to write them: the library, then the
+    launcher that imports it (PostgreSQL may start the command while it is being installed)."""
+    return [(library_path(command_path), library_source(), LIBRARY_MODE),
+            (command_path, launcher_source(command_path), COMMAND_MODE)]
 
 
 def bytecode(command_path, write=True, log=None):
@@ -122,8 +123,9 @@ def bytecode(command_path, write=True, log=None):
 def install(command_path, log=None):
     """Write the command, its library and bytecode (a private copy, e.g. a scratch cluster's restore_command)."""
     for path, content, mode in files(command_path):
+        if path == command_path:
+            bytecode(command_path, log=log)
         fsutil.ensure_dir(os.path.dirname(path), mode=0o755)
         fsutil.write_atomic(path, content, mode=mode, overwrite=True)
         os.chmod(path, mode)
-    bytecode(command_path, log=log)
     return command_path

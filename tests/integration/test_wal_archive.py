@@ -104,6 +104,8 @@ def test_configure_restart_verify_idempotent_then_absent(new_cluster, backup_roo
     assert os.stat(config_path).st_mode & 0o7777 == 0o644
     # The launcher's library, compiled by the system Python that runs it.
     assert walcommand.library_path(command_path) in res['files_changed']
+    # Written in this order: the launcher never exists without its library.
+    assert res['files_changed'].index(walcommand.library_path(command_path)) < res['files_changed'].index(command_path)
     assert walcommand.bytecode_dir(command_path) in res['files_changed']
     assert walcommand.bytecode(command_path, write=False) is None
     with open(command_path) as handle:

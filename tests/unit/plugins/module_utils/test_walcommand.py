@@ -66,8 +66,9 @@ def test_an_edited_library_is_never_shadowed_by_its_old_bytecode(tmp_path):
 
 def test_launcher_and_library_are_the_collections_walarchive():
     files = walcommand.files('/usr/local/lib/modulo-pgbackup/pgbackup-wal')
+    # The library first: the launcher must never be there without it.
     assert [(path, mode) for path, _content, mode in files] == [
-        ('/usr/local/lib/modulo-pgbackup/pgbackup-wal', 0o755),
-        ('/usr/local/lib/modulo-pgbackup/pgbackup-wal.lib/walarchive.py', 0o644)]
-    assert b"sys.path.insert(0, '/usr/local/lib/modulo-pgbackup/pgbackup-wal.lib')" in files[0][1]
-    assert files[1][1].decode('utf-8') in open(walarchive.__file__.replace('.pyc', '.py')).read()
+        ('/usr/local/lib/modulo-pgbackup/pgbackup-wal.lib/walarchive.py', 0o644),
+        ('/usr/local/lib/modulo-pgbackup/pgbackup-wal', 0o755)]
+    assert b"sys.path.insert(0, '/usr/local/lib/modulo-pgbackup/pgbackup-wal.lib')" in files[1][1]
+    assert files[0][1].decode('utf-8') in open(walarchive.__file__.replace('.pyc', '.py')).read()
