@@ -84,12 +84,11 @@ class S3Store(object):
         self.bucket = bucket
         self.prefix = normalize_prefix(prefix)
         self.sse = sse
-        config = boto['Config'](retries={'mode': 'standard', 'max_attempts': 5},
-                        connect_timeout=10, read_timeout=60)
-        self.client = boto['boto3'].client('s3', region_name=region or 'us-east-1',
-                                   endpoint_url=endpoint_url or None, config=config)
+        config = boto['Config'](retries={'mode': 'standard', 'max_attempts': 5}, connect_timeout=10, read_timeout=60)
+        self.client = boto['boto3'].client('s3', region_name=region or 'us-east-1', endpoint_url=endpoint_url or None,
+                                           config=config)
         self.transfer = boto['TransferConfig'](multipart_threshold=MULTIPART_THRESHOLD,
-                                       multipart_chunksize=MULTIPART_THRESHOLD, max_concurrency=4)
+                                               multipart_chunksize=MULTIPART_THRESHOLD, max_concurrency=4)
 
     def key(self, relpath):
         return self.prefix + relpath.replace(os.sep, '/')
