@@ -432,10 +432,10 @@ def _gzip():
 
 
 def _compress_into(src, fd, codec, level, encryption=None, digest=True):
-    """Stream ``src`` (an open binary file) into ``fd``; returns (sha256 of raw bytes, raw size).
+    """Stream ``src`` (an open binary file) into ``fd``; returns the sha256 of the raw bytes.
 
-    With ``digest=False`` the sha256 is None when the compressor reads the file itself (size too):
-    it is needed only to compare with an existing copy or to record in S3.
+    With ``digest=False`` it returns None and, for zstd, never reads ``src`` itself (zstd reads the
+    file): the hash is needed only to compare with an existing copy or to record in S3.
 
     With ``encryption`` ({'recipient': 'age1...'}), the compressed stream goes through ``age`` on its
     way to ``fd``: nothing unencrypted is written.
@@ -466,15 +466,11 @@ def _compress_into(src, fd, codec, level, encryption=None, digest=True):
 
 def _compress_plain(src, fd, codec, level, digest=True):
     hasher = _sha256() if digest else None
-    size = [0]
-    consumed = [False]
 
     def feed(write):
-        consumed[0] = True
         for chunk in iter(lambda: src.read(_CHUNK), b''):
             if hasher:
                 hasher.update(chunk)
-            size[0] += len(chunk)
             write(chunk)
 
     if codec == 'zstd':
@@ -518,9 +514,7 @@ def _compress_plain(src, fd, codec, level, digest=True):
                 feed(gz.write)
     else:
         feed(lambda chunk: _write_all(fd, chunk))
-    if not consumed[0]:
-        return None, None
-    return (hasher.hexdigest() if hasher else None), size[0]
+    return hasher.hexdigest() if hasher else None
 
 
 def _decompress_into(path_or_file, codec, fd, encryption=None, encrypted=False):
@@ -1044,7 +1038,7 @@ def _push_local(path, name, repo, codec, level, now, encryption=None, want_sha=T
     try:
         try:
             with open(path, 'rb') as src:
-                new_sha, _size = _compress_into(src, fd, codec, level, encryption, digest=want_sha)
+                new_sha = _compress_into(src, fd, codec, level, encryption, digest=want_sha)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -1081,7 +1075,7 @@ def _push_s3(s3, path, name, relpath, local_final, codec, level, raw_sha, encryp
     # --s3-only: compress into an anonymous temporary file, never into the repository.
     with tempfile.TemporaryFile() as handle:
         with open(path, 'rb') as src:
-            raw_sha, _size = _compress_into(src, handle.fileno(), codec, level, encryption)
+            raw_sha = _compress_into(src, handle.fileno(), codec, level, encryption)
         handle.seek(0)
         digest = _sha256()
         for chunk in iter(lambda: handle.read(_CHUNK), b''):
