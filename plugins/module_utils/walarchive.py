@@ -74,13 +74,15 @@ import errno
 import json
 import os
 import re
-import shutil
+import stat
 import struct
-import subprocess
 import sys
-import tempfile
 import time
 import zlib
+
+# shutil, subprocess and tempfile are imported where they are used, like hashlib and gzip below:
+# PostgreSQL starts this command once per WAL segment, and those three took a sixth of a push
+# that needs none of them (no encryption, zstd from libzstd).
 
 EXIT_OK = 0
 EXIT_FAIL = 1
@@ -348,18 +350,24 @@ def _cleanup_stale_tmp(directory, filename):
 # --------------------------------------------------------------------------------------------
 
 def zstd_program():
+    import shutil
     return shutil.which('zstd') or (ZSTD_FALLBACK if os.access(ZSTD_FALLBACK, os.X_OK) else None)
 
 
+def zstd_available():
+    """libzstd (used in this process) or else the zstd program can read and write .zst files."""
+    return bool(_libzstd() or zstd_program())
+
+
 def resolve_codec(compression):
-    """'auto' (the default) is zstd when the zstd program exists, else gzip (stdlib)."""
+    """'auto' (the default) is zstd when libzstd or the zstd program exists, else gzip (stdlib)."""
     compression = compression or 'auto'
     if compression == 'auto':
-        return 'zstd' if zstd_program() else 'gzip'
+        return 'zstd' if zstd_available() else 'gzip'
     if compression not in CODECS:
         raise WalArchiveError('unknown compression %r (auto, zstd, gzip or none)' % (compression,))
-    if compression == 'zstd' and not zstd_program():
-        raise WalArchiveError('compression zstd needs the zstd program, which is not installed '
+    if compression == 'zstd' and not zstd_available():
+        raise WalArchiveError('compression zstd needs libzstd or the zstd program, neither is installed '
                               '(apt-get install zstd), or choose gzip')
     return compression
 
@@ -395,6 +403,7 @@ def is_encrypted(filename):
 
 
 def _age_or_fail():
+    import shutil
     program = shutil.which('age') or ('/usr/bin/age' if os.access('/usr/bin/age', os.X_OK) else None)
     if not program:
         raise WalArchiveError('encryption is configured (or the archived file is encrypted) but the age program '
@@ -413,9 +422,155 @@ def _age_error(proc_rc, errors, what):
 def _zstd_or_fail():
     program = zstd_program()
     if not program:
-        raise WalArchiveError('the zstd program is needed to read .zst files and is not installed '
-                              '(apt-get install zstd)')
+        raise WalArchiveError('libzstd or the zstd program is needed to read .zst files and neither is '
+                              'installed (apt-get install zstd)')
     return program
+
+
+# libzstd through ctypes (standard library): a segment compressed in this process costs no exec of
+# the zstd program and no second read of 16 MB, about a third of a push.  The frames are the zstd
+# program's own format, with the content checksum it writes by default, so `zstd -d` reads what
+# this writes and the other way round.  Without the library (or with one older than 1.4, which
+# lacks the calls used here) the zstd program does the work, as it did before.
+_LIBZSTD_SONAME = 'libzstd.so.1'
+_LIBZSTD_MIN_VERSION = 10400
+_ZSTD_C_COMPRESSION_LEVEL = 100
+_ZSTD_C_CHECKSUM_FLAG = 201
+_ZSTD_E_CONTINUE = 0
+_ZSTD_E_END = 2
+_LIBZSTD = {}
+
+
+def _libzstd():
+    """(libzstd with the signatures used here declared, its buffer struct), or None."""
+    if 'lib' in _LIBZSTD:
+        return _LIBZSTD['lib']
+    found = None
+    try:
+        import ctypes
+
+        class Buffer(ctypes.Structure):
+            # ZSTD_inBuffer and ZSTD_outBuffer: the same three fields.
+            _fields_ = [('ptr', ctypes.c_void_p), ('size', ctypes.c_size_t), ('pos', ctypes.c_size_t)]
+
+        lib = ctypes.CDLL(_LIBZSTD_SONAME)
+        if lib.ZSTD_versionNumber() >= _LIBZSTD_MIN_VERSION:
+            size_t, ptr, buf = ctypes.c_size_t, ctypes.c_void_p, ctypes.POINTER(Buffer)
+            for name, restype, argtypes in (
+                    ('ZSTD_createCCtx', ptr, []),
+                    ('ZSTD_freeCCtx', size_t, [ptr]),
+                    ('ZSTD_CCtx_setParameter', size_t, [ptr, ctypes.c_int, ctypes.c_int]),
+                    ('ZSTD_CCtx_setPledgedSrcSize', size_t, [ptr, ctypes.c_ulonglong]),
+                    ('ZSTD_compressStream2', size_t, [ptr, buf, buf, ctypes.c_int]),
+                    ('ZSTD_createDCtx', ptr, []),
+                    ('ZSTD_freeDCtx', size_t, [ptr]),
+                    ('ZSTD_decompressStream', size_t, [ptr, buf, buf]),
+                    ('ZSTD_isError', ctypes.c_uint, [size_t]),
+                    ('ZSTD_getErrorName', ctypes.c_char_p, [size_t])):
+                func = getattr(lib, name)
+                func.restype, func.argtypes = restype, argtypes
+            found = (lib, Buffer)
+    except (OSError, AttributeError):
+        found = None
+    _LIBZSTD['lib'] = found
+    return found
+
+
+class _Borrowed(object):
+    def __init__(self, handle):
+        self.handle = handle
+
+    def __enter__(self):
+        return self.handle
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _opened(path_or_file):
+    """Context manager for reading a path (closed afterwards) or an open file (left open)."""
+    return open(path_or_file, 'rb') if isinstance(path_or_file, str) else _Borrowed(path_or_file)
+
+
+class _ZstdStream(object):
+    """Buffers libzstd reads from and writes into, reused for every chunk of one file."""
+
+    def __init__(self, libzstd):
+        import ctypes
+        self.lib, self.buffer_type = libzstd
+        self.input, self.output = bytearray(_CHUNK), bytearray(_CHUNK)
+        # The addresses of the bytearrays, which neither move nor grow while these views exist.
+        self.in_address = ctypes.addressof((ctypes.c_char * _CHUNK).from_buffer(self.input))
+        self.out_address = ctypes.addressof((ctypes.c_char * _CHUNK).from_buffer(self.output))
+        self.byref = ctypes.byref
+
+    def check(self, code, what):
+        if self.lib.ZSTD_isError(code):
+            raise WalArchiveError('zstd could not %s: %s'
+                                  % (what, self.lib.ZSTD_getErrorName(code).decode('ascii', 'replace')))
+        return code
+
+    def compress(self, src, fd, level, hasher=None):
+        """Compress the open file ``src`` into ``fd`` as one frame with its content checksum (and,
+        for a regular file, its size, which libzstd then also holds the input to)."""
+        lib = self.lib
+        cctx = lib.ZSTD_createCCtx()
+        if not cctx:
+            raise WalArchiveError('zstd could not allocate a compression context (out of memory?)')
+        try:
+            self.check(lib.ZSTD_CCtx_setParameter(cctx, _ZSTD_C_COMPRESSION_LEVEL, level), 'set the level')
+            self.check(lib.ZSTD_CCtx_setParameter(cctx, _ZSTD_C_CHECKSUM_FLAG, 1), 'enable checksums')
+            info = os.fstat(src.fileno())
+            if stat.S_ISREG(info.st_mode):
+                self.check(lib.ZSTD_CCtx_setPledgedSrcSize(cctx, info.st_size - src.tell()), 'record the size')
+            while True:
+                read = src.readinto(self.input)
+                if hasher and read:
+                    hasher.update(memoryview(self.input)[:read])
+                mode = _ZSTD_E_CONTINUE if read else _ZSTD_E_END
+                chunk = self.buffer_type(self.in_address, read, 0)
+                while True:
+                    out = self.buffer_type(self.out_address, _CHUNK, 0)
+                    left = self.check(lib.ZSTD_compressStream2(cctx, self.byref(out), self.byref(chunk), mode),
+                                      'compress')
+                    _write_all(fd, memoryview(self.output)[:out.pos])
+                    if (mode == _ZSTD_E_END and not left) or (mode == _ZSTD_E_CONTINUE and chunk.pos == read):
+                        break
+                if mode == _ZSTD_E_END:
+                    return
+        finally:
+            lib.ZSTD_freeCCtx(cctx)
+
+    def decompress(self, src, what):
+        """Yield the content of the zstd file ``src`` (open) in chunks, checksums verified.  Each chunk
+        is a view of a buffer the next one overwrites: use it before asking for the next."""
+        lib = self.lib
+        dctx = lib.ZSTD_createDCtx()
+        if not dctx:
+            raise WalArchiveError('zstd could not allocate a decompression context (out of memory?)')
+        try:
+            left, seen = 1, False
+            while True:
+                read = src.readinto(self.input)
+                if not read:
+                    break
+                seen = True
+                chunk = self.buffer_type(self.in_address, read, 0)
+                while True:
+                    out = self.buffer_type(self.out_address, _CHUNK, 0)
+                    left = self.check(lib.ZSTD_decompressStream(dctx, self.byref(out), self.byref(chunk)),
+                                      'decompress %s' % what)
+                    if out.pos:
+                        yield memoryview(self.output)[:out.pos]
+                    # A full output buffer may hide more data buffered inside libzstd, unless the
+                    # frame just ended (0): asking again would start waiting for another frame.
+                    if chunk.pos == read and (out.pos < _CHUNK or not left):
+                        break
+            if left or not seen:
+                raise WalArchiveError('zstd could not decompress %s: the file is truncated (no complete frame)'
+                                      % what)
+        finally:
+            lib.ZSTD_freeDCtx(dctx)
 
 
 def _sha256():
@@ -442,6 +597,8 @@ def _compress_into(src, fd, codec, level, encryption=None, digest=True):
     """
     if not encryption:
         return _compress_plain(src, fd, codec, level, digest)
+    import subprocess
+    import tempfile
     with tempfile.TemporaryFile() as errors:
         proc = subprocess.Popen([_age_or_fail(), '--encrypt', '--recipient', encryption['recipient']],
                                 stdin=subprocess.PIPE, stdout=fd, stderr=errors)
@@ -473,7 +630,10 @@ def _compress_plain(src, fd, codec, level, digest=True):
                 hasher.update(chunk)
             write(chunk)
 
-    if codec == 'zstd':
+    libzstd = _libzstd() if codec == 'zstd' else None
+    if libzstd:
+        _ZstdStream(libzstd).compress(src, fd, level, hasher)
+    elif codec == 'zstd':
         argv = [_zstd_or_fail(), '-q', '-c', '-%d' % level]
         if level > 19:
             argv.insert(1, '--ultra')
@@ -484,6 +644,8 @@ def _compress_plain(src, fd, codec, level, digest=True):
         direct = isinstance(source_path, str) and os.path.isfile(source_path)
         if direct:
             argv += ['--', source_path]
+        import subprocess
+        import tempfile
         with tempfile.TemporaryFile() as errors:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL if direct else subprocess.PIPE,
                                     stdout=fd, stderr=errors)
@@ -544,6 +706,8 @@ def _decrypted_chunks(path_or_file, codec, encryption):
     for identity in identities:
         argv += ['--identity', identity]
     source = path_or_file if isinstance(path_or_file, str) else None
+    import subprocess
+    import tempfile
     with tempfile.TemporaryFile() as errors:
         proc = subprocess.Popen(argv + ([source] if source else []), stdin=None if source else path_or_file,
                                 stdout=subprocess.PIPE, stderr=errors)
@@ -568,8 +732,20 @@ def _raw_chunks(path_or_file, codec):
     zstd frames and gzip members carry checksums of the content, so a damaged
     copy fails here instead of yielding wrong bytes.
     """
+    libzstd = _libzstd() if codec == 'zstd' else None
+    if libzstd:
+        source = path_or_file if isinstance(path_or_file, str) else None
+        try:
+            with _opened(path_or_file) as handle:
+                for chunk in _ZstdStream(libzstd).decompress(handle, source or 'the S3 object'):
+                    yield bytes(chunk)
+        except OSError as exc:
+            raise WalArchiveError('could not read %s: %s' % (source or 'the S3 object', exc))
+        return
     if codec == 'zstd':
         source = path_or_file if isinstance(path_or_file, str) else None
+        import subprocess
+        import tempfile
         with tempfile.TemporaryFile() as errors:
             proc = subprocess.Popen([_zstd_or_fail(), '-d', '-q', '-c'] + ([source] if source else []),
                                     stdin=None if source else path_or_file, stdout=subprocess.PIPE,
@@ -917,6 +1093,7 @@ class S3Archive(object):
         meta = self.head(key).get('Metadata', {})
         if meta.get('raw-sha256'):
             return meta['raw-sha256']
+        import tempfile
         with tempfile.TemporaryFile() as handle:
             self.download(key, handle)
             return _decompress_into(handle, codec_of(key), None, encryption, is_encrypted(key))
@@ -1073,6 +1250,7 @@ def _push_s3(s3, path, name, relpath, local_final, codec, level, raw_sha, encryp
             return 'archived', s3.upload(handle, key, os.path.getsize(local_final), _file_sha256(local_final),
                                          raw_sha or raw_sha256(local_final, encryption))
     # --s3-only: compress into an anonymous temporary file, never into the repository.
+    import tempfile
     with tempfile.TemporaryFile() as handle:
         with open(path, 'rb') as src:
             raw_sha = _compress_into(src, handle.fileno(), codec, level, encryption)
@@ -1167,10 +1345,19 @@ def _restore(source, codec, dest, encryption=None, encrypted=False):
 
 
 def _zstd_decompress_to(source, fd):
-    """zstd writes the segment straight into ``fd``: recovery waits for every fetch, and a copy of
-    16 MB through Python is most of one.  zstd checks the frame's content checksum itself, so a
-    damaged archive still fails here instead of yielding wrong bytes."""
+    """Decompress a .zst ``source`` (path or open file) into ``fd``: with libzstd in this process,
+    else the zstd program writes straight into ``fd`` (recovery waits for every fetch, and a copy
+    of 16 MB through Python is most of one).  Either checks the frames' content checksums, so a
+    damaged archive fails here instead of yielding wrong bytes."""
     path = source if isinstance(source, str) else None
+    libzstd = _libzstd()
+    if libzstd:
+        with _opened(source) as handle:
+            for chunk in _ZstdStream(libzstd).decompress(handle, path or 'the S3 object'):
+                _write_all(fd, chunk)
+        return
+    import subprocess
+    import tempfile
     with tempfile.TemporaryFile() as errors:
         rc = subprocess.call([_zstd_or_fail(), '-d', '-q', '-c'] + (['--', path] if path else []),
                              stdin=None if path else source, stdout=fd, stderr=errors)
@@ -1201,6 +1388,7 @@ def fetch(name, dest, repo=None, s3=None, s3_only=False, encryption=None):
         if store:
             key = store.find(name)
             if key:
+                import tempfile
                 with tempfile.TemporaryFile(dir=os.path.dirname(os.path.abspath(dest))) as handle:
                     store.download(key, handle)
                     _restore(handle, codec_of(key), dest, encryption, is_encrypted(key))

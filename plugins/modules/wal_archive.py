@@ -61,8 +61,9 @@ options:
     default: 60
   compression:
     description:
-      - Compression of archived segments. C(auto) uses C(zstd) when the program is installed when a segment is
-        archived, else C(gzip). C(.history) and C(.backup) files are always stored uncompressed.
+      - Compression of archived segments. C(auto) uses C(zstd) when libzstd (package C(libzstd1), used in the
+        command's own process) or the C(zstd) program is installed when a segment is archived, else C(gzip).
+        C(.history) and C(.backup) files are always stored uncompressed.
     type: str
     choices: [ auto, zstd, gzip, none ]
     default: auto

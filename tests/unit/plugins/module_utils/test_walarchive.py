@@ -76,6 +76,16 @@ def pg_wal(tmp_path):
     return path
 
 
+@pytest.fixture(params=['libzstd', 'zstd program'])
+def zstd_by(request, monkeypatch):
+    """Runs a test with zstd done in this process by libzstd, then by the zstd program."""
+    if request.param == 'libzstd':
+        assert walarchive._libzstd(), 'libzstd1 is installed with the zstd package'
+    else:
+        monkeypatch.setattr(walarchive, '_libzstd', lambda: None)
+    return request.param
+
+
 # --- names and LSN arithmetic -----------------------------------------------------------------
 
 def test_parse_lsn():
@@ -158,7 +168,7 @@ def test_read_sysid_and_header_checks(tmp_path):
 # --- push and fetch ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize('codec,magic', [('zstd', b'\x28\xb5\x2f\xfd'), ('gzip', b'\x1f\x8b'), ('none', None)])
-def test_push_fetch_round_trip(repo, pg_wal, tmp_path, codec, magic):
+def test_push_fetch_round_trip(repo, pg_wal, tmp_path, codec, magic, zstd_by):
     name = '000000010000000000000003'
     src = make_segment(pg_wal, name)
     result = walarchive.push(src, name, repo=repo, compression=codec)
@@ -187,8 +197,10 @@ def test_push_fetch_round_trip(repo, pg_wal, tmp_path, codec, magic):
 def test_auto_compression_prefers_zstd_and_falls_back_to_gzip(repo, pg_wal, monkeypatch):
     assert walarchive.resolve_codec('auto') == 'zstd'
     monkeypatch.setattr(walarchive, 'zstd_program', lambda: None)
+    assert walarchive.resolve_codec('auto') == 'zstd'      # libzstd alone reads and writes .zst
+    monkeypatch.setattr(walarchive, '_libzstd', lambda: None)
     assert walarchive.resolve_codec('auto') == 'gzip'
-    with pytest.raises(walarchive.WalArchiveError, match='zstd program'):
+    with pytest.raises(walarchive.WalArchiveError, match='libzstd or the zstd program'):
         walarchive.resolve_codec('zstd')
     name = '000000010000000000000004'
     assert walarchive.push(make_segment(pg_wal, name), name, repo=repo)['path'].endswith('.gz')
@@ -324,7 +336,7 @@ def test_fetch_of_a_corrupt_copy_is_fatal_and_leaves_nothing(repo, pg_wal, tmp_p
     assert walarchive.main(['fetch', '--repo', repo, name, dest]) == walarchive.EXIT_FATAL
 
 
-def test_fetch_of_a_zstd_copy_with_a_flipped_byte_is_fatal(repo, pg_wal, tmp_path):
+def test_fetch_of_a_zstd_copy_with_a_flipped_byte_is_fatal(repo, pg_wal, tmp_path, zstd_by):
     # zstd writes straight into the destination: its content checksum must still stop a damaged copy.
     name = '000000010000000000000003'
     stored = walarchive.push(make_segment(pg_wal, name), name, repo=repo, compression='zstd')['path']
@@ -366,10 +378,107 @@ def test_bad_sources_are_refused(repo, pg_wal, tmp_path):
 def test_compressor_failure_leaves_no_temp_file(repo, pg_wal, monkeypatch):
     name = '000000010000000000000003'
     src = make_segment(pg_wal, name)
+    monkeypatch.setattr(walarchive, '_libzstd', lambda: None)
     monkeypatch.setattr(walarchive, 'zstd_program', lambda: '/bin/false')
     with pytest.raises(walarchive.WalArchiveError, match='zstd failed'):
         walarchive.push(src, name, repo=repo, compression='zstd')
     assert walarchive.list_archive(repo) == [] and temp_files(repo) == []
+
+
+def test_libzstd_failure_leaves_no_temp_file(repo, pg_wal, monkeypatch):
+    name = '000000010000000000000003'
+    src = make_segment(pg_wal, name)
+    monkeypatch.setattr(walarchive, '_ZSTD_C_CHECKSUM_FLAG', 12345)    # a parameter libzstd refuses
+    with pytest.raises(walarchive.WalArchiveError, match='zstd could not enable checksums: Unsupported parameter'):
+        walarchive.push(src, name, repo=repo, compression='zstd')
+    assert walarchive.list_archive(repo) == [] and temp_files(repo) == []
+
+
+def test_libzstd_and_the_zstd_program_read_each_others_files(repo, pg_wal, tmp_path, monkeypatch):
+    first, second = '000000010000000000000003', '000000010000000000000004'
+    src1, src2 = make_segment(pg_wal, first), make_segment(pg_wal, second)
+    by_lib = walarchive.push(src1, first, repo=repo, compression='zstd', level=19)['path']
+    # The program checks the frame (content size and checksum recorded) and gets the same bytes.
+    program = subprocess.run([walarchive.zstd_program(), '-d', '-q', '-c', '--', by_lib],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=True)
+    assert hashlib.sha256(program.stdout).hexdigest() == sha(src1)
+    listing = subprocess.run([walarchive.zstd_program(), '-l', '-v', by_lib], stdout=subprocess.PIPE,
+                             check=True, universal_newlines=True).stdout
+    assert 'Check: XXH64' in listing and '(1048576 B)' in listing.split('Decompressed Size:')[1].split('\n')[0]
+    # A frame from a pipe does not record its size: libzstd still streams it.
+    with monkeypatch.context() as patch:
+        patch.setattr(walarchive, '_libzstd', lambda: None)
+        by_program = walarchive.push(src2, second, repo=repo, compression='zstd')['path']
+    with open(src2, 'rb') as handle:
+        piped = subprocess.run([walarchive.zstd_program(), '-q', '-c'], stdin=handle, stdout=subprocess.PIPE,
+                               check=True).stdout
+    with open(by_program, 'wb') as handle:
+        handle.write(piped)
+    for name, src in ((first, src1), (second, src2)):
+        dest = str(tmp_path / name)
+        walarchive.fetch(name, dest, repo=repo)
+        assert sha(dest) == sha(src)
+        assert walarchive.raw_sha256(walarchive.find_segment(repo, name)) == sha(src)
+
+
+def test_libzstd_stream_reads_several_frames_and_refuses_a_truncated_one(tmp_path):
+    libzstd = walarchive._libzstd()
+    parts = []
+    for seed in (b'a', b'b'):
+        raw = tmp_path / seed.decode()
+        raw.write_bytes(hashlib.sha256(seed).digest() * 70000)      # 2.2 MB: more than one buffer
+        out = tmp_path / (seed.decode() + '.zst')
+        fd = os.open(str(out), os.O_WRONLY | os.O_CREAT)
+        with open(str(raw), 'rb') as src:
+            walarchive._ZstdStream(libzstd).compress(src, fd, 3)
+        os.close(fd)
+        parts.append((raw.read_bytes(), out.read_bytes()))
+    both = tmp_path / 'both.zst'
+    both.write_bytes(parts[0][1] + parts[1][1])
+    with open(str(both), 'rb') as handle:
+        assert b''.join(bytes(c) for c in walarchive._ZstdStream(libzstd).decompress(handle, 'both')) == \
+            parts[0][0] + parts[1][0]
+    cut = tmp_path / 'cut.zst'
+    cut.write_bytes(parts[0][1][:-3])               # the frame's checksum is missing
+    with open(str(cut), 'rb') as handle:
+        with pytest.raises(walarchive.WalArchiveError, match='cut: the file is truncated'):
+            list(walarchive._ZstdStream(libzstd).decompress(handle, 'cut'))
+    empty = tmp_path / 'empty.zst'
+    empty.write_bytes(b'')
+    with open(str(empty), 'rb') as handle:
+        with pytest.raises(walarchive.WalArchiveError, match='truncated'):
+            list(walarchive._ZstdStream(libzstd).decompress(handle, 'empty'))
+
+
+def test_libzstd_holds_the_input_to_the_size_it_recorded(tmp_path):
+    """A source that grows (or shrinks) while it is compressed is an error, not a frame that lies."""
+    libzstd = walarchive._libzstd()
+    small, large = tmp_path / 'small', tmp_path / 'large'
+    small.write_bytes(b'x' * 1000)
+    large.write_bytes(b'x' * 5000)
+
+    class Growing(object):
+        def __init__(self):
+            self.sized, self.data = open(str(small), 'rb'), open(str(large), 'rb')
+
+        def fileno(self):
+            return self.sized.fileno()
+
+        def tell(self):
+            return 0
+
+        def readinto(self, buffer):
+            return self.data.readinto(buffer)
+
+    source = Growing()
+    fd = os.open(str(tmp_path / 'out.zst'), os.O_WRONLY | os.O_CREAT)
+    try:
+        with pytest.raises(walarchive.WalArchiveError, match='zstd could not compress: Src size is incorrect'):
+            walarchive._ZstdStream(libzstd).compress(source, fd, 3)
+    finally:
+        os.close(fd)
+        source.sized.close()
+        source.data.close()
 
 
 def test_fsync_failure_leaves_no_temp_file(repo, pg_wal, monkeypatch):
@@ -388,7 +497,7 @@ def test_fsync_failure_leaves_no_temp_file(repo, pg_wal, monkeypatch):
     assert walarchive.main(['push', '--repo', repo, src, name]) == 0
 
 
-def test_source_read_error_does_not_publish_a_truncated_copy(repo, pg_wal, monkeypatch):
+def test_source_read_error_does_not_publish_a_truncated_copy(repo, pg_wal, monkeypatch, zstd_by):
     name = '000000010000000000000003'
     src = make_segment(pg_wal, name)
     real_compress = walarchive._compress_into
@@ -397,11 +506,22 @@ def test_source_read_error_does_not_publish_a_truncated_copy(repo, pg_wal, monke
         def __init__(self, handle):
             self.handle, self.calls = handle, 0
 
+        def fileno(self):
+            return self.handle.fileno()
+
+        def tell(self):
+            return self.handle.tell()
+
         def read(self, size):
             self.calls += 1
             if self.calls > 1:
                 raise OSError(errno.EIO, 'read error')
             return self.handle.read(size // 4)
+
+        def readinto(self, buffer):
+            data = self.read(len(buffer))
+            buffer[:len(data)] = data
+            return len(data)
 
     monkeypatch.setattr(walarchive, '_compress_into',
                         lambda src_, fd, codec, level, encryption=None, digest=True: real_compress(
@@ -560,7 +680,7 @@ def test_concurrent_push_that_loses_the_race_never_replaces(repo, pg_wal, tmp_pa
     assert sha(stored) == digest and temp_files(repo) == []
 
 
-def test_a_new_segment_is_hashed_only_when_there_is_something_to_compare(repo, pg_wal, monkeypatch):
+def test_a_new_segment_is_hashed_only_when_there_is_something_to_compare(repo, pg_wal, monkeypatch, zstd_by):
     # Hashing 16 MB costs a core for ~10 ms of every push; only a re-push (or an S3 mirror) needs it.
     name = '000000010000000000000003'
     src = make_segment(pg_wal, name)
