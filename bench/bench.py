@@ -450,6 +450,7 @@ class Bench(object):
             self.cluster.start()
         self.task('wal_archive', self.conn_args(command_path=self.command_path, verify=True))
         self.project_archive_command = result['archive_command']
+        self.project_restore_command = result['restore_command']
         conf_dir = server_dir(os.path.dirname(self.pgbr_conf))
         for sub in ('repo', 'log', 'lock', 'spool'):
             server_dir(os.path.join(conf_dir, sub))
@@ -604,14 +605,14 @@ class Bench(object):
         names = sorted(name for name, _date in _archived_segments(self.repo))
         names = names[-wanted:]
         seg_dir = server_dir(os.path.join(self.base, 'segments'), 0o755)
-        fetch = '/usr/bin/python3 %s fetch --repo %s' % (self.command_path, self.repo)
-        shell('cd %s && for f in %s; do %s $f %s/$f || exit 1; done' % (seg_dir, ' '.join(names), fetch, seg_dir),
-              as_server=True)
+        # The project's command exactly as PostgreSQL runs it (wal_archive's archive_command and
+        # restore_command), with --repo pointing it at this measurement's own directory.
+        fetch = self.project_restore_command.replace('%f %p', '--repo %s $f %s/$f' % (self.repo, seg_dir))
+        shell('cd %s && for f in %s; do %s || exit 1; done' % (seg_dir, ' '.join(names), fetch), as_server=True)
         methods = [
             ('cp', 'cp (runbook)', 'cp %s/$f {dest}/$f' % seg_dir, None),
             ('project', 'the collection\'s archive command (wal_archive install, compression auto)',
-             '/usr/bin/python3 %s push --config %s.json --repo {dest} %s/$f $f' % (
-                 self.command_path, self.command_path, seg_dir), 'project'),
+             self.project_archive_command.replace('%p %f', '--repo {dest} %s/$f $f' % seg_dir), 'project'),
             ('pgbackrest', 'pgbackrest archive-push (sync, zst)',
              'pgbackrest --config={conf} --stanza=%s archive-push %s/$f' % (STANZA, seg_dir), 'pgbackrest'),
         ]
@@ -646,8 +647,7 @@ class Bench(object):
         fetches = [
             ('cp', 'cp (runbook)', 'cp {dest}/$f {out}/$f'),
             ('project', 'the collection\'s restore_command (fetch)',
-             '/usr/bin/python3 %s fetch --config %s.json --repo {dest} $f {out}/$f' % (
-                 self.command_path, self.command_path)),
+             self.project_restore_command.replace('%f %p', '--repo {dest} $f {out}/$f')),
             ('pgbackrest', 'pgbackrest archive-get', 'pgbackrest --config={dest}/pgbackrest.conf --stanza=%s '
                                                      'archive-get $f {out}/$f' % STANZA),
         ]

@@ -62,23 +62,12 @@ def config_path_for(command_path, config_path=None):
     return config_path or command_path + '.json'
 
 
-def command_arg(path):
-    """``path`` as one /bin/sh word inside archive_command, with ``%`` kept literal.
-
-    PostgreSQL hands archive_command to /bin/sh after replacing ``%p``, ``%f``
-    and ``%%``; a path with a blank or a ``%`` must survive both.
-    """
-    if '\n' in path or '\r' in path or '\0' in path:
-        raise ArchivingError('%r cannot be used in archive_command: it contains a line break' % (path,))
-    return shlex.quote(path).replace('%', '%%')
-
-
 def commands(command_path, config_path):
     """(archive_command, restore_command) running the installed command with the system Python."""
-    prefix = '%s %s' % (SYSTEM_PYTHON, command_arg(command_path))
-    config = command_arg(config_path)
-    return ('%s push --config %s %%p %%f' % (prefix, config),
-            '%s fetch --config %s %%f %%p' % (prefix, config))
+    try:
+        return walcommand.command_lines(command_path, config_path)
+    except walcommand.WalCommandError as exc:
+        raise ArchivingError(str(exc))
 
 
 def config_document(repo, compression='auto', level=None, s3=None, encryption=None):

@@ -64,7 +64,7 @@ def install_wal_command(workdir, repo_root, s3_settings=None, os_user=None, keys
     config_path = os.path.join(workdir, 'pgbackup-wal.json')
     fsutil.write_json_atomic(config_path, config, overwrite=True)
     os.chmod(config_path, 0o644)
-    return "%s %s fetch --config %s %%f %%p" % (walcommand.SYSTEM_PYTHON, script, config_path)
+    return walcommand.command_lines(script, config_path)[1]
 
 
 def extract_base(base_dir, pgdata, os_user=None, log=None, keys=None):

@@ -932,10 +932,19 @@ def _normalize_prefix(prefix):
     return prefix + '/' if prefix else ''
 
 
+def _add_site_packages():
+    """The installed command starts with ``python3 -S`` (no site-packages, see walcommand); boto3 lives
+    there (Debian's python3-boto3), so S3 adds them first."""
+    if sys.flags.no_site:
+        import site
+        site.main()
+
+
 class S3Archive(object):
     """The same ``wal/`` layout under ``s3://bucket/prefix``; boto3 is imported only here."""
 
     def __init__(self, bucket, prefix=None, endpoint_url=None, region=None):
+        _add_site_packages()
         try:
             import boto3
             from botocore.config import Config

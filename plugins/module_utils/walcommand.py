@@ -25,11 +25,17 @@ __metaclass__ = type
 
 import inspect
 import os
+import shlex
 import subprocess
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import fsutil, walarchive
 
 SYSTEM_PYTHON = '/usr/bin/python3'
+# -S: no site-packages at start-up.  The command needs the standard library only (walarchive adds
+# site-packages itself when S3 needs boto3), and what site does on every start (.pth files such as
+# setuptools' distutils hack, whatever else is installed) cost each segment a few milliseconds and
+# could break archiving with an error of its own.
+PYTHON_FLAGS = ('-S',)
 LIB_SUFFIX = '.lib'
 LIBRARY_NAME = 'walarchive.py'
 COMMAND_MODE = 0o755
@@ -63,6 +69,25 @@ class WalCommandError(Exception):
     """The command could not be installed; ``str()`` is meant for the operator."""
 
 
+def shell_word(path):
+    """``path`` as one /bin/sh word inside archive_command or restore_command, ``%`` kept literal.
+
+    PostgreSQL hands these to /bin/sh after replacing ``%p``, ``%f`` and ``%%``; a path with a blank
+    or a ``%`` must survive both.
+    """
+    if '\n' in path or '\r' in path or '\0' in path:
+        raise WalCommandError('%r cannot be used in archive_command: it contains a line break' % (path,))
+    return shlex.quote(path).replace('%', '%%')
+
+
+def command_lines(command_path, config_path):
+    """(archive_command, restore_command) that run the installed command with the system Python."""
+    prefix = ' '.join([SYSTEM_PYTHON] + list(PYTHON_FLAGS) + [shell_word(command_path)])
+    config = shell_word(config_path)
+    return ('%s push --config %s %%p %%f' % (prefix, config),
+            '%s fetch --config %s %%f %%p' % (prefix, config))
+
+
 def library_path(command_path):
     return os.path.join(command_path + LIB_SUFFIX, LIBRARY_NAME)
 
@@ -78,7 +103,7 @@ def library_source():
 def launcher_source(command_path):
     """The script archive_command runs: imports walarchive from ``<command>.lib`` and calls main()."""
     return (
-        '#!%s\n'
+        '#!%s %s\n'
         '# modulo.pgbackup WAL archive command (archive_command and restore_command), installed by the\n'
         '# collection: edits here are overwritten.  The code is %s; it is\n'
         '# imported, not run, so that Python loads its compiled form instead of compiling it per segment.\n'
@@ -86,7 +111,8 @@ def launcher_source(command_path):
         'sys.path.insert(0, %r)\n'
         'import walarchive  # noqa: E402\n'
         'sys.exit(walarchive.main())\n'
-        % (SYSTEM_PYTHON, library_path(command_path), os.path.dirname(library_path(command_path)))
+        % (SYSTEM_PYTHON, ' '.join(PYTHON_FLAGS), library_path(command_path),
+           os.path.dirname(library_path(command_path)))
     ).encode('utf-8')
 
 

@@ -13,7 +13,7 @@ short_description: Set up continuous WAL archiving of a PostgreSQL server into a
 version_added: 0.1.0
 description:
   - Installs the collection's WAL archive command on the PostgreSQL host (O(command_path), run by the server as
-    C(/usr/bin/python3 <command_path> push --config <config> %p %f)) with a small JSON config next to it, and
+    C(/usr/bin/python3 -S <command_path> push --config <config> %p %f)) with a small JSON config next to it, and
     points the server at it, which is what point-in-time recovery needs (the runbook's C(archive_mode = on),
     C(archive_command), C(wal_level = replica)).
   - The command stores each WAL file durably in C(<backup_root>/wal/YYYYMMDD/), compressed, optionally mirrored to
@@ -178,12 +178,12 @@ archive_command:
   description: The C(archive_command) this module sets (for O(state=present)).
   returned: always
   type: str
-  sample: /usr/bin/python3 /usr/local/lib/modulo-pgbackup/pgbackup-wal push --config /usr/local/lib/modulo-pgbackup/pgbackup-wal.json %p %f
+  sample: /usr/bin/python3 -S /usr/local/lib/modulo-pgbackup/pgbackup-wal push --config /usr/local/lib/modulo-pgbackup/pgbackup-wal.json %p %f
 restore_command:
   description: The matching C(restore_command) for recovery from this archive.
   returned: always
   type: str
-  sample: /usr/bin/python3 /usr/local/lib/modulo-pgbackup/pgbackup-wal fetch --config /usr/local/lib/modulo-pgbackup/pgbackup-wal.json %f %p
+  sample: /usr/bin/python3 -S /usr/local/lib/modulo-pgbackup/pgbackup-wal fetch --config /usr/local/lib/modulo-pgbackup/pgbackup-wal.json %f %p
 archiver:
   description: The server's C(pg_stat_archiver) row (after verification when it ran).
   returned: success

@@ -97,8 +97,8 @@ def test_configure_restart_verify_idempotent_then_absent(new_cluster, backup_roo
     assert not res.get('failed'), res.get('msg')
     assert res['changed'] and res['restart_required'] and not res['verified']
     assert any('restart' in w for w in res.get('warnings', [])), res.get('warnings')
-    assert res['archive_command'] == '/usr/bin/python3 %s push --config %s %%p %%f' % (command_path, config_path)
-    assert res['restore_command'] == '/usr/bin/python3 %s fetch --config %s %%f %%p' % (command_path, config_path)
+    assert res['archive_command'] == '/usr/bin/python3 -S %s push --config %s %%p %%f' % (command_path, config_path)
+    assert res['restore_command'] == '/usr/bin/python3 -S %s fetch --config %s %%f %%p' % (command_path, config_path)
     assert any('ALTER SYSTEM SET archive_mode' in c for c in res['executed_commands'])
     assert os.stat(command_path).st_mode & 0o7777 == 0o755
     assert os.stat(config_path).st_mode & 0o7777 == 0o644
@@ -109,7 +109,7 @@ def test_configure_restart_verify_idempotent_then_absent(new_cluster, backup_roo
     assert walcommand.bytecode_dir(command_path) in res['files_changed']
     assert walcommand.bytecode(command_path, write=False) is None
     with open(command_path) as handle:
-        assert handle.readline() == '#!/usr/bin/python3\n'
+        assert handle.readline() == '#!/usr/bin/python3 -S\n'
     with open(config_path) as handle:
         config = json.load(handle)
     assert config['repo'] == backup_root and config['s3_bucket'] is None

@@ -14,7 +14,7 @@ from ansible_collections.modulo.pgbackup.plugins.module_utils import archiving, 
 from ansible_collections.modulo.pgbackup.plugins.module_utils.archiving import ArchivingError
 
 SYSID = '7312345678901234567'
-CMD = '/usr/bin/python3 /usr/local/lib/modulo-pgbackup/pgbackup-wal push --config /x.json %p %f'
+CMD = '/usr/bin/python3 -S /usr/local/lib/modulo-pgbackup/pgbackup-wal push --config /x.json %p %f'
 
 
 # --- the command and its config ---------------------------------------------------------------
@@ -22,9 +22,9 @@ CMD = '/usr/bin/python3 /usr/local/lib/modulo-pgbackup/pgbackup-wal push --confi
 def test_commands_use_the_system_python_and_placeholders():
     archive, restore = archiving.commands('/usr/local/lib/modulo-pgbackup/pgbackup-wal',
                                           '/usr/local/lib/modulo-pgbackup/pgbackup-wal.json')
-    assert archive == ('/usr/bin/python3 /usr/local/lib/modulo-pgbackup/pgbackup-wal push '
+    assert archive == ('/usr/bin/python3 -S /usr/local/lib/modulo-pgbackup/pgbackup-wal push '
                        '--config /usr/local/lib/modulo-pgbackup/pgbackup-wal.json %p %f')
-    assert restore == ('/usr/bin/python3 /usr/local/lib/modulo-pgbackup/pgbackup-wal fetch '
+    assert restore == ('/usr/bin/python3 -S /usr/local/lib/modulo-pgbackup/pgbackup-wal fetch '
                        '--config /usr/local/lib/modulo-pgbackup/pgbackup-wal.json %f %p')
     assert archiving.config_path_for('/a/cmd') == '/a/cmd.json'
     assert archiving.config_path_for('/a/cmd', '/etc/x.json') == '/etc/x.json'
@@ -32,7 +32,7 @@ def test_commands_use_the_system_python_and_placeholders():
 
 def test_paths_survive_the_shell_and_the_percent_placeholders():
     archive, _restore = archiving.commands('/opt/my dir/100%/cmd', '/etc/c.json')
-    assert archive == "/usr/bin/python3 '/opt/my dir/100%%/cmd' push --config /etc/c.json %p %f"
+    assert archive == "/usr/bin/python3 -S '/opt/my dir/100%%/cmd' push --config /etc/c.json %p %f"
     with pytest.raises(ArchivingError, match='line break'):
         archiving.commands('/opt/a\nb', '/etc/c.json')
 

@@ -19,7 +19,7 @@ def test_installed_command_runs_walarchive_with_the_system_python(tmp_path):
     command = str(tmp_path / "my 'bin'" / 'pgbackup-wal')   # a quote in the path survives the launcher
     walcommand.install(command)
     launcher = open(command, 'rb').read()
-    assert launcher.startswith(b'#!/usr/bin/python3\n') and len(launcher.splitlines()) < 10
+    assert launcher.startswith(b'#!/usr/bin/python3 -S\n') and len(launcher.splitlines()) < 10
     assert open(walcommand.library_path(command), 'rb').read() == walcommand.library_source()
     assert b'def main(' in walcommand.library_source() and not walcommand.library_source().startswith(b'#!')
     assert os.stat(command).st_mode & 0o7777 == 0o755
@@ -30,6 +30,26 @@ def test_installed_command_runs_walarchive_with_the_system_python(tmp_path):
     assert '--config' in proc.stdout
     proc = run(command, 'bogus')
     assert proc.returncode == 2 and 'invalid choice' in proc.stderr
+
+
+def test_command_lines_start_without_site_packages_and_add_them_for_s3(tmp_path):
+    command = str(tmp_path / 'pgbackup-wal')
+    walcommand.install(command)
+    archive, restore = walcommand.command_lines(command, command + '.json')
+    assert archive.startswith('/usr/bin/python3 -S %s push ' % command)
+    assert restore.startswith('/usr/bin/python3 -S %s fetch ' % command)
+    probe = ('import sys; sys.path.insert(0, %r); import walarchive; '
+             'before = any(p.endswith("-packages") for p in sys.path); walarchive._add_site_packages(); '
+             'print(before, any(p.endswith("-packages") for p in sys.path))'
+             % os.path.dirname(walcommand.library_path(command)))
+    proc = run('/usr/bin/python3', '-S', '-c', probe)
+    assert proc.returncode == 0 and proc.stdout.split() == ['False', 'True'], proc.stderr
+    # What the command imports for a push is the standard library alone (no site, no boto3).
+    probe = ('import sys; sys.path.insert(0, %r); import walarchive; '
+             'print(sorted(m for m in ("site", "boto3", "subprocess", "argparse") if m in sys.modules))'
+             % os.path.dirname(walcommand.library_path(command)))
+    proc = run('/usr/bin/python3', '-S', '-c', probe)
+    assert proc.returncode == 0 and proc.stdout.strip() == "['argparse']", proc.stdout + proc.stderr
 
 
 def test_the_command_loads_bytecode_written_at_install(tmp_path):
