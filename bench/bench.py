@@ -457,7 +457,7 @@ class Bench(object):
         conf = ('[global]\nrepo1-path=%(d)s/repo\nlog-path=%(d)s/log\nlock-path=%(d)s/lock\nspool-path=%(d)s/spool\n'
                 'process-max=2\ncompress-type=zst\nstart-fast=y\nrepo1-retention-full=99\n'
                 'log-level-console=warn\nlog-level-file=off\narchive-async=n\n\n'
-                '[%(s)s]\npg1-path=%(pg)s\npg1-port=%(port)d\npg1-socket-path=%(sock)s\n'
+                '[%(s)s]\npg1-path=%(pg)s\npg1-port=%(port)d\npg1-socket-path=%(sock)s\npg1-user=postgres\n'
                 % {'d': conf_dir, 's': STANZA, 'pg': self.cluster.pgdata, 'port': self.cluster.port,
                    'sock': self.cluster.socket_dir})
         with open(self.pgbr_conf, 'w') as handle:

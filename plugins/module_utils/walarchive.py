@@ -470,7 +470,7 @@ def _libzstd():
                 func = getattr(lib, name)
                 func.restype, func.argtypes = restype, argtypes
             found = (lib, Buffer)
-    except (OSError, AttributeError):
+    except (ImportError, OSError, AttributeError):  # no ctypes, no libzstd, or a library without these calls
         found = None
     _LIBZSTD['lib'] = found
     return found

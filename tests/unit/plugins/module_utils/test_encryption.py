@@ -8,7 +8,9 @@ import pytest
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import compression, encryption, pipeline, walarchive
 
-from ansible_collections.modulo.pgbackup.tests.unit.plugins.module_utils.test_walarchive import make_segment, sha, temp_files
+# The WAL tests' own segments and fixtures (``repo`` here is a directory, not the conftest's Repository).
+from ansible_collections.modulo.pgbackup.tests.unit.plugins.module_utils.test_walarchive import (  # noqa: F401  # pylint: disable=unused-import
+    make_segment, pg_wal, repo, sha, temp_files)
 
 pytestmark = pytest.mark.skipif(not os.path.exists('/usr/bin/age'), reason='the age package is not installed')
 
@@ -22,20 +24,6 @@ def keygen(path):
 def keys(tmp_path):
     return {'new': keygen(tmp_path / 'new.key'), 'old': keygen(tmp_path / 'old.key'),
             'other': keygen(tmp_path / 'other.key')}
-
-
-@pytest.fixture
-def repo(tmp_path):
-    path = tmp_path / 'backups'
-    path.mkdir()
-    return str(path)
-
-
-@pytest.fixture
-def pg_wal(tmp_path):
-    path = tmp_path / 'pg_wal'
-    path.mkdir()
-    return str(path)
 
 
 def wal_settings(key, *old):

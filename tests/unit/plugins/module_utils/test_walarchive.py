@@ -450,6 +450,20 @@ def test_libzstd_stream_reads_several_frames_and_refuses_a_truncated_one(tmp_pat
             list(walarchive._ZstdStream(libzstd).decompress(handle, 'empty'))
 
 
+def test_without_libzstd_the_program_does_the_work(repo, pg_wal, tmp_path, monkeypatch):
+    monkeypatch.setattr(walarchive, '_LIBZSTD', {})
+    monkeypatch.setattr(walarchive, '_LIBZSTD_SONAME', 'libzstd-not-installed.so.9')
+    assert walarchive._libzstd() is None and walarchive.resolve_codec('auto') == 'zstd'
+    name = '000000010000000000000003'
+    src = make_segment(pg_wal, name)
+    assert walarchive.push(src, name, repo=repo)['path'].endswith('.zst')
+    walarchive.fetch(name, str(tmp_path / 'back'), repo=repo)
+    assert sha(str(tmp_path / 'back')) == sha(src)
+    monkeypatch.setattr(walarchive, '_LIBZSTD', {})
+    monkeypatch.setattr(walarchive, '_LIBZSTD_MIN_VERSION', 99999999)      # a library too old
+    assert walarchive._libzstd() is None
+
+
 def test_libzstd_holds_the_input_to_the_size_it_recorded(tmp_path):
     """A source that grows (or shrinks) while it is compressed is an error, not a frame that lies."""
     libzstd = walarchive._libzstd()
