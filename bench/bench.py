@@ -26,6 +26,7 @@ ansible-playbook tasks, the archive command is the one wal_archive installs.
 """
 
 import argparse
+import collections
 import datetime
 import json
 import os
@@ -238,7 +239,8 @@ class Bench(object):
         os.makedirs(self.ansible.workdir)
         self.repo = server_dir(os.path.join(self.base, 'repo'))
         self.command_path = os.path.join(self.base, 'bin', 'modulo-walarchive')
-        self.results = {'scale': self.scale, 'started_at': utc_iso(time.time()), 'host': self.host_facts(),
+        self.results = {'scale': self.scale, 'repeats': args.repeats, 'started_at': utc_iso(time.time()),
+                        'host': self.host_facts(),
                         'measurements': {}, 'notes': []}
         self.pgbr_conf = os.path.join(self.base, 'pgbackrest', 'pgbackrest.conf')
 
@@ -282,6 +284,42 @@ class Bench(object):
             value = func()
             elapsed = time.time() - start
         return value, elapsed, sampler.summary()
+
+    def interleaved(self, *runs):
+        """Run each callable (returning (value, elapsed, memory)) ``--repeats`` times, in turns (a, b,
+        a, b, ...) so that a machine that slows down or speeds up during the run weighs on all of them
+        alike.  For each: the run with the median time, with the peak memory of all its runs and
+        every time in ``times_s``."""
+        attempts = [[] for _ in runs]
+        for _round in range(self.args.repeats):
+            for index, func in enumerate(runs):
+                attempts[index].append(func())
+        chosen = []
+        for tries in attempts:
+            value, elapsed, mem = sorted(tries, key=lambda t: t[1])[(len(tries) - 1) // 2]
+            mem = dict(mem, times_s=[round(t[1], 2) for t in tries])
+            for key in ('peak_rss_mb', 'peak_rss_controller_mb'):
+                mem[key] = max(t[2].get(key, 0.0) for t in tries)
+            chosen.append((value, elapsed, mem))
+        return chosen
+
+    def in_rounds(self, names, loops):
+        """Time each (label, command with $f) over all ``names``, in turns: a ``--repeats``-th of the
+        segments at a time, so that every method meets the same moments of the machine's load.
+        Returns {label: (total time, memory with the peak of every round)}, in the order given."""
+        rounds = max(1, min(self.args.repeats, len(names)))
+        totals = collections.OrderedDict((label, [0.0, None]) for label, _c in loops)
+        for chunk in (names[i::rounds] for i in range(rounds)):
+            for label, command in loops:
+                script = 'for f in %s; do %s || exit 1; done' % (' '.join(chunk), command)
+                _o, elapsed, mem = self.timed(lambda: shell(script, as_server=True))
+                total = totals[label]
+                total[0] += elapsed
+                if total[1] is not None:
+                    for key in ('peak_rss_mb', 'peak_rss_controller_mb'):
+                        mem[key] = max(mem[key], total[1][key])
+                total[1] = mem
+        return collections.OrderedDict((label, (t[0], t[1])) for label, t in totals.items())
 
     def server_pids(self):
         """Postmasters of every cluster under the work directory, restored ones included."""
@@ -379,14 +417,17 @@ class Bench(object):
                                     'pgbench_accounts': int(self.psql('SELECT count(*) FROM pgbench_accounts',
                                                                       db='modulodb'))}
         print('bench: database of scale %d: %.0f MB in %.1f s' % (self.scale, size / MB, elapsed), flush=True)
-        _res, elapsed, _mem = self.task('backup_info', self.conn_args(select='all'))
+        [(_res, elapsed, mem)] = self.interleaved(lambda: self.task('backup_info', self.conn_args(select='all')))
         self.results['ansible_task_overhead_s'] = round(elapsed, 2)
+        self.results['ansible_task_overhead_times_s'] = mem['times_s']
 
     def logical_backup(self):
         scratch = server_dir(os.path.join(self.base, 'runbook'), 0o755)
         dump = os.path.join(scratch, 'modulodb.sql.gz')
         env = self.cluster.env('modulodb')
-        _o, elapsed, mem = self.timed(lambda: shell('%s modulodb | gzip > %s' % (self.bin('pg_dump'), dump), env=env))
+        runbook = lambda: self.timed(lambda: shell('%s modulodb | gzip > %s' % (self.bin('pg_dump'), dump), env=env))
+        default = lambda: self.task('pg_backup', self.conn_args(db='modulodb'))
+        (_o, elapsed, mem), default_run = self.interleaved(runbook, default)
         ref = self.record('logical_backup.pg_dump_gzip', method='pg_dump | gzip (runbook)', time_s=round(elapsed, 2),
                           size_bytes=size_of(dump), reference=True, **mem)
         self.runbook_dump = dump
@@ -397,7 +438,8 @@ class Bench(object):
         for label, extra in variants:
             if label != 'default' and self.args.smoke and label == 'directory_gzip':
                 continue
-            result, elapsed, mem = self.task('pg_backup', self.conn_args(db='modulodb', **extra))
+            result, elapsed, mem = default_run if label == 'default' else self.task(
+                'pg_backup', self.conn_args(db='modulodb', **extra))
             meta = result['backup']['meta']
             if label != 'default' and (meta['format'], meta['compression']) == (
                     self.backups['default']['format'], self.backups['default']['compression']):
@@ -413,32 +455,39 @@ class Bench(object):
                         size_ratio=round(meta['size_bytes'] / float(ref['size_bytes']), 3), **mem)
 
     def logical_restore(self):
-        env = self.cluster.env('bench_runbook')
-        self.psql('CREATE DATABASE bench_runbook')
-        offset = self.server_log_offset()
-        _o, elapsed, mem = self.timed(lambda: shell('gunzip -c %s | %s -q -o /dev/null -d bench_runbook' % (
-            self.runbook_dump, self.bin('psql')), env=env))
-        rows = int(self.psql('SELECT count(*) FROM pgbench_accounts', db='bench_runbook'))
-        ref = self.record('logical_restore.gunzip_psql', method='gunzip | psql (runbook)', time_s=round(elapsed, 2),
-                          reference=True, rows_ok=rows == self.scale * 100000,
-                          pg_slow_statements=self.slow_statements(offset), **mem)
-        self.psql('DROP DATABASE bench_runbook')
-        for label in ('default', 'custom_zstd', 'directory_gzip', 'plain_zstd'):
-            meta = self.backups.get(label)
-            if meta is None:
-                continue
+        def runbook():
+            env = self.cluster.env('bench_runbook')
+            self.psql('CREATE DATABASE bench_runbook')
+            offset = self.server_log_offset()
+            _o, elapsed, mem = self.timed(lambda: shell('gunzip -c %s | %s -q -o /dev/null -d bench_runbook' % (
+                self.runbook_dump, self.bin('psql')), env=env))
+            rows = int(self.psql('SELECT count(*) FROM pgbench_accounts', db='bench_runbook'))
+            self.psql('DROP DATABASE bench_runbook')
+            return (rows == self.scale * 100000, self.slow_statements(offset)), elapsed, mem
+
+        def restore(meta):
             offset = self.server_log_offset()
             result, elapsed, mem = self.task('backup_restore', self.conn_args(
                 backup=meta['name'], db='modulodb', target_db='bench_restored', jobs=2))
             rows = int(self.psql('SELECT count(*) FROM pgbench_accounts', db='bench_restored'))
+            self.psql('DROP DATABASE bench_restored WITH (FORCE)')
+            return (rows == self.scale * 100000 and result['changed'], self.slow_statements(offset)), elapsed, mem
+
+        ((rows_ok, slow), elapsed, mem), default_run = self.interleaved(
+            runbook, lambda: restore(self.backups['default']))
+        ref = self.record('logical_restore.gunzip_psql', method='gunzip | psql (runbook)', time_s=round(elapsed, 2),
+                          reference=True, rows_ok=rows_ok, pg_slow_statements=slow, **mem)
+        for label in ('default', 'custom_zstd', 'directory_gzip', 'plain_zstd'):
+            meta = self.backups.get(label)
+            if meta is None:
+                continue
+            (rows_ok, slow), elapsed, mem = default_run if label == 'default' else restore(meta)
             self.record('logical_restore.backup_restore_%s' % label,
                         method='backup_restore jobs=2 of %s %s%s' % (
                             meta['format'], meta['compression'], ' (default backup)' if label == 'default' else ''),
                         time_s=round(elapsed, 2), time_ratio=round(elapsed / ref['time_s'], 2),
                         time_ratio_without_ansible=self.net_ratio(elapsed, ref['time_s']),
-                        rows_ok=rows == self.scale * 100000 and result['changed'],
-                        pg_slow_statements=self.slow_statements(offset), **mem)
-            self.psql('DROP DATABASE bench_restored WITH (FORCE)')
+                        rows_ok=rows_ok, pg_slow_statements=slow, **mem)
             if label == 'default' and self.args.smoke:
                 break
 
@@ -473,11 +522,16 @@ class Bench(object):
                                             'pgbackrest': self.pgbr_archive_command}
 
     def physical(self):
-        self.wait_archived()
-        result, elapsed, mem = self.task('pg_backup', self.conn_args(type='physical'))
+        def ours():
+            self.wait_archived()
+            return self.task('pg_backup', self.conn_args(type='physical'))
+
+        def pgbackrest():
+            self.wait_archived()    # its figure is its own, not the archiver's catching up
+            return self.timed(lambda: self.pgbackrest('--type=full', 'backup'))
+
+        (result, elapsed, mem), (_o, ref_elapsed, ref_mem) = self.interleaved(ours, pgbackrest)
         meta = result['backup']['meta']
-        self.wait_archived()
-        _o, ref_elapsed, ref_mem = self.timed(lambda: self.pgbackrest('--type=full', 'backup'))
         info = json.loads(self.pgbackrest('--output=json', 'info'))
         last = info[0]['backup'][-1]
         ref_size = last['info']['repository']['delta']
@@ -488,12 +542,20 @@ class Bench(object):
                     time_ratio=round(elapsed / ref_elapsed, 2),
                     time_ratio_without_ansible=self.net_ratio(elapsed, ref_elapsed), size_ratio=round(meta['size_bytes'] / float(ref_size), 3), **mem)
         # Restore to a running server: the collection replaces a live cluster's data directory.
-        target = self.new_target('target-project')
-        result, elapsed, mem = self.task('backup_restore', self.conn_args(
-            target, mode='cluster', target='immediate', pgdata=target.pgdata, confirm=target.pgdata))
-        rows_project = int(self.psql('SELECT count(*) FROM pgbench_accounts', db='modulodb', cluster=target))
-        self.drop_target(target)
-        ref_elapsed, ref_mem, rows_ref = self.pgbackrest_restore('target-pgbackrest', '--type=immediate')
+        def restore_ours():
+            target = self.new_target('target-project')
+            _result, took, used = self.task('backup_restore', self.conn_args(
+                target, mode='cluster', target='immediate', pgdata=target.pgdata, confirm=target.pgdata))
+            rows = int(self.psql('SELECT count(*) FROM pgbench_accounts', db='modulodb', cluster=target))
+            self.drop_target(target)
+            return rows, took, used
+
+        def restore_pgbackrest():
+            took, used, rows = self.pgbackrest_restore('target-pgbackrest', '--type=immediate')
+            return rows, took, used
+
+        (rows_project, elapsed, mem), (rows_ref, ref_elapsed, ref_mem) = self.interleaved(
+            restore_ours, restore_pgbackrest)
         self.record('physical_restore.pgbackrest', method='pgbackrest restore --type=immediate + start to promoted',
                     time_s=round(ref_elapsed, 2), reference=True, rows_ok=rows_ref == self.scale * 100000, **ref_mem)
         self.record('physical_restore.backup_restore', method='backup_restore mode=cluster target=immediate',
@@ -616,7 +678,7 @@ class Bench(object):
             ('pgbackrest', 'pgbackrest archive-push (sync, zst)',
              'pgbackrest --config={conf} --stanza=%s archive-push %s/$f' % (STANZA, seg_dir), 'pgbackrest'),
         ]
-        ref_rate = None
+        loops = []
         for label, method, template, kind in methods:
             dest = server_dir(os.path.join(self.base, 'push-%s' % label))
             conf = self.pgbr_conf
@@ -630,15 +692,14 @@ class Bench(object):
                 os.chmod(conf, 0o644)
                 server_dir(os.path.join(dest, 'repo'))
                 run(['pgbackrest', '--config=%s' % conf, '--stanza=%s' % STANZA, 'stanza-create'], as_server=True)
-            script = 'for f in %s; do %s || exit 1; done' % (' '.join(names), template.format(dest=dest, conf=conf))
-            _o, elapsed, mem = self.timed(lambda: shell(script, as_server=True))
-            stored = size_of(dest)
+            loops.append((label, template.format(dest=dest, conf=conf)))
+        for label, (elapsed, mem) in self.in_rounds(names, loops).items():
             rate = len(names) / elapsed
-            if label == 'pgbackrest':
-                ref_rate = rate
-            self.record('archive_push.%s' % label, method=method, segments=len(names), time_s=round(elapsed, 2),
-                        segments_per_s=round(rate, 1), ms_per_segment=round(1000.0 * elapsed / len(names), 1),
-                        size_bytes=stored, **mem)
+            self.record('archive_push.%s' % label, method=dict((m[0], m[1]) for m in methods)[label],
+                        segments=len(names), time_s=round(elapsed, 2), segments_per_s=round(rate, 1),
+                        ms_per_segment=round(1000.0 * elapsed / len(names), 1),
+                        size_bytes=size_of(os.path.join(self.base, 'push-%s' % label)), **mem)
+        ref_rate = self.results['measurements']['archive_push.pgbackrest']['segments_per_s']
         for label in ('cp', 'project'):
             entry = self.results['measurements']['archive_push.%s' % label]
             entry['rate_ratio'] = round(entry['segments_per_s'] / ref_rate, 2)
@@ -651,23 +712,25 @@ class Bench(object):
             ('pgbackrest', 'pgbackrest archive-get', 'pgbackrest --config={dest}/pgbackrest.conf --stanza=%s '
                                                      'archive-get $f {out}/$f' % STANZA),
         ]
-        for label, method, template in fetches:
-            dest = os.path.join(self.base, 'push-%s' % label)
-            out = os.path.join(self.base, 'fetched')
+        loops = []
+        for label, _method, template in fetches:
+            out = os.path.join(self.base, 'fetched-%s' % label)
             shutil.rmtree(out, ignore_errors=True)
             server_dir(out)
-            script = 'for f in %s; do %s || exit 1; done' % (' '.join(names), template.format(dest=dest, out=out))
-            _o, elapsed, mem = self.timed(lambda: shell(script, as_server=True))
+            loops.append((label, template.format(dest=os.path.join(self.base, 'push-%s' % label), out=out)))
+        for label, (elapsed, mem) in self.in_rounds(names, loops).items():
+            out = os.path.join(self.base, 'fetched-%s' % label)
             same = all(_same_file(os.path.join(seg_dir, name), os.path.join(out, name)) for name in names[:3])
             rate = len(names) / elapsed
-            self.record('archive_fetch.%s' % label, method=method, segments=len(names), time_s=round(elapsed, 2),
-                        segments_per_s=round(rate, 1), ms_per_segment=round(1000.0 * elapsed / len(names), 1),
+            self.record('archive_fetch.%s' % label, method=dict((m[0], m[1]) for m in fetches)[label],
+                        segments=len(names), time_s=round(elapsed, 2), segments_per_s=round(rate, 1),
+                        ms_per_segment=round(1000.0 * elapsed / len(names), 1),
                         identical=same, reference=label == 'pgbackrest', **mem)
+            shutil.rmtree(out, ignore_errors=True)
         ref_rate = self.results['measurements']['archive_fetch.pgbackrest']['segments_per_s']
         for label in ('cp', 'project'):
             entry = self.results['measurements']['archive_fetch.%s' % label]
             entry['rate_ratio'] = round(entry['segments_per_s'] / ref_rate, 2)
-        shutil.rmtree(os.path.join(self.base, 'fetched'), ignore_errors=True)
 
     def emergency_inventory(self, app):
         """The bench's own inventory: its cluster as the database server, the test application as modulo_app."""
@@ -858,9 +921,12 @@ def _fmt(value, unit=''):
 def markdown(results):
     lines = ['# Benchmark, pgbench scale %d (%s)' % (results['scale'], results['started_at'][:10]), '',
              'Database %.0f MB; %d CPUs; load average %s at start, %s at end (other processes share the '
-             'machine). Ratios are to the row marked *ref* of the same group, measured in the same run.'
+             'machine). Ratios are to the row marked *ref* of the same group, measured in the same run. '
+             'Each target\'s pair (reference and collection) ran %d times in turns and shows its median run '
+             '(every time below); WAL push and fetch ran in %d rounds, in turns.'
              % (results['database']['size_bytes'] / MB, results['host']['cpus'],
-                results['host'].get('loadavg_at_start'), results['host'].get('loadavg_at_end')), '',
+                results['host'].get('loadavg_at_start'), results['host'].get('loadavg_at_end'),
+                results.get('repeats', 1), results.get('repeats', 1)), '',
              '| measurement | method | time s | size MB | MB/s | ratio (time) | ratio w/o Ansible start | '
              'ratio (size) | peak RSS MB |',
              '|---|---|---:|---:|---:|---:|---:|---:|---:|']
@@ -908,8 +974,12 @@ def markdown(results):
         lines.append('| %s %s %s | %s | %s |' % (verdict['measurement'], verdict['field'], verdict['target'],
                                                  _fmt(verdict['value']), met))
     lines += ['', 'Phase times (s): %s' % ', '.join('%s %s' % kv for kv in results.get('phase_s', {}).items()),
-              'Ansible task overhead (an empty backup_info run): %s s, included in every pg_backup/backup_restore '
-              'time above.' % results.get('ansible_task_overhead_s'), '']
+              'Ansible task overhead (an empty backup_info run): %s s (runs: %s), included in every '
+              'pg_backup/backup_restore time above.' % (results.get('ansible_task_overhead_s'),
+                                                        results.get('ansible_task_overhead_times_s')),
+              'Every run of the repeated pairs (s): %s' % '; '.join(
+                  '%s %s' % (key, '/'.join('%.2f' % t for t in entry['times_s']))
+                  for key, entry in results['measurements'].items() if len(entry.get('times_s') or []) > 1), '']
     return '\n'.join(lines)
 
 
@@ -994,6 +1064,8 @@ def main(argv=None):
     parser.add_argument('--pitr-offset', type=int, default=60, help='PITR target, seconds into a pgbench run')
     parser.add_argument('--load-seconds', type=int, default=120, help='length of the archiving load test')
     parser.add_argument('--segments', type=int, default=300, help='WAL segments pushed by each method')
+    parser.add_argument('--repeats', type=int, default=3,
+                        help='runs of each compared pair (in turns; the median counts), and rounds of the WAL push')
     parser.add_argument('--smoke', action='store_true', help='short run: fewer variants, short loads')
     parser.add_argument('--keep', action='store_true', help='keep the work directory (for a post-mortem)')
     args = parser.parse_args(argv)
@@ -1006,6 +1078,7 @@ def main(argv=None):
     if args.smoke:
         args.pitr_offset, args.load_seconds, args.segments = min(args.pitr_offset, 5), min(args.load_seconds, 5), \
             min(args.segments, 12)
+        args.repeats = min(args.repeats, 2)
     if shutil.which('pgbackrest') is None:
         print('bench: pgbackrest is not installed (make bootstrap installs it)', file=sys.stderr)
         return 2
