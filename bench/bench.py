@@ -290,7 +290,7 @@ class Bench(object):
         a, b, ...) so that a machine that slows down or speeds up during the run weighs on all of them
         alike.  For each: the run with the median time, with the peak memory of all its runs and
         every time in ``times_s``."""
-        attempts = [[] for _ in runs]
+        attempts = [[] for _run in runs]
         for _round in range(self.args.repeats):
             for index, func in enumerate(runs):
                 attempts[index].append(func())
@@ -425,8 +425,13 @@ class Bench(object):
         scratch = server_dir(os.path.join(self.base, 'runbook'), 0o755)
         dump = os.path.join(scratch, 'modulodb.sql.gz')
         env = self.cluster.env('modulodb')
-        runbook = lambda: self.timed(lambda: shell('%s modulodb | gzip > %s' % (self.bin('pg_dump'), dump), env=env))
-        default = lambda: self.task('pg_backup', self.conn_args(db='modulodb'))
+
+        def runbook():
+            return self.timed(lambda: shell('%s modulodb | gzip > %s' % (self.bin('pg_dump'), dump), env=env))
+
+        def default():
+            return self.task('pg_backup', self.conn_args(db='modulodb'))
+
         (_o, elapsed, mem), default_run = self.interleaved(runbook, default)
         ref = self.record('logical_backup.pg_dump_gzip', method='pg_dump | gzip (runbook)', time_s=round(elapsed, 2),
                           size_bytes=size_of(dump), reference=True, **mem)
@@ -541,6 +546,7 @@ class Bench(object):
                     time_s=round(elapsed, 2), module_duration_s=meta['duration_s'], size_bytes=meta['size_bytes'],
                     time_ratio=round(elapsed / ref_elapsed, 2),
                     time_ratio_without_ansible=self.net_ratio(elapsed, ref_elapsed), size_ratio=round(meta['size_bytes'] / float(ref_size), 3), **mem)
+
         # Restore to a running server: the collection replaces a live cluster's data directory.
         def restore_ours():
             target = self.new_target('target-project')
