@@ -81,8 +81,8 @@ import time
 import zlib
 
 # shutil, subprocess and tempfile are imported where they are used, like hashlib and gzip below:
-# PostgreSQL starts this command once per WAL segment, and those three took a sixth of a push
-# that needs none of them (no encryption, zstd from libzstd).
+# PostgreSQL starts this command once per WAL segment, and those three cost several milliseconds
+# of every push, which needs none of them (no encryption, zstd from libzstd).
 
 EXIT_OK = 0
 EXIT_FAIL = 1
@@ -428,7 +428,7 @@ def _zstd_or_fail():
 
 
 # libzstd through ctypes (standard library): a segment compressed in this process costs no exec of
-# the zstd program and no second read of 16 MB, about a third of a push.  The frames are the zstd
+# the zstd program and no second read of 16 MB, about a fifth of a push.  The frames are the zstd
 # program's own format, with the content checksum it writes by default, so `zstd -d` reads what
 # this writes and the other way round.  Without the library (or with one older than 1.4, which
 # lacks the calls used here) the zstd program does the work, as it did before.
