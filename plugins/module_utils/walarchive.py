@@ -730,20 +730,20 @@ def _raw_chunks(path_or_file, codec):
     """Uncompressed content of a stored file, in chunks; corrupt input raises WalArchiveError.
 
     zstd frames and gzip members carry checksums of the content, so a damaged
-    copy fails here instead of yielding wrong bytes.
+    copy fails here instead of yielding wrong bytes.  A chunk may be a view of a
+    buffer that the next one overwrites (libzstd): use it before asking for the next.
     """
+    source = path_or_file if isinstance(path_or_file, str) else None
+    what = source or 'the S3 object'
     libzstd = _libzstd() if codec == 'zstd' else None
     if libzstd:
-        source = path_or_file if isinstance(path_or_file, str) else None
         try:
             with _opened(path_or_file) as handle:
-                for chunk in _ZstdStream(libzstd).decompress(handle, source or 'the S3 object'):
-                    yield bytes(chunk)
+                yield from _ZstdStream(libzstd).decompress(handle, what)
         except OSError as exc:
-            raise WalArchiveError('could not read %s: %s' % (source or 'the S3 object', exc))
+            raise WalArchiveError('could not read %s: %s' % (what, exc))
         return
     if codec == 'zstd':
-        source = path_or_file if isinstance(path_or_file, str) else None
         import subprocess
         import tempfile
         with tempfile.TemporaryFile() as errors:
@@ -758,10 +758,8 @@ def _raw_chunks(path_or_file, codec):
             if rc:
                 errors.seek(0)
                 raise WalArchiveError('zstd could not decompress %s (exit %d): %s'
-                                      % (source or 'the S3 object', rc,
-                                         errors.read().decode('utf-8', 'replace').strip()))
+                                      % (what, rc, errors.read().decode('utf-8', 'replace').strip()))
         return
-    what = path_or_file if isinstance(path_or_file, str) else 'the S3 object'
     try:
         if codec == 'gzip':
             gzip = _gzip()
@@ -1358,13 +1356,11 @@ def _zstd_decompress_to(source, fd):
     else the zstd program writes straight into ``fd`` (recovery waits for every fetch, and a copy
     of 16 MB through Python is most of one).  Either checks the frames' content checksums, so a
     damaged archive fails here instead of yielding wrong bytes."""
-    path = source if isinstance(source, str) else None
-    libzstd = _libzstd()
-    if libzstd:
-        with _opened(source) as handle:
-            for chunk in _ZstdStream(libzstd).decompress(handle, path or 'the S3 object'):
-                _write_all(fd, chunk)
+    if _libzstd():
+        for chunk in _raw_chunks(source, 'zstd'):
+            _write_all(fd, chunk)
         return
+    path = source if isinstance(source, str) else None
     import subprocess
     import tempfile
     with tempfile.TemporaryFile() as errors:
