@@ -177,6 +177,24 @@ class Sampler(object):
         }
 
 
+def merge_usage(usages, add_cpu=False):
+    """One Sampler summary for several runs: the first's, with the peaks of all of them, and with the
+    CPU seconds of all added up when the runs are parts of one measurement (``add_cpu``)."""
+    merged = dict(usages[0])
+    for key in ('peak_rss_mb', 'peak_rss_controller_mb'):
+        merged[key] = max(u.get(key, 0.0) for u in usages)
+    by_program, cpu = {}, {}
+    for usage in usages:
+        for label, value in usage.get('peak_rss_by_program_mb', {}).items():
+            by_program[label] = max(by_program.get(label, 0.0), value)
+        for label, value in usage.get('cpu_s_by_program', {}).items():
+            cpu[label] = cpu.get(label, 0.0) + value
+    merged['peak_rss_by_program_mb'] = dict(sorted(by_program.items()))
+    if add_cpu:
+        merged['cpu_s_by_program'] = dict((k, round(v, 2)) for k, v in sorted(cpu.items(), key=lambda kv: -kv[1]))
+    return merged
+
+
 # ---------------------------------------------------------------------------------------------
 # The environment: one cluster with the pgbench database, pgBackRest, the collection's repository
 # ---------------------------------------------------------------------------------------------
@@ -297,29 +315,24 @@ class Bench(object):
         chosen = []
         for tries in attempts:
             value, elapsed, mem = sorted(tries, key=lambda t: t[1])[(len(tries) - 1) // 2]
-            mem = dict(mem, times_s=[round(t[1], 2) for t in tries])
-            for key in ('peak_rss_mb', 'peak_rss_controller_mb'):
-                mem[key] = max(t[2].get(key, 0.0) for t in tries)
+            mem = dict(merge_usage([mem] + [t[2] for t in tries]), times_s=[round(t[1], 2) for t in tries])
             chosen.append((value, elapsed, mem))
         return chosen
 
     def in_rounds(self, names, loops):
         """Time each (label, command with $f) over all ``names``, in turns: a ``--repeats``-th of the
         segments at a time, so that every method meets the same moments of the machine's load.
-        Returns {label: (total time, memory with the peak of every round)}, in the order given."""
+        Returns {label: (total time, memory and CPU of all rounds)}, in the order given."""
         rounds = max(1, min(self.args.repeats, len(names)))
-        totals = collections.OrderedDict((label, [0.0, None]) for label, _c in loops)
+        runs = collections.OrderedDict((label, []) for label, _c in loops)
         for chunk in (names[i::rounds] for i in range(rounds)):
             for label, command in loops:
                 script = 'for f in %s; do %s || exit 1; done' % (' '.join(chunk), command)
                 _o, elapsed, mem = self.timed(lambda: shell(script, as_server=True))
-                total = totals[label]
-                total[0] += elapsed
-                if total[1] is not None:
-                    for key in ('peak_rss_mb', 'peak_rss_controller_mb'):
-                        mem[key] = max(mem[key], total[1][key])
-                total[1] = mem
-        return collections.OrderedDict((label, (t[0], t[1])) for label, t in totals.items())
+                runs[label].append((elapsed, mem))
+        return collections.OrderedDict((label, (sum(r[0] for r in parts), merge_usage([r[1] for r in parts],
+                                                                                      add_cpu=True)))
+                                       for label, parts in runs.items())
 
     def server_pids(self):
         """Postmasters of every cluster under the work directory, restored ones included."""

@@ -16,6 +16,22 @@ bench = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench)
 
 
+def test_merged_usage_of_several_runs_keeps_every_peak_and_adds_cpu_of_the_parts():
+    first = {'peak_rss_mb': 20.0, 'peak_rss_controller_mb': 90.0, 'peak_rss_by_program_mb': {'python3': 20.0},
+             'cpu_s_by_program': {'python3': 1.5, 'zstd': 0.5}}
+    second = {'peak_rss_mb': 30.0, 'peak_rss_controller_mb': 80.0,
+              'peak_rss_by_program_mb': {'python3': 25.0, 'zstd': 5.0},
+              'cpu_s_by_program': {'python3': 1.0, 'zstd': 2.25}}
+    parts = bench.merge_usage([first, second], add_cpu=True)
+    assert (parts['peak_rss_mb'], parts['peak_rss_controller_mb']) == (30.0, 90.0)
+    assert parts['peak_rss_by_program_mb'] == {'python3': 25.0, 'zstd': 5.0}
+    assert parts['cpu_s_by_program'] == {'zstd': 2.75, 'python3': 2.5}
+    assert list(parts['cpu_s_by_program']) == ['zstd', 'python3']          # most CPU first, as Sampler does
+    # Repeats of one measurement: the chosen run's CPU, everyone's peaks.
+    chosen = bench.merge_usage([first, first, second])
+    assert chosen['cpu_s_by_program'] == first['cpu_s_by_program'] and chosen['peak_rss_mb'] == 30.0
+
+
 def test_sampler_sees_a_child_process_memory_and_cpu():
     code = 'import time\nb = bytearray(80 * 1024 * 1024)\nfor i in range(0, len(b), 4096): b[i] = 1\n' \
            'while time.process_time() < 0.6: pass\n'
