@@ -22,7 +22,8 @@ import subprocess
 import tempfile
 import time
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import compression, encryption, fsutil, pipeline, walcommand
+from ansible_collections.modulo.pgbackup.plugins.module_utils import (
+    compression, encryption, fsutil, pipeline, untar, walarchive, walcommand)
 from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import Connection, psql_query
 
 
@@ -80,6 +81,10 @@ def extract_base(base_dir, pgdata, os_user=None, log=None, keys=None):
     archive = os.path.join(base_dir, archives[0])
     fsutil.ensure_dir(pgdata)
     chown_to(pgdata, os_user)
+    codec = compression.codec_of_path(archive)
+    if codec in ('zstd', 'gzip', 'none'):
+        _unpack_in_process(archive, codec, pgdata, os_user, log, keys)
+        return
     tar = run_as(os_user) + ['tar', '-x', '-C', pgdata, '-f', '-']
     try:
         stages, stdin_path = compression.read_stages(archive, keys)
@@ -89,6 +94,32 @@ def extract_base(base_dir, pgdata, os_user=None, log=None, keys=None):
     except pipeline.PipelineError as exc:
         detail = encryption.explain(exc.stderr) if exc.stage == 'age' else exc
         raise ScratchError('cannot unpack %s: %s' % (archive, detail))
+
+
+def _unpack_in_process(archive, codec, pgdata, os_user, log, keys):
+    """Decrypt, decompress and unpack in this process (see untar: twice as fast as zstd | tar)."""
+    encrypted = encryption.is_encrypted(archive)
+    settings = None
+    if encrypted:
+        if keys is None:
+            raise ScratchError('cannot unpack %s: it is encrypted: give its key with encryption_key_file (or '
+                               'encryption_old_key_files)' % archive)
+        try:
+            settings = {'identities': keys.identities()}
+        except encryption.EncryptionError as exc:
+            raise ScratchError('cannot unpack %s: %s' % (archive, exc))
+        if log is not None:
+            log.add(keys.decrypt_argv(archive))
+    uid = gid = None
+    if os.geteuid() == 0 and os_user and os_user != 'root':
+        pw = pwd.getpwnam(os_user)
+        uid, gid = pw.pw_uid, pw.pw_gid
+    try:
+        untar.extract(walarchive.content_chunks(archive, codec, settings, encrypted), pgdata, uid, gid)
+    except walarchive.WalArchiveError as exc:
+        raise ScratchError('cannot unpack %s: %s' % (archive, encryption.explain(str(exc))))
+    except (untar.UntarError, OSError) as exc:
+        raise ScratchError('cannot unpack %s into %s: %s' % (archive, pgdata, exc))
 
 
 def private_settings(port, socket_dir):
@@ -218,6 +249,7 @@ class PrivateCluster(object):
 def wait_promoted(query, timeout_s, server):
     """Poll ``pg_is_in_recovery()`` until false; fail early if the server died."""
     deadline = time.time() + timeout_s
+    pause = 0.05    # a short recovery ends within a few polls; a long one is not polled 5 times a second
     while time.time() < deadline:
         try:
             if query('SELECT pg_is_in_recovery()')[0][0] == 'f':
@@ -226,7 +258,8 @@ def wait_promoted(query, timeout_s, server):
             pass
         if not server.running():
             raise ScratchError('the restored server stopped during recovery: %s' % server.log_tail())
-        time.sleep(0.2)
+        time.sleep(pause)
+        pause = min(1.0, pause * 1.5)
     raise ScratchError('recovery did not finish within %d s: %s' % (timeout_s, server.log_tail()))
 
 

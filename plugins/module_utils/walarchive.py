@@ -688,13 +688,21 @@ def _decompress_into(path_or_file, codec, fd, encryption=None, encrypted=False):
         if fd is not None:
             _write_all(fd, chunk)
 
-    if encrypted:
-        for chunk in _decrypted_chunks(path_or_file, codec, encryption):
-            emit(chunk)
-    else:
-        for chunk in _raw_chunks(path_or_file, codec):
-            emit(chunk)
+    for chunk in content_chunks(path_or_file, codec, encryption, encrypted):
+        emit(chunk)
     return digest.hexdigest()
+
+
+def content_chunks(path_or_file, codec, encryption=None, encrypted=False):
+    """The raw content of a stored file (``codec`` none, gzip or zstd), decrypted and checked, in chunks.
+
+    The one reader of stored files: restore_command and the unpacking of base
+    backups (untar) both go through it.  A chunk may be a view that the next one
+    overwrites: use (or copy) it before asking for the next.
+    """
+    if encrypted:
+        return _decrypted_chunks(path_or_file, codec, encryption)
+    return _raw_chunks(path_or_file, codec)
 
 
 def _decrypted_chunks(path_or_file, codec, encryption):

@@ -178,3 +178,28 @@ def test_the_installed_command_reads_its_encryption_config(repo, pg_wal, keys, t
     dest = str(tmp_path / 'fetched')
     subprocess.run(['/usr/bin/python3', script, 'fetch', '--config', str(config), name, dest], check=True)
     assert sha(dest) == sha(src)
+
+
+# --- Base backups -------------------------------------------------------------------------------
+
+def test_encrypted_base_backup_unpacks_with_its_key_only(keys, tmp_path):
+    """scratch.extract_base decrypts a base.tar.zst.age in-process; a wrong key says which option to use."""
+    from ansible_collections.modulo.pgbackup.plugins.module_utils import scratch
+    source = tmp_path / 'src'
+    (source / 'global').mkdir(parents=True)
+    (source / 'global' / 'pg_control').write_bytes(os.urandom(8192))
+    tar = subprocess.run(['tar', '-c', '-f', '-', '-C', str(source), '.'], stdout=subprocess.PIPE, check=True).stdout
+    backup = tmp_path / 'backup'
+    backup.mkdir()
+    stages = [['zstd', '-q', '-c'], encryption.Keys(key_file=keys['old']).encrypt_argv()]
+    plain = tmp_path / 'base.tar'
+    plain.write_bytes(tar)
+    pipeline.run(stages, stdin_path=str(plain), stdout_path=str(backup / 'base.tar.zst.age'))
+
+    scratch.extract_base(str(backup), str(tmp_path / 'ok'), keys=encryption.Keys(key_file=keys['new'],
+                                                                                 old_key_files=[keys['old']]))
+    assert (tmp_path / 'ok' / 'global' / 'pg_control').read_bytes() == (source / 'global' / 'pg_control').read_bytes()
+    with pytest.raises(scratch.ScratchError, match='encryption_old_key_files'):
+        scratch.extract_base(str(backup), str(tmp_path / 'wrong'), keys=encryption.Keys(key_file=keys['other']))
+    with pytest.raises(scratch.ScratchError, match='encryption_key_file'):
+        scratch.extract_base(str(backup), str(tmp_path / 'none'))
