@@ -26,7 +26,7 @@ def make_tree(root):
         handle.write('15\n')
     open(os.path.join(root, 'base', '1', 'empty'), 'w').close()
     with open(os.path.join(root, 'base', '1', '16384'), 'wb') as handle:
-        handle.write(bytes(range(256)) * 4099)          # not a multiple of 512
+        handle.write(bytes(range(256)) * 1031)          # not a multiple of 512
     with open(os.path.join(root, 'base', '1', 'big'), 'wb') as handle:
         handle.write(os.urandom(3 * 1024 * 1024 + 17))
     os.chmod(os.path.join(root, 'PG_VERSION'), 0o640)
@@ -239,3 +239,23 @@ def test_extract_base_reports_a_corrupt_zstd_frame(source, tmp_path):
     (base_dir / 'base.tar.zst').write_bytes(bytes(packed))
     with pytest.raises(scratch.ScratchError, match='cannot unpack'):
         scratch.extract_base(str(base_dir), str(tmp_path / 'dest'))
+
+
+def test_large_files_are_flushed_small_ones_left_to_postgresql(source, tmp_path, monkeypatch):
+    _root, data = source
+    flushed = []
+    real_fdatasync = os.fdatasync
+
+    def recording(fd):
+        flushed.append(os.fstat(fd).st_size)
+        return real_fdatasync(fd)
+    monkeypatch.setattr(untar.os, 'fdatasync', recording)
+    dest = str(tmp_path / 'dest')
+    os.mkdir(dest)
+    untar.extract([data], dest)
+    assert flushed == [3 * 1024 * 1024 + 17]          # 'big' only, not PG_VERSION, 16384 or empty
+    flushed[:] = []
+    other = str(tmp_path / 'other')
+    os.mkdir(other)
+    untar.extract([data], other, sync=False)
+    assert flushed == []
