@@ -858,9 +858,7 @@ class Bench(object):
 
     # -- the run ------------------------------------------------------------------------------------
     def run(self):
-        phases = [self.setup, self.logical_backup, self.logical_restore, self.configure_archiving,
-                  self.physical, self.pitr, self.archive_under_load, self.archive_push_cost,
-                  self.emergency_recovery]
+        phases = [getattr(self, name) for name in phases_to_run(self.args.only)]
         try:
             for phase in phases:
                 started = time.time()
@@ -904,6 +902,25 @@ def wait_promoted(cluster, timeout=3600):
 # ---------------------------------------------------------------------------------------------
 # Results: JSON and a Markdown table, and the smoke check
 # ---------------------------------------------------------------------------------------------
+
+PHASES = ('logical_backup', 'logical_restore', 'physical', 'pitr', 'archive_under_load', 'archive_push_cost',
+          'emergency_recovery')
+# What a phase needs run before it: the restores use the logical phase's backups, the rest WAL archiving.
+PREREQUISITES = dict([('logical_restore', 'logical_backup')] + [
+    (phase, 'configure_archiving')
+    for phase in ('physical', 'pitr', 'archive_under_load', 'archive_push_cost', 'emergency_recovery')])
+
+
+def phases_to_run(only=None):
+    """The Bench methods to run, in order: all, or ``only`` those plus what they need set up first."""
+    order = ['setup', 'logical_backup', 'logical_restore', 'configure_archiving', 'physical', 'pitr',
+             'archive_under_load', 'archive_push_cost', 'emergency_recovery']
+    if not only:
+        return order
+    wanted = set(only) | {'setup'}
+    wanted |= set(PREREQUISITES[name] for name in only if name in PREREQUISITES)
+    return [name for name in order if name in wanted]
+
 
 TARGETS = [
     ('logical_backup.pg_backup_default', 'time_ratio', 0.8, '<='),
@@ -1087,6 +1104,10 @@ def main(argv=None):
                         help='runs of each compared pair (in turns; the median counts), and rounds of the WAL push')
     parser.add_argument('--smoke', action='store_true', help='short run: fewer variants, short loads')
     parser.add_argument('--keep', action='store_true', help='keep the work directory (for a post-mortem)')
+    parser.add_argument('--only', type=lambda text: text.split(','), metavar='PHASE[,PHASE]',
+                        help='measure only these phases (%s); the others show as not measured. For working on '
+                        'one target; use --results elsewhere to keep the dated results of a whole run'
+                        % ', '.join(PHASES))
     args = parser.parse_args(argv)
     if args.action == 'check':
         problems = check(args.json_path)
@@ -1094,6 +1115,9 @@ def main(argv=None):
             print('bench check: %s' % problem)
         print('bench check: %s' % ('FAILED' if problems else 'ok, %s' % args.json_path))
         return 1 if problems else 0
+    unknown = sorted(set(args.only or ()) - set(PHASES))
+    if unknown:
+        parser.error('unknown phase(s) %s for --only (phases: %s)' % (', '.join(unknown), ', '.join(PHASES)))
     if args.smoke:
         args.pitr_offset, args.load_seconds, args.segments = min(args.pitr_offset, 5), min(args.load_seconds, 5), \
             min(args.segments, 12)

@@ -117,3 +117,14 @@ def test_targets_are_judged_in_their_direction():
     assert verdicts[('physical_backup.pg_backup', 'time_ratio')] is False
     assert verdicts[('emergency_recovery', 'time_s')] is False
     assert verdicts[('pitr.backup_restore', 'time_ratio')] is None
+
+
+def test_only_runs_the_phases_asked_for_after_their_setup():
+    assert bench.phases_to_run() == ['setup', 'logical_backup', 'logical_restore', 'configure_archiving', 'physical',
+                                     'pitr', 'archive_under_load', 'archive_push_cost', 'emergency_recovery']
+    assert bench.phases_to_run(['logical_restore']) == ['setup', 'logical_backup', 'logical_restore']
+    assert bench.phases_to_run(['pitr', 'physical']) == ['setup', 'configure_archiving', 'physical', 'pitr']
+    assert all(hasattr(bench.Bench, name) for name in bench.phases_to_run())
+    with pytest.raises(SystemExit) as exc:
+        bench.main(['--only', 'physical,restore'])
+    assert exc.value.code == 2
