@@ -7,7 +7,10 @@ This file is installed on PostgreSQL hosts by copying its own source (the
 ``wal_archive`` module writes it with a ``#!/usr/bin/python3`` shebang) and runs
 as the ``postgres`` OS user with Debian's /usr/bin/python3.  It therefore
 imports nothing from Ansible or the collection, only the standard library, and
-boto3 lazily when S3 is configured.  It is also importable as
+boto3 lazily when S3 is configured.  PostgreSQL starts it once per segment, so
+what it imports is part of every push: argparse, json and re (a fifth of a push,
+measured) are imported only off the installed command lines' path.  It is also
+importable as
 ``ansible_collections.modulo.pgbackup.plugins.module_utils.walarchive`` so that
 modules and tests call its functions directly.
 
@@ -69,11 +72,8 @@ the cluster nor another cluster can write into this archive.
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
-import argparse
 import errno
-import json
 import os
-import re
 import stat
 import struct
 import sys
@@ -115,11 +115,19 @@ XLP_LONG_HEADER = 0x0002
 KNOWN_MAGIC = {0xD097: 10, 0xD098: 11, 0xD101: 12, 0xD106: 13, 0xD10D: 14, 0xD110: 15,
                0xD113: 16, 0xD116: 17}
 
-_SEGMENT_RE = re.compile(r'^[0-9A-F]{24}$')
-_PARTIAL_RE = re.compile(r'^[0-9A-F]{24}\.partial$')
-_BACKUP_RE = re.compile(r'^[0-9A-F]{24}\.[0-9A-F]{8}\.backup$')
-_HISTORY_RE = re.compile(r'^[0-9A-F]{8}\.history$')
-_DATE_RE = re.compile(r'^[0-9]{8}$')
+# Names are checked without the re module: importing it (and json, argparse) cost a fifth of a
+# segment's push, measured; see _is_hex, _fast_args and _loads.
+_UPPER_HEX = frozenset('0123456789ABCDEF')
+_ANY_HEX = frozenset('0123456789ABCDEFabcdef')
+
+
+def _is_hex(text, length, digits=_UPPER_HEX):
+    return len(text) == length and not set(text) - digits
+
+
+def _is_date_dir(name):
+    return len(name) == 8 and name.isdigit() and name.isascii()
+
 
 # Where zstd is looked for when it is not on the postmaster's PATH.
 ZSTD_FALLBACK = '/usr/bin/zstd'
@@ -154,10 +162,11 @@ def parse_lsn(text):
     """'0/2000028' -> 33554472 (the 64-bit position); an int is returned unchanged."""
     if isinstance(text, int):
         return text
-    match = re.match(r'^\s*([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})\s*$', str(text))
-    if not match:
+    high, slash, low = str(text).strip().partition('/')
+    if not (slash and 1 <= len(high) <= 8 and 1 <= len(low) <= 8 and _is_hex(high, len(high), _ANY_HEX)
+            and _is_hex(low, len(low), _ANY_HEX)):
         raise ValueError('not an LSN: %r (expected e.g. 0/2000028)' % (text,))
-    return (int(match.group(1), 16) << 32) | int(match.group(2), 16)
+    return (int(high, 16) << 32) | int(low, 16)
 
 
 def format_lsn(lsn):
@@ -186,7 +195,7 @@ def segment_name(timeline, lsn, seg_size=WAL_SEG_SIZE, prev=False):
 def parse_segment_name(name, seg_size=WAL_SEG_SIZE):
     """(timeline, segment number) of a segment name (a ``.partial`` suffix is ignored)."""
     base = name[:-len('.partial')] if name.endswith('.partial') else name
-    if not _SEGMENT_RE.match(base):
+    if not _is_hex(base, 24):
         raise ValueError('not a WAL segment name: %r' % (name,))
     per_id = _segs_per_xlogid(seg_size)
     log, seg = int(base[8:16], 16), int(base[16:24], 16)
@@ -210,13 +219,13 @@ def wal_range(start_name, stop_name, seg_size=WAL_SEG_SIZE):
 
 def wal_kind(name):
     """'segment', 'partial', 'backup' or 'history'; anything else is refused (never a path)."""
-    if _SEGMENT_RE.match(name):
+    if _is_hex(name, 24):
         return 'segment'
-    if _PARTIAL_RE.match(name):
+    if name.endswith('.partial') and _is_hex(name[:-8], 24):
         return 'partial'
-    if _HISTORY_RE.match(name):
+    if name.endswith('.history') and _is_hex(name[:-8], 8):
         return 'history'
-    if _BACKUP_RE.match(name):
+    if name.endswith('.backup') and name[24:25] == '.' and _is_hex(name[:24], 24) and _is_hex(name[25:-7], 8):
         return 'backup'
     raise ValueError('not a WAL file name PostgreSQL archives: %r' % (name,))
 
@@ -817,7 +826,7 @@ def _date_dirs(repo, newest_first=True):
         if exc.errno == errno.ENOENT:
             return []
         raise
-    return sorted((n for n in names if _DATE_RE.match(n)), reverse=newest_first)
+    return sorted((n for n in names if _is_date_dir(n)), reverse=newest_first)
 
 
 def _stored_names(name):
@@ -880,7 +889,7 @@ def read_archive_info(repo):
     path = os.path.join(wal_dir(repo), INFO_FILE)
     try:
         with open(path) as handle:
-            info = json.load(handle)
+            info = _loads(handle.read())
     except OSError as exc:
         if exc.errno == errno.ENOENT:
             return None
@@ -906,6 +915,7 @@ def write_archive_info(repo, sysid, seg_size=None):
     _ensure_dir(directory)
     final = os.path.join(directory, INFO_FILE)
     tmp = _tmp_name(directory, INFO_FILE)
+    import json
     data = (json.dumps(archive_info_document(sysid, seg_size), indent=2, sort_keys=True) + '\n').encode('utf-8')
     fd = _open_tmp(tmp)
     try:
@@ -1013,7 +1023,7 @@ class S3Archive(object):
         _keys, dates = self._list(base, delimiter='/')
         wanted = set(_stored_names(name))
         for date_prefix in sorted(dates, reverse=True):
-            if not _DATE_RE.match(date_prefix[len(base):].rstrip('/')):
+            if not _is_date_dir(date_prefix[len(base):].rstrip('/')):
                 continue
             keys, _prefixes = self._list(date_prefix + name)
             for key in keys:
@@ -1033,7 +1043,7 @@ class S3Archive(object):
             page = self._call('list %s' % self.uri(base), lambda: self.client.list_objects_v2(**kwargs))
             for obj in page.get('Contents', []):
                 parts = obj['Key'][len(base):].split('/')
-                if len(parts) != 2 or not _DATE_RE.match(parts[0]) or parts[1].startswith('.'):
+                if len(parts) != 2 or not _is_date_dir(parts[0]) or parts[1].startswith('.'):
                     continue
                 name = _strip_suffix(parts[1])
                 try:
@@ -1061,7 +1071,7 @@ class S3Archive(object):
         if obj is None:
             return None
         try:
-            info = json.loads(obj['Body'].read().decode('utf-8'))
+            info = _loads(obj['Body'].read().decode('utf-8'))
         except ValueError as exc:
             raise WalArchiveError('%s is not valid JSON (%s)' % (self.uri(key), exc))
         if not isinstance(info, dict) or not info.get('system_identifier'):
@@ -1070,6 +1080,7 @@ class S3Archive(object):
 
     def write_info(self, sysid, seg_size=None):
         key = self.key('wal/' + INFO_FILE)
+        import json
         body = (json.dumps(archive_info_document(sysid, seg_size), indent=2, sort_keys=True) + '\n').encode('utf-8')
         self._call('write %s' % self.uri(key), lambda: self.client.put_object(
             Bucket=self.bucket, Key=key, Body=body, ServerSideEncryption='AES256',
@@ -1451,6 +1462,7 @@ CONFIG_KEYS = ('repo', 'compression', 'level', 's3_bucket', 's3_prefix', 's3_end
 
 
 def _parser():
+    import argparse
     parser = argparse.ArgumentParser(prog='walarchive', description='PostgreSQL WAL archive command '
                                      '(push for archive_command, fetch for restore_command).')
     sub = parser.add_subparsers(dest='command')
@@ -1487,7 +1499,7 @@ def _settings(args):
     if args.config:
         try:
             with open(args.config) as handle:
-                config = json.load(handle)
+                config = _loads(handle.read())
         except (OSError, ValueError) as exc:
             raise WalArchiveError('cannot read config %s: %s' % (args.config, exc))
         if not isinstance(config, dict):
@@ -1518,8 +1530,140 @@ def _say(message):
     sys.stderr.flush()
 
 
+class _Args(object):
+    """What argparse would return for the command lines wal_archive installs."""
+
+    def __init__(self, command, config, first, second):
+        self.command, self.config = command, config
+        self.repo = self.s3_bucket = self.s3_prefix = self.s3_endpoint_url = self.aws_region = None
+        self.s3_only = self.compression = self.level = None
+        if command == 'push':
+            self.wal_path, self.wal_name = first, second
+        else:
+            self.wal_name, self.dest_path = first, second
+
+
+def _fast_args(argv):
+    """``push --config F %p %f`` and ``fetch --config F %f %p`` (the installed lines) without argparse.
+
+    Anything else, a help request or a mistake included, goes to argparse and its messages.
+    """
+    if (len(argv) == 5 and argv[0] in ('push', 'fetch') and argv[1] == '--config'
+            and not any(arg.startswith('-') for arg in argv[2:])):
+        return _Args(argv[0], argv[2], argv[3], argv[4])
+    return None
+
+
+def _loads(text):
+    """json.loads for the small documents this command reads (its config, archive.json).
+
+    Objects, arrays, strings, integers, true, false and null are read here; anything
+    else (floats, odd escapes, broken text) goes to the json module, which gives
+    the same result or the same ValueError.
+    """
+    try:
+        value, end = _JsonReader(text).value(0)
+        if text[end:].strip(_JsonReader.WHITE):
+            raise _NotSimple()
+        return value
+    except (_NotSimple, IndexError):
+        import json
+        return json.loads(text)
+
+
+class _NotSimple(Exception):
+    pass
+
+
+class _JsonReader(object):
+    WHITE = ' \t\n\r'     # JSON's whitespace, no more
+    _ESCAPES = {'"': '"', '\\': '\\', '/': '/', 'b': '\b', 'f': '\f', 'n': '\n', 'r': '\r', 't': '\t'}
+    _DIGITS = frozenset('0123456789')
+
+    def __init__(self, text):
+        self.text = text
+
+    def skip(self, pos):
+        while self.text[pos] in self.WHITE:
+            pos += 1
+        return pos
+
+    def value(self, pos):
+        text = self.text
+        pos = self.skip(pos)
+        char = text[pos]
+        if char == '{':
+            return self.obj(pos + 1)
+        if char == '[':
+            return self.array(pos + 1)
+        if char == '"':
+            return self.string(pos + 1)
+        for word, value in (('true', True), ('false', False), ('null', None)):
+            if text.startswith(word, pos):
+                return value, pos + len(word)
+        end = pos + (char == '-')
+        while end < len(text) and text[end] in self._DIGITS:
+            end += 1
+        digits = text[pos + (char == '-'):end]
+        if not digits or (len(digits) > 1 and digits[0] == '0') or text[end:end + 1] in ('.', 'e', 'E'):
+            raise _NotSimple()
+        return int(text[pos:end]), end
+
+    def obj(self, pos):
+        result = {}
+        pos = self.skip(pos)
+        if self.text[pos] == '}':
+            return result, pos + 1
+        while True:
+            pos = self.skip(pos)
+            if self.text[pos] != '"':
+                raise _NotSimple()
+            key, pos = self.string(pos + 1)
+            pos = self.skip(pos)
+            if self.text[pos] != ':':
+                raise _NotSimple()
+            result[key], pos = self.value(pos + 1)
+            pos = self.skip(pos)
+            if self.text[pos] == '}':
+                return result, pos + 1
+            if self.text[pos] != ',':
+                raise _NotSimple()
+            pos += 1
+
+    def array(self, pos):
+        result = []
+        pos = self.skip(pos)
+        if self.text[pos] == ']':
+            return result, pos + 1
+        while True:
+            item, pos = self.value(pos)
+            result.append(item)
+            pos = self.skip(pos)
+            if self.text[pos] == ']':
+                return result, pos + 1
+            if self.text[pos] != ',':
+                raise _NotSimple()
+            pos += 1
+
+    def string(self, pos):
+        text, parts = self.text, []
+        while True:
+            end = pos
+            while text[end] not in '"\\' and text[end] >= ' ':
+                end += 1
+            parts.append(text[pos:end])
+            char = text[end]
+            if char == '"':
+                return ''.join(parts), end + 1
+            if char != '\\' or text[end + 1] not in self._ESCAPES:
+                raise _NotSimple()      # a control character, \uXXXX: json decides
+            parts.append(self._ESCAPES[text[end + 1]])
+            pos = end + 2
+
+
 def main(argv=None):
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = _fast_args(argv) or _parser().parse_args(argv)
     fatal = EXIT_FATAL if args.command == 'fetch' else EXIT_FAIL
     try:
         settings, s3 = _settings(args)
@@ -1537,6 +1681,7 @@ def main(argv=None):
         else:
             if not settings['repo']:
                 raise WalArchiveError('status needs --repo')
+            import json
             sys.stdout.write(json.dumps(status(settings['repo']), indent=2, sort_keys=True) + '\n')
         return EXIT_OK
     except NotFound as exc:

@@ -9,6 +9,7 @@ tests stay fast; the code takes the segment size from the header.
 import errno
 import hashlib
 import json
+import math
 import os
 import stat
 import struct
@@ -93,7 +94,9 @@ def test_parse_lsn():
     assert walarchive.parse_lsn('16/B374D848') == (0x16 << 32) | 0xB374D848
     assert walarchive.parse_lsn(42) == 42
     assert walarchive.format_lsn(walarchive.parse_lsn('1/FF000000')) == '1/FF000000'
-    for bad in ('', '0x2000028', '0/', '1/2/3', 'G/0'):
+    assert walarchive.parse_lsn(' ab/cd\n') == (0xAB << 32) | 0xCD
+    for bad in ('', '0x2000028', '0/', '1/2/3', 'G/0', '/1', '123456789/0', '0/123456789', '+1/0', '1 /0',
+                '\u0661/0'):
         with pytest.raises(ValueError):
             walarchive.parse_lsn(bad)
 
@@ -143,7 +146,10 @@ def test_wal_kind():
     assert walarchive.wal_kind('000000010000000000000002.00000028.backup') == 'backup'
     assert walarchive.wal_kind('00000002.history') == 'history'
     for bad in ('../etc/passwd', '000000010000000000000001.zst', 'RECOVERYXLOG', '00000001000000000000001',
-                '0000000100000000000000g1', '/tmp/000000010000000000000001'):
+                '0000000100000000000000g1', '/tmp/000000010000000000000001', '00000001000000000000000a',
+                '0000000100000000000000011', '000000010000000000000001.partial.partial', '0000002.history',
+                '000000010000000000000002.0000028.backup', '000000010000000000000002-00000028.backup',
+                '000000010000000000000002.00000028.backupx', '0000000100000000000000\u0661\u0661'):
         with pytest.raises(ValueError):
             walarchive.wal_kind(bad)
 
@@ -712,3 +718,57 @@ def test_a_new_segment_is_hashed_only_when_there_is_something_to_compare(repo, p
         walarchive.fetch(name, os.path.join(other_repo, 'fetched'), repo=other_repo)
         with open(src, 'rb') as a, open(os.path.join(other_repo, 'fetched'), 'rb') as b:
             assert a.read() == b.read()
+
+
+# --- the command line's own readers -------------------------------------------------------------
+
+@pytest.mark.parametrize('text', [
+    '{"repo": "/var/lib/pgbackup", "compression": "zstd", "level": 3, "s3_only": false, "s3_bucket": null}',
+    '{\n  "created_at": "2026-11-26T10:00:00Z",\n  "format_version": 1,\n  "system_identifier": "7312345678901234567"\n}\n',
+    '{"encryption_key_files": ["/etc/a key", "/etc/b\\"q\\\\"], "n": -12, "z": 0, "e": {}, "l": [], "t": true}',
+    ' {"escaped": "tab\\tnew\\nline\\/slash\\b\\f\\r", "dup": 1, "dup": 2} ',
+    '{"unicode": "caf\u00e9 \u2713"}', '[1, [2, [3, {"a": null}]]]', '"top"', '7',
+])
+def test_loads_reads_what_json_reads(text):
+    assert walarchive._loads(text) == json.loads(text)
+
+
+@pytest.mark.parametrize('text', [
+    '{"f": 1.5}', '{"e": 1e3}', '{"u": "\\u00e9"}', '{"n": NaN}', '{"big": -0}',
+])
+def test_loads_leaves_the_rest_to_json(text):
+    value = walarchive._loads(text)
+    expected = json.loads(text)
+    assert value == expected or (math.isnan(value['n']) and math.isnan(expected['n']))
+
+
+@pytest.mark.parametrize('text', [
+    '', '{', '{"a": 1,}', '[1,]', '{"a" 1}', '{a: 1}', '{"a": 01}', '{"a": 1} x', '{"a": "line\nbreak"}',
+    '{"a": tru}', '{"a": "unterminated}', '{"a": 1}\x0b', '-', '{"a": "\\x"}',
+])
+def test_loads_refuses_what_json_refuses(text):
+    with pytest.raises(ValueError):
+        json.loads(text)
+    with pytest.raises(ValueError):
+        walarchive._loads(text)
+
+
+@pytest.mark.parametrize('argv', [
+    ['push', '--config', '/etc/pgbackup/wal.json', 'pg_wal/000000010000000000000001', '000000010000000000000001'],
+    ['fetch', '--config', '/etc/pgbackup/wal.json', '000000010000000000000001', 'pg_wal/RECOVERYXLOG'],
+])
+def test_fast_args_equal_argparse_for_the_installed_lines(argv):
+    fast = walarchive._fast_args(argv)
+    parsed = walarchive._parser().parse_args(argv)
+    for key in walarchive.CONFIG_KEYS + ('command', 'config', 'wal_name'):
+        assert getattr(fast, key, None) == getattr(parsed, key, None), key
+    assert getattr(fast, 'wal_path', None) == getattr(parsed, 'wal_path', None)
+    assert getattr(fast, 'dest_path', None) == getattr(parsed, 'dest_path', None)
+
+
+@pytest.mark.parametrize('argv', [
+    ['push', '--help'], ['push', '--repo', '/r', 'a', 'b'], ['push', '--config', 'c', 'a', 'b', '--s3-only'],
+    ['push', '--config', 'c', '-', 'b'], ['status', '--config', 'c', 'a', 'b'], ['push', 'a', 'b'],
+])
+def test_everything_else_goes_to_argparse(argv):
+    assert walarchive._fast_args(argv) is None
