@@ -5,6 +5,7 @@ import copy
 import importlib.util
 import json
 import os
+import shlex
 import subprocess
 import sys
 
@@ -128,3 +129,17 @@ def test_only_runs_the_phases_asked_for_after_their_setup():
     with pytest.raises(SystemExit) as exc:
         bench.main(['--only', 'physical,restore'])
     assert exc.value.code == 2
+
+
+def test_project_command_keeps_the_installed_shape_with_its_own_repo(tmp_path):
+    """The push/fetch loops run the installed line itself; only its configuration's repo differs."""
+    config = tmp_path / 'wal archive.json'
+    config.write_text(json.dumps({'repo': '/var/lib/pgbackup', 'compression': 'auto', 'level': None}))
+    installed = "/usr/bin/python3 -S /opt/pgbackup-wal push --config '%s' %%p %%f" % config
+    fake = type('FakeBench', (), {'base': str(tmp_path)})()
+    line = bench.Bench.project_command_for(fake, installed, '/tmp/push-project')
+    words = shlex.split(line)
+    assert words[:5] == shlex.split(installed)[:5] and words[6:] == ['%p', '%f'] and len(words) == 8
+    with open(words[5]) as handle:
+        assert json.load(handle) == {'repo': '/tmp/push-project', 'compression': 'auto', 'level': None}
+    assert json.loads(config.read_text())['repo'] == '/var/lib/pgbackup'        # the original is untouched
