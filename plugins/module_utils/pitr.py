@@ -15,7 +15,6 @@ __metaclass__ = type
 
 import datetime
 import os
-import pwd
 import re
 import shutil
 import subprocess
@@ -225,10 +224,10 @@ def scratch_workdir(base_dir, os_user):
     stamp = repository.utcnow().strftime(repository.STAMP_FORMAT)
     workdir = os.path.join(base_dir, '.pitr-%s-%d' % (stamp, os.getpid()))
     fsutil.ensure_dir(workdir)
-    if os.geteuid() == 0 and os_user and os_user != 'root':
-        pw = pwd.getpwnam(os_user)
+    uid, gid = scratch.server_ids(os_user)
+    if uid is not None:
         if os.stat(base_dir).st_uid == 0:
-            os.chown(base_dir, pw.pw_uid, pw.pw_gid)
+            os.chown(base_dir, uid, gid)
         scratch.chown_to(workdir, os_user)
         probe = subprocess.run(scratch.run_as(os_user) + ['test', '-w', workdir], check=False)
         if probe.returncode != 0:

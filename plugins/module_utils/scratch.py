@@ -38,14 +38,22 @@ def run_as(os_user):
     return []
 
 
-def chown_to(path, os_user):
+def server_ids(os_user):
+    """(uid, gid) that files made for the server's OS user must get, or (None, None) when they are ours already."""
     if os.geteuid() == 0 and os_user and os_user != 'root':
         pw = pwd.getpwnam(os_user)
+        return pw.pw_uid, pw.pw_gid
+    return None, None
+
+
+def chown_to(path, os_user):
+    uid, gid = server_ids(os_user)
+    if uid is not None:
         for base, dirs, files in os.walk(path):
-            os.chown(base, pw.pw_uid, pw.pw_gid)
+            os.chown(base, uid, gid)
             for name in files:
-                os.lchown(os.path.join(base, name), pw.pw_uid, pw.pw_gid)
-        os.chown(path, pw.pw_uid, pw.pw_gid)
+                os.lchown(os.path.join(base, name), uid, gid)
+        os.chown(path, uid, gid)
 
 
 def install_wal_command(workdir, repo_root, s3_settings=None, os_user=None, keys=None):
@@ -110,10 +118,7 @@ def _unpack_in_process(archive, codec, pgdata, os_user, log, keys):
             raise ScratchError('cannot unpack %s: %s' % (archive, exc))
         if log is not None:
             log.add(keys.decrypt_argv(archive))
-    uid = gid = None
-    if os.geteuid() == 0 and os_user and os_user != 'root':
-        pw = pwd.getpwnam(os_user)
-        uid, gid = pw.pw_uid, pw.pw_gid
+    uid, gid = server_ids(os_user)
     try:
         untar.extract(walarchive.content_chunks(archive, codec, settings, encrypted), pgdata, uid, gid)
     except walarchive.WalArchiveError as exc:
