@@ -95,9 +95,7 @@ def read_stages(path, keys=None):
     """
     codec = codec_of_path(path)
     if encryption.is_encrypted(path):
-        if keys is None:
-            raise encryption.EncryptionError('%s is encrypted: give its key with encryption_key_file (or '
-                                             'encryption_old_key_files)' % path)
+        keys = encryption.require_keys(path, keys)
         return [keys.decrypt_argv(path)] + ([decompress_argv(codec)] if codec != 'none' else []), None
     if codec != 'none':
         return [decompress_argv(codec, path)], None

@@ -55,6 +55,14 @@ def strip_suffix(path):
     return path[:-len(SUFFIX)] if str(path).endswith(SUFFIX) else path
 
 
+def require_keys(path, keys):
+    """``keys`` for reading the encrypted ``path``; without any, say which options give them."""
+    if keys is None:
+        raise EncryptionError('%s is encrypted: give its key with encryption_key_file (or '
+                              'encryption_old_key_files)' % path)
+    return keys
+
+
 class Keys(object):
     """The keys of one run: the current one (encrypts and decrypts) and old ones (decrypt only)."""
 

@@ -109,10 +109,8 @@ def _unpack_in_process(archive, codec, pgdata, os_user, log, keys):
     encrypted = encryption.is_encrypted(archive)
     settings = None
     if encrypted:
-        if keys is None:
-            raise ScratchError('cannot unpack %s: it is encrypted: give its key with encryption_key_file (or '
-                               'encryption_old_key_files)' % archive)
         try:
+            keys = encryption.require_keys(archive, keys)
             settings = {'identities': keys.identities()}
         except encryption.EncryptionError as exc:
             raise ScratchError('cannot unpack %s: %s' % (archive, exc))
