@@ -1610,40 +1610,39 @@ class _JsonReader(object):
         return int(text[pos:end]), end
 
     def obj(self, pos):
-        result = {}
+        return self.items(pos, '}', {}, self.member)
+
+    def array(self, pos):
+        return self.items(pos, ']', [], self.element)
+
+    def items(self, pos, close, result, read_item):
+        """The members or elements up to ``close``, separated by commas, each added by ``read_item``."""
         pos = self.skip(pos)
-        if self.text[pos] == '}':
+        if self.text[pos] == close:
             return result, pos + 1
         while True:
-            pos = self.skip(pos)
-            if self.text[pos] != '"':
-                raise _NotSimple()
-            key, pos = self.string(pos + 1)
-            pos = self.skip(pos)
-            if self.text[pos] != ':':
-                raise _NotSimple()
-            result[key], pos = self.value(pos + 1)
-            pos = self.skip(pos)
-            if self.text[pos] == '}':
+            pos = self.skip(read_item(result, pos))
+            if self.text[pos] == close:
                 return result, pos + 1
             if self.text[pos] != ',':
                 raise _NotSimple()
             pos += 1
 
-    def array(self, pos):
-        result = []
+    def member(self, result, pos):
         pos = self.skip(pos)
-        if self.text[pos] == ']':
-            return result, pos + 1
-        while True:
-            item, pos = self.value(pos)
-            result.append(item)
-            pos = self.skip(pos)
-            if self.text[pos] == ']':
-                return result, pos + 1
-            if self.text[pos] != ',':
-                raise _NotSimple()
-            pos += 1
+        if self.text[pos] != '"':
+            raise _NotSimple()
+        key, pos = self.string(pos + 1)
+        pos = self.skip(pos)
+        if self.text[pos] != ':':
+            raise _NotSimple()
+        result[key], pos = self.value(pos + 1)
+        return pos
+
+    def element(self, result, pos):
+        item, pos = self.value(pos)
+        result.append(item)
+        return pos
 
     def string(self, pos):
         text, parts = self.text, []
