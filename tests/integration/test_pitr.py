@@ -36,11 +36,17 @@ def archiving_cluster(new_cluster, repo, extra=''):
 
 
 def wait_archived(cluster, repo, timeout=60):
-    """Close the current segment and wait until the archive has it."""
+    """Close the current segment and wait until the archive has it.
+
+    The file in the host repository is not enough: with an S3 mirror the command writes the host copy first
+    and returns only once the upload is done too, so the wait also needs the server to count the segment as
+    archived (the command returned 0, every copy in place).
+    """
     segment = cluster.psql('SELECT pg_walfile_name(pg_switch_wal())')
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if walarchive.find_segment(repo, segment):
+        if walarchive.find_segment(repo, segment) and cluster.psql(
+                "SELECT coalesce(last_archived_wal >= '%s', false) FROM pg_stat_archiver" % segment) == 't':
             return segment
         time.sleep(0.2)
     raise AssertionError('segment %s not archived' % segment)
