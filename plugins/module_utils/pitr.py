@@ -182,8 +182,10 @@ class ScratchRecovery(scratch.PrivateCluster):
         scratch.chown_to(self.workdir, self.os_user)
         os.chmod(self.pgdata, 0o700)
         started = time.time()
-        self.server.start(timeout_s)
         try:
+            # A recovery that stops short may end before pg_ctl's wait does (start fails) or after it (the wait
+            # sees the server stop): which one is a matter of timing, the explanation must not depend on it.
+            self.server.start(timeout_s)
             scratch.wait_promoted(self.query, timeout_s, self.server)
         except scratch.ScratchError as exc:
             raise scratch.ScratchError(explain_short_recovery(str(exc), base, repo_root))

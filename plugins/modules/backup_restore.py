@@ -281,7 +281,12 @@ def _live_server_control(p, log):
             run(pg_ctl + ['-m', 'fast', '-w', '-t', '300', 'stop'])
 
     def start():
-        run(pg_ctl + ['-l', logfile, '-w', '-t', str(p['recovery_timeout']), 'start'])
+        try:
+            run(pg_ctl + ['-l', logfile, '-w', '-t', str(p['recovery_timeout']), 'start'])
+        except scratch.ScratchError as exc:
+            # pg_ctl only says "Examine the log output": the reason is in the server's log.
+            raise scratch.ScratchError('%s; server log %s: %s' % (
+                exc, logfile, scratch.Server(bindir, p['pgdata'], logfile).log_tail()))
     return stop, start, logfile
 
 
@@ -367,7 +372,8 @@ def point_in_time(module, p, log, result):
             except ERRORS as exc:
                 raise pitr.PitrError('%s. The previous data directory is intact at %s; to roll back: stop PostgreSQL, '
                                      'move %s away, rename %s to %s, start PostgreSQL'
-                                     % (exc, aside, p['pgdata'], aside, p['pgdata']))
+                                     % (pitr.explain_short_recovery(str(exc), base, repo.root), aside, p['pgdata'],
+                                        aside, p['pgdata']))
             finally:
                 shutil.rmtree(workdir, ignore_errors=True)
             outcome = {'target_db': None, 'old_pgdata': aside}

@@ -128,6 +128,34 @@ def test_pitr_target_in_a_wal_gap_fails_clearly_and_promotes_nothing(world):
     assert_nothing_promoted(world, 'shop_gap')
 
 
+def test_cluster_mode_into_a_wal_gap_names_the_gap_and_its_rollback_gives_the_data_back(world):
+    """Cluster mode sets the live data directory aside before recovering in its place: the failure says why
+    (the gap, from the server's log, which pg_ctl only points to) and how to roll back, and doing what it says
+    brings the live cluster back as it was."""
+    cluster, gap = world['cluster'], world['segments'][1]
+    with MovedAside(world, gap) as aside:
+        aside.remove()
+        res = world['ansible'].task('modulo.pgbackup.backup_restore', args_for(
+            cluster, world['repo'], mode='cluster', pgdata=cluster.pgdata, confirm=cluster.pgdata,
+            target_time=world['marks'][2]))
+    assert res.get('failed') is True, res
+    msg, old = res['msg'], res['old_pgdata']
+    assert msg.startswith('recovery ended before reaching the target: the WAL archive has a gap after base '
+                          'backup %s, 1 segment(s) missing, first %s' % (world['base']['name'], gap)), msg
+    assert 'The previous data directory is intact at %s; to roll back' % old in msg
+    assert 'recovery ended before configured recovery target was reached' in msg    # the server's own words
+
+    # The rollback, as the message gives it: the failed copy moved away, the old directory renamed back.
+    cluster.stop()
+    failed = cluster.pgdata + '.failed'
+    os.rename(cluster.pgdata, failed)
+    os.rename(old, cluster.pgdata)
+    shutil.rmtree(failed)
+    cluster.start()
+    assert count(cluster, world['db']) == 400
+    assert cluster.psql('SELECT pg_is_in_recovery()') == 'f'
+
+
 def test_flipped_byte_in_an_archived_segment_is_refused_by_fetch_pitr_and_drill(world, tmp_path):
     damaged = world['segments'][1]
     with MovedAside(world, damaged) as aside:

@@ -33,3 +33,13 @@ def test_without_a_visible_gap_the_cause_is_still_said(tmp_path):
 def test_other_failures_are_left_as_they_are():
     other = 'the restored server stopped during recovery: FATAL:  could not restore file'
     assert pitr.explain_short_recovery(other, {'wal_start': '000000010000000000000002'}, '/nonexistent') == other
+
+
+def test_a_server_that_stopped_before_pg_ctl_stopped_waiting_is_explained_the_same(tmp_path):
+    # Recovery can end short before pg_ctl's wait ends: then start() fails, and its text carries the same log.
+    started = ('the restored server did not come up: waiting for server to start.... stopped waiting\n'
+               'pg_ctl: could not start server\nExamine the log output.; server log: ' + LOG.split(': ', 1)[1])
+    repo = archive(tmp_path, '000000010000000000000002', '000000010000000000000004')
+    msg = pitr.explain_short_recovery(started, {'name': 'b', 'wal_start': '000000010000000000000002'}, repo)
+    assert msg.startswith('recovery ended before reaching the target: the WAL archive has a gap after base backup b, '
+                          '1 segment(s) missing, first 000000010000000000000003'), msg
