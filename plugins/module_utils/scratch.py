@@ -163,11 +163,14 @@ class Server(object):
         self.os_user = os_user
 
     def _pg_ctl(self, *args, **kwargs):
+        log = kwargs.pop('log', None)
         argv = run_as(self.os_user) + [os.path.join(self.bindir, 'pg_ctl'), '-D', self.pgdata] + list(args)
+        if log is not None:
+            log.add(argv)
         return subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False, cwd='/', **kwargs)
 
-    def start(self, timeout_s):
-        proc = self._pg_ctl('-l', self.logfile, '-w', '-t', str(int(timeout_s)), 'start')
+    def start(self, timeout_s, log=None):
+        proc = self._pg_ctl('-l', self.logfile, '-w', '-t', str(int(timeout_s)), 'start', log=log)
         if proc.returncode != 0:
             raise ScratchError('the restored server did not come up: %s; server log: %s' % (
                 proc.stdout.decode('utf-8', 'replace').strip()[-300:], self.log_tail()))

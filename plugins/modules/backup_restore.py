@@ -280,13 +280,14 @@ def _live_server_control(p, log):
         if os.path.exists(os.path.join(p['pgdata'], 'postmaster.pid')):
             run(pg_ctl + ['-m', 'fast', '-w', '-t', '300', 'stop'])
 
+    server = scratch.Server(bindir, p['pgdata'], logfile, p['pg_os_user'])
+
     def start():
         try:
-            run(pg_ctl + ['-l', logfile, '-w', '-t', str(p['recovery_timeout']), 'start'])
+            server.start(p['recovery_timeout'], log=log)
         except scratch.ScratchError as exc:
-            # pg_ctl only says "Examine the log output": the reason is in the server's log.
-            raise scratch.ScratchError('%s; server log %s: %s' % (
-                exc, logfile, scratch.Server(bindir, p['pgdata'], logfile).log_tail()))
+            # Its tail is in the message; the whole log stays beside the data directory.
+            raise scratch.ScratchError('%s (the whole log: %s)' % (exc, logfile))
     return stop, start, logfile
 
 

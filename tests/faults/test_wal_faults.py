@@ -128,24 +128,22 @@ def test_pitr_target_in_a_wal_gap_fails_clearly_and_promotes_nothing(world):
     assert_nothing_promoted(world, 'shop_gap')
 
 
-def test_cluster_mode_into_a_wal_gap_names_the_gap_and_its_rollback_gives_the_data_back(world):
-    """Cluster mode sets the live data directory aside before recovering in its place: the failure says why
-    (the gap, from the server's log, which pg_ctl only points to) and how to roll back, and doing what it says
-    brings the live cluster back as it was."""
-    cluster, gap = world['cluster'], world['segments'][1]
-    with MovedAside(world, gap) as aside:
+def cluster_mode_pitr_without(world, segment):
+    """A cluster-mode PITR to the last mark with ``segment`` out of the archive; it must fail."""
+    cluster = world['cluster']
+    with MovedAside(world, segment) as aside:
         aside.remove()
         res = world['ansible'].task('modulo.pgbackup.backup_restore', args_for(
             cluster, world['repo'], mode='cluster', pgdata=cluster.pgdata, confirm=cluster.pgdata,
             target_time=world['marks'][2]))
     assert res.get('failed') is True, res
-    msg, old = res['msg'], res['old_pgdata']
-    assert msg.startswith('recovery ended before reaching the target: the WAL archive has a gap after base '
-                          'backup %s, 1 segment(s) missing, first %s' % (world['base']['name'], gap)), msg
-    assert 'The previous data directory is intact at %s; to roll back' % old in msg
-    assert 'recovery ended before configured recovery target was reached' in msg    # the server's own words
+    assert 'The previous data directory is intact at %s; to roll back' % res['old_pgdata'] in res['msg']
+    return res
 
-    # The rollback, as the message gives it: the failed copy moved away, the old directory renamed back.
+
+def roll_back_as_told(world, old):
+    """The rollback the message gives: the failed copy moved away, the old directory renamed back, started."""
+    cluster = world['cluster']
     cluster.stop()
     failed = cluster.pgdata + '.failed'
     os.rename(cluster.pgdata, failed)
@@ -154,6 +152,34 @@ def test_cluster_mode_into_a_wal_gap_names_the_gap_and_its_rollback_gives_the_da
     cluster.start()
     assert count(cluster, world['db']) == 400
     assert cluster.psql('SELECT pg_is_in_recovery()') == 'f'
+
+
+def test_cluster_mode_into_a_wal_gap_names_the_gap_and_its_rollback_gives_the_data_back(world):
+    """Cluster mode sets the live data directory aside before recovering in its place: the failure says why
+    (the gap, from the server's log, which pg_ctl only points to) and how to roll back, and doing what it says
+    brings the live cluster back as it was."""
+    gap = world['segments'][1]
+    res = cluster_mode_pitr_without(world, gap)
+    msg = res['msg']
+    assert msg.startswith('recovery ended before reaching the target: the WAL archive has a gap after base '
+                          'backup %s, 1 segment(s) missing, first %s' % (world['base']['name'], gap)), msg
+    assert 'recovery ended before configured recovery target was reached' in msg    # the server's own words
+    roll_back_as_told(world, res['old_pgdata'])
+
+
+def test_cluster_mode_whose_server_cannot_start_gives_the_server_log_and_its_path(world):
+    """Without the base backup's first segment the restored server never reaches a consistent state and
+    pg_ctl start fails, saying only "Examine the log output": the message carries the log's tail and path."""
+    res = cluster_mode_pitr_without(world, world['base']['wal_start'])
+    msg, pgdata = res['msg'], world['cluster'].pgdata
+    logfile = os.path.join(os.path.dirname(pgdata), 'pitr-%s.log' % os.path.basename(pgdata))
+    assert msg.startswith('the restored server did not come up: '), msg
+    assert '(the whole log: %s)' % logfile in msg
+    assert '%s is not in the archive' % world['base']['wal_start'] in msg     # the cause, in the server's log
+    with open(logfile) as handle:
+        last_line = handle.read().strip().splitlines()[-1]
+    assert last_line in msg     # the tail of the server's own log, not only pg_ctl's words
+    roll_back_as_told(world, res['old_pgdata'])
 
 
 def test_flipped_byte_in_an_archived_segment_is_refused_by_fetch_pitr_and_drill(world, tmp_path):
