@@ -48,6 +48,20 @@ options:
       - Directory of the PostgreSQL client programs (C(pg_dump), C(psql), ...).
       - When empty, C(pg_config --bindir) and the usual Debian and RHEL paths are tried.
     type: path
+  pg_os_user:
+    description:
+      - The OS user the PostgreSQL server runs as (the owner of its data directory).
+      - When the module runs as root (C(become) with sudo, the collection's privilege model), it acts as this user
+        by itself (C(runuser)) for everything PostgreSQL would do, that is the client programs that connect over the
+        Unix socket (peer authentication maps this OS user to O(login_user)), C(pg_ctl), the scratch clusters.
+      - Files the module writes into the repository belong to this user, so that the WAL archive command, which
+        runs as this user, can use the whole repository; a repository that root owns is handed to it.
+      - Ignored when the module does not run as root (it then already is the user it runs as).
+    type: str
+    default: postgres
 notes:
   - The PostgreSQL client programs of version 15 or newer must be installed on the host that runs the module.
+  - Run the module as root (C(become=true), Ansible's default C(become_user)) or as O(pg_os_user). Connecting as a
+    deploy user and becoming O(pg_os_user) with C(become_user) is not needed and, without C(setfacl) on the host,
+    does not work; see the README, "Privileges on the database host".
 '''

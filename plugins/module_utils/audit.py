@@ -23,7 +23,7 @@ import os
 import socket
 import time
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import fsutil, repository
+from ansible_collections.modulo.pgbackup.plugins.module_utils import fsutil, osuser, repository
 
 AUDIT_FILE = 'audit.log'
 # Result keys copied into the line when a module returns them; all are names or counts, never secrets.
@@ -31,17 +31,9 @@ RESULT_FIELDS = ('backup', 'target_db', 'mode', 'kind', 'status', 'report_path',
                  'freed_bytes', 'recovered_to', 'encryption_key_id')
 
 
-def _os_user():
-    try:
-        import pwd
-        return pwd.getpwuid(os.geteuid()).pw_name
-    except (ImportError, KeyError):
-        return str(os.geteuid())
-
-
 def who():
     """The OS user, the user behind sudo/su when known, and the AWX job when there is one."""
-    actor = {'os_user': _os_user()}
+    actor = {'os_user': osuser.current_user()}
     for key, env in (('sudo_user', 'SUDO_USER'), ('awx_job_id', 'JOB_ID'), ('awx_user', 'AWX_USER_NAME'),
                      ('operator', 'MODULO_PGBACKUP_OPERATOR')):
         if os.environ.get(env):
@@ -101,12 +93,12 @@ def append(repo, record):
         fresh = not os.path.exists(path)
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, fsutil.FILE_MODE)
         try:
+            if fresh:
+                fsutil.inherit_owner(path)
             os.write(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
-        if fresh:
-            repo.adopt(path)
     except OSError as exc:
         return 'the audit line could not be written to %s: %s' % (path, exc.strerror or exc)
     return None

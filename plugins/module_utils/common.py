@@ -21,6 +21,7 @@ def connection_argspec():
         ssl_mode=dict(type='str', default='prefer',
                       choices=['disable', 'allow', 'prefer', 'require', 'verify-ca', 'verify-full']),
         pg_bindir=dict(type='path'),
+        pg_os_user=dict(type='str', default='postgres'),
     )
 
 
@@ -43,6 +44,14 @@ def encryption_argspec():
         encryption_key_file=dict(type='path', no_log=False),
         encryption_key_env=dict(type='str', default='MODULO_PGBACKUP_ENCRYPTION_KEY', no_log=False),
         encryption_old_key_files=dict(type='list', elements='path', default=[], no_log=False),
+    )
+
+
+def service_argspec():
+    return dict(
+        pgdata=dict(type='path'),
+        pg_service=dict(type='str'),
+        service_control=dict(type='str', default='auto', choices=['auto', 'systemd', 'pg_ctlcluster', 'pg_ctl']),
     )
 
 

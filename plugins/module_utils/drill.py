@@ -44,7 +44,7 @@ import subprocess
 import time
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import (
-    compression, encryption, fsutil, logical_restore, pipeline, pitr, repository, scratch)
+    compression, encryption, fsutil, logical_restore, osuser, pipeline, pitr, repository, scratch)
 from ansible_collections.modulo.pgbackup.plugins.module_utils.logical_backup import database_rows
 from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import (
     Connection, PgError, quote_ident)
@@ -224,7 +224,6 @@ def write_report(repo, report, report_dir=None):
     for directory in directories:
         path = os.path.join(directory, name)
         fsutil.write_json_atomic(path, report)
-        repo.adopt(path)
         paths.append(path)
     return paths
 
@@ -235,8 +234,8 @@ class ScratchCluster(scratch.PrivateCluster):
     """A brand-new empty cluster for loading a logical dump; always removed by ``close``."""
 
     def create(self, timeout_s=600, log=None):
-        scratch.chown_to(self.socket_dir, self.os_user)
-        argv = scratch.run_as(self.os_user) + [
+        osuser.give_to(self.socket_dir, self.os_user)
+        argv = osuser.run_as(self.os_user) + [
             os.path.join(self.bindir, 'initdb'), '-D', self.pgdata, '-U', 'postgres', '--auth=trust',
             '--encoding=UTF8', '--locale=C.UTF-8', '--no-sync']
         if log is not None:
@@ -397,7 +396,7 @@ class Drill(object):
         if not path or not os.path.exists(path):
             return
         stages, stdin_path = compression.read_stages(path, self.keys)
-        psql = [conn.bin('psql'), '-X', '-q', '--no-password', '-o', '/dev/null', '-d', 'postgres']
+        psql = conn.command('psql') + ['-X', '-q', '--no-password', '-o', '/dev/null', '-d', 'postgres']
         try:
             pipeline.run(stages + [psql], env=conn.env('postgres'), stdin_path=stdin_path, log=self.log)
         except pipeline.PipelineError as exc:
@@ -479,7 +478,7 @@ class Drill(object):
         db = self.database()
         conn = self.cluster.conn(db)
         # --install-missing creates the amcheck extension, in the scratch copy only.
-        argv = [conn.bin('pg_amcheck'), '--install-missing', '--heapallindexed', '--no-password',
+        argv = conn.command('pg_amcheck') + ['--install-missing', '--heapallindexed', '--no-password',
                 '--jobs=%d' % self.jobs, db]
         if self.log is not None:
             self.log.add(argv)

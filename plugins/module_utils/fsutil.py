@@ -20,6 +20,8 @@ import os
 import shutil
 import time
 
+from ansible_collections.modulo.pgbackup.plugins.module_utils import osuser
+
 TMP_PREFIX = '.tmp-'
 DIR_MODE = 0o700
 FILE_MODE = 0o600
@@ -35,17 +37,39 @@ def ensure_dir(path, mode=DIR_MODE):
 
     Missing parents above it get the usual umask mode: they are outside the
     repository (e.g. /var/backups) and other users may need to traverse them.
+    What is created inherits the owner of the directory it is made in (inherit_owner).
     """
     if not os.path.isdir(path):
+        made = []
+        head = os.path.abspath(path)
+        while head and not os.path.isdir(head):
+            made.insert(0, head)
+            head = os.path.dirname(head)
         os.makedirs(path, mode)
+        for directory in made:
+            inherit_owner(directory)
         fsync_dir(os.path.dirname(os.path.abspath(path)))
     st = os.stat(path)
     current = st.st_mode & 0o777
     # Only ever take permissions away: a directory an operator made read-only
     # (0500) must stay read-only, and the failure must be reported, not undone.
-    if st.st_uid == os.geteuid() and current & ~mode:
+    if (st.st_uid == os.geteuid() or osuser.is_root()) and current & ~mode:
         os.chmod(path, current & mode)
     return path
+
+
+def inherit_owner(path):
+    """As root, give ``path`` (just made: a file or a tree) the owner of the directory it is in.
+
+    The repository has one owner, the server's OS user (Repository.ensure): the archive command, the
+    drills and PITR run as that user and must be able to use whatever a module run as root wrote
+    there. Made in a directory root owns (/var/backups, /tmp), it stays root's.
+    """
+    if not osuser.is_root():
+        return
+    parent = os.stat(os.path.dirname(os.path.abspath(path)))
+    if parent.st_uid != 0:
+        osuser.chown_tree(path, parent.st_uid, parent.st_gid)
 
 
 def fsync_dir(path):
@@ -84,6 +108,7 @@ def publish(tmp_path, final_path, overwrite=False):
     Never replaces an existing ``final_path`` unless ``overwrite`` (used only for
     metadata we own, such as a ``.meta`` being rewritten in place).
     """
+    inherit_owner(tmp_path)
     if os.path.isdir(tmp_path):
         fsync_tree(tmp_path)
     else:
@@ -192,7 +217,10 @@ class RepositoryLock(object):
         self._fd = None
 
     def __enter__(self):
+        fresh = not os.path.exists(self.path)
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        if fresh:
+            inherit_owner(self.path)
         deadline = time.time() + self.wait_s
         while True:
             try:

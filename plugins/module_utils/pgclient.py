@@ -8,6 +8,11 @@ are on every PostgreSQL host already, they are the tools a DBA would run by
 hand, and the host needs nothing else installed.  Credentials travel only in
 the environment (PGPASSWORD), never in argv, so ``ps`` and ``executed_commands``
 never show them.
+
+Run as root, the programs that connect over the Unix socket run as the server's
+OS user (``pg_os_user``): peer authentication, the default for local connections
+on Debian and RHEL, maps that OS user to the database role, and root maps to
+nothing.  Over TCP (``login_host``) they run as the module does.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -16,6 +21,8 @@ __metaclass__ = type
 import os
 import re
 import subprocess
+
+from ansible_collections.modulo.pgbackup.plugins.module_utils import osuser
 
 DEFAULT_BINDIRS = ('/usr/lib/postgresql/15/bin', '/usr/pgsql-15/bin', '/usr/local/pgsql/bin')
 FIELD_SEP = '\x1f'
@@ -51,7 +58,7 @@ class Connection(object):
     """Connection parameters of community.postgresql's shape, rendered as libpq env."""
 
     def __init__(self, login_user=None, login_password=None, login_host=None,
-                 login_unix_socket=None, port=5432, ssl_mode=None, db=None, bindir=None):
+                 login_unix_socket=None, port=5432, ssl_mode=None, db=None, bindir=None, os_user=None):
         self.login_user = login_user
         self.login_password = login_password
         self.login_host = login_host
@@ -60,13 +67,25 @@ class Connection(object):
         self.ssl_mode = ssl_mode
         self.db = db
         self.bindir = find_bindir(bindir)
+        self.os_user = os_user
 
     @classmethod
     def from_params(cls, params, db=None):
         return cls(login_user=params.get('login_user'), login_password=params.get('login_password'),
                    login_host=params.get('login_host'), login_unix_socket=params.get('login_unix_socket'),
                    port=params.get('port'), ssl_mode=params.get('ssl_mode'),
-                   db=db if db is not None else params.get('db'), bindir=params.get('pg_bindir'))
+                   db=db if db is not None else params.get('db'), bindir=params.get('pg_bindir'),
+                   os_user=params.get('pg_os_user'))
+
+    def over_socket(self):
+        """Whether libpq connects over a Unix socket: no host, or a host that is a directory."""
+        host = self.login_host or self.login_unix_socket or ''
+        return not host or host.startswith('/')
+
+    def command(self, program, *args):
+        """argv of a client program: run as the server's OS user when root connects over the socket."""
+        prefix = osuser.run_as(self.os_user) if self.over_socket() else []
+        return prefix + [self.bin(program)] + list(args)
 
     def env(self, db=None):
         env = dict(os.environ)
@@ -97,7 +116,19 @@ class Connection(object):
     def describe(self, db=None):
         """Where we connect, for error messages (no secrets)."""
         host = self.login_host or self.login_unix_socket or 'default socket'
-        return '%s@%s:%s/%s' % (self.login_user or os.environ.get('USER', ''), host, self.port, db or self.db)
+        where = '%s@%s:%s/%s' % (self.login_user or os.environ.get('USER', ''), host, self.port, db or self.db)
+        if self.over_socket() and osuser.switches_to(self.os_user):
+            where += ' (as OS user %s)' % self.os_user
+        return where
+
+
+class ReadOnlyConnection(Connection):
+    """A connection whose sessions cannot write, whatever a smoke query says."""
+
+    def env(self, db=None):
+        env = super(ReadOnlyConnection, self).env(db)
+        env['PGOPTIONS'] = '-c default_transaction_read_only=on'
+        return env
 
 
 class CommandLog(object):
@@ -130,6 +161,10 @@ def explain_connection_error(stderr, conn, db=None):
     where = conn.describe(db)
     if 'password authentication failed' in msg or 'no password supplied' in msg:
         return 'authentication failed for %s: check login_user/login_password (%s)' % (where, msg)
+    if 'Peer authentication failed' in msg:
+        return ('peer authentication failed for %s: over the Unix socket the OS user must match the database role. '
+                'Run the play with become: true (the module then connects as pg_os_user, %s), or connect as that OS '
+                'user, or give login_host and login_password (%s)' % (where, conn.os_user or 'postgres', msg))
     if re.search(r'database "[^"]*" does not exist', msg):
         return 'database does not exist on %s: check db/target_db (%s)' % (where, msg)
     if 'Connection refused' in msg or 'could not connect' in msg or 'No such file or directory' in msg:
@@ -144,15 +179,36 @@ def psql_query(conn, sql, db=None, log=None, check=True):
     ``sql`` may be a list: one psql runs them in order, each in its own transaction (as
     ALTER SYSTEM needs), and stops at the first error; the rows of all of them are returned.
     """
-    argv = [conn.bin('psql'), '-X', '-q', '-A', '-t', '-F', FIELD_SEP, '-P', 'null=\\N', '-v', 'ON_ERROR_STOP=1']
+    argv = conn.command('psql', '-X', '-q', '-A', '-t', '-F', FIELD_SEP, '-P', 'null=\\N', '-v', 'ON_ERROR_STOP=1')
     for statement in ([sql] if isinstance(sql, str) else sql):
         argv += ['-c', statement]
     if log is not None:
         log.add(argv)
-    proc = subprocess.run(argv, env=conn.env(db), stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
+    proc = subprocess.run(argv, env=conn.env(db), stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False,
+                          cwd='/')
     if proc.returncode != 0:
         if not check:
             return None
+        raise PgError(explain_connection_error(proc.stderr.decode('utf-8', 'replace'), conn, db))
+    return parse_rows(proc.stdout.decode('utf-8'))
+
+
+def psql_script(conn, script, db=None, variables=None, secret_env=None, log=None):
+    """Feed ``script`` (SQL and psql meta-commands) to psql on stdin; returns its output rows.
+
+    ``variables`` become ``-v name=value`` (visible in argv: nothing secret); ``secret_env`` goes only
+    into psql's environment, where the script reads it with ``\\getenv`` (passwords).
+    """
+    argv = conn.command('psql', '-X', '-q', '-A', '-t', '-F', FIELD_SEP, '-P', 'null=\\N', '-v', 'ON_ERROR_STOP=1')
+    for name, value in sorted((variables or {}).items()):
+        argv += ['-v', '%s=%s' % (name, value)]
+    if log is not None:
+        log.add(argv)
+    env = conn.env(db)
+    env.update(secret_env or {})
+    proc = subprocess.run(argv, env=env, input=script.encode('utf-8'), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, check=False, cwd='/')
+    if proc.returncode != 0:
         raise PgError(explain_connection_error(proc.stderr.decode('utf-8', 'replace'), conn, db))
     return parse_rows(proc.stdout.decode('utf-8'))
 
@@ -184,15 +240,15 @@ class PsqlSession(object):
     _MARK = '__modulo_pgbackup_done__'
 
     def __init__(self, conn, db=None, log=None):
-        argv = [conn.bin('psql'), '-X', '-q', '-A', '-t', '-F', FIELD_SEP, '-P', 'null=\\N',
-                '-v', 'ON_ERROR_STOP=1']
+        argv = conn.command('psql', '-X', '-q', '-A', '-t', '-F', FIELD_SEP, '-P', 'null=\\N',
+                            '-v', 'ON_ERROR_STOP=1')
         if log is not None:
             log.add(argv)
         self.conn = conn
         self.db = db
         self.proc = subprocess.Popen(argv, env=conn.env(db), stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     universal_newlines=True, bufsize=1)
+                                     universal_newlines=True, bufsize=1, cwd='/')
 
     def query(self, sql):
         try:

@@ -16,6 +16,8 @@ import signal
 import subprocess
 import tempfile
 
+from ansible_collections.modulo.pgbackup.plugins.module_utils import fsutil
+
 
 class PipelineError(Exception):
     def __init__(self, message, stage=None, returncode=None, stderr=''):
@@ -23,6 +25,13 @@ class PipelineError(Exception):
         self.stage = stage
         self.returncode = returncode
         self.stderr = stderr
+
+
+def program(argv):
+    """The program a stage runs, past a ``runuser -u USER --`` prefix (osuser.run_as)."""
+    if argv and os.path.basename(argv[0]) == 'runuser' and '--' in argv:
+        argv = argv[argv.index('--') + 1:]
+    return os.path.basename(argv[0]) if argv else ''
 
 
 def _describe_rc(rc):
@@ -40,7 +49,8 @@ def run(stages, env=None, stdin_path=None, stdout_path=None, stdout_mode=0o600, 
 
     ``started`` is called with the list of Popen objects once all run, so a
     caller can do work concurrently (count rows in the dump's snapshot).
-    Returns the stderr text of every stage.
+    Returns the stderr text of every stage. The stages run in ``/``: a stage run as the server's OS
+    user (osuser.run_as) may not enter the directory Ansible started the module in.
     """
     procs, errs = [], []
     stdin = open(stdin_path, 'rb') if stdin_path else subprocess.DEVNULL
@@ -48,6 +58,7 @@ def run(stages, env=None, stdin_path=None, stdout_path=None, stdout_mode=0o600, 
     try:
         if stdout_path:
             stdout_fd = os.open(stdout_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, stdout_mode)
+            fsutil.inherit_owner(stdout_path)
         try:
             prev = stdin
             for index, argv in enumerate(stages):
@@ -57,7 +68,7 @@ def run(stages, env=None, stdin_path=None, stdout_path=None, stdout_mode=0o600, 
                 err = tempfile.TemporaryFile()
                 errs.append(err)
                 out = (stdout_fd if stdout_fd is not None else subprocess.DEVNULL) if last else subprocess.PIPE
-                proc = subprocess.Popen(argv, stdin=prev, stdout=out, stderr=err, env=env)
+                proc = subprocess.Popen(argv, stdin=prev, stdout=out, stderr=err, env=env, cwd='/')
                 if index > 0 and prev is not None:
                     prev.close()  # so the upstream stage gets SIGPIPE if we die
                 prev = proc.stdout if not last else None
@@ -104,7 +115,7 @@ def _failure(stages, codes, texts, failed):
     first = causes[0]
     parts = []
     for index in [first] + [i for i in failed if i != first]:
-        name = os.path.basename(stages[index][0])
+        name = program(stages[index])
         text = texts[index].strip()[-1500:]
         part = '%s failed (%s)' % (name, _describe_rc(codes[index]))
         if text:
@@ -112,7 +123,7 @@ def _failure(stages, codes, texts, failed):
         elif index != first and _is_pipe_victim(codes[index], texts[index]):
             part += ' because its output pipe closed'
         parts.append(part)
-    name = os.path.basename(stages[first][0])
+    name = program(stages[first])
     return PipelineError('; '.join(parts), stage=name, returncode=codes[first], stderr=texts[first])
 
 

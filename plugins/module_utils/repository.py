@@ -16,7 +16,7 @@ import json
 import os
 import re
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import fsutil
+from ansible_collections.modulo.pgbackup.plugins.module_utils import fsutil, osuser
 
 FORMAT_VERSION = 1
 SUBDIRS = ('full', 'base', 'wal', 'logs', 'restore-tests')
@@ -73,68 +73,55 @@ def dump_suffix(fmt, compression, native_compression):
 
 
 class Repository(object):
-    def __init__(self, root):
+    """The repository at ``root``, owned by ``os_user`` (the server's OS user) when written as root."""
+
+    def __init__(self, root, os_user='postgres'):
         if not root:
             raise RepositoryError('backup_root is required')
         self.root = os.path.abspath(os.path.expanduser(root))
+        self.os_user = os_user
 
     def path(self, *parts):
         return os.path.join(self.root, *parts)
-
-    def owner(self):
-        """(uid, gid) of the repository root: the one owner of everything in it."""
-        st = os.stat(self.root)
-        return st.st_uid, st.st_gid
-
-    def adopt(self, *paths):
-        """Hand files a root-run module wrote to the repository's owner.
-
-        The archive command runs as the server's OS user and retention may too;
-        a repository of mixed owners would lock them out of their own files.
-        """
-        if os.geteuid() != 0 or not os.path.isdir(self.root):
-            return
-        uid, gid = self.owner()
-        if uid == 0:
-            return
-        for path in paths:
-            if not path or not os.path.lexists(path):
-                continue
-            os.lchown(path, uid, gid)
-            if os.path.isdir(path) and not os.path.islink(path):
-                for base, dirs, files in os.walk(path):
-                    for name in dirs + files:
-                        os.lchown(os.path.join(base, name), uid, gid)
 
     def ensure(self):
         """Create the layout with 0700 dirs; say clearly when the root is not writable."""
         try:
             fsutil.ensure_dir(self.root)
+            self._hand_to_server_user()
             for sub in SUBDIRS:
-                fresh = not os.path.isdir(self.path(sub))
                 fsutil.ensure_dir(self.path(sub))
-                if fresh:
-                    self.adopt(self.path(sub))
-        except OSError as exc:
+        except (OSError, osuser.OsUserError) as exc:
             raise RepositoryError('cannot create the backup repository at %s (%s): check that '
                                   'backup_root exists or can be created and is writable by user %s'
-                                  % (self.root, exc.strerror or exc, _whoami()))
+                                  % (self.root, getattr(exc, 'strerror', None) or exc, osuser.current_user()))
         for sub in ('full', 'logs'):
             if not os.access(self.path(sub), os.W_OK | os.X_OK):
                 raise RepositoryError('backup_root %s is not writable by user %s: fix its owner or mode (or '
                                       'remount it read-write if the file system is read-only), or run as the '
-                                      'repository owner' % (self.path(sub), _whoami()))
+                                      'repository owner' % (self.path(sub), osuser.current_user()))
         return self
+
+    def _hand_to_server_user(self):
+        """As root, a repository that root owns goes to the server's OS user, with what root wrote in it.
+
+        Whoever runs first (a backup as root, the archive command, a drill), every later step must be
+        able to use the repository; the archive command and the scratch clusters run as the server's
+        OS user. A repository another user owns is left as it is: that owner was chosen on purpose.
+        """
+        uid, gid = osuser.ids(self.os_user)
+        if uid is None or os.stat(self.root).st_uid != 0:
+            return
+        for base, dirs, files in os.walk(self.root):
+            for path in [base] + [os.path.join(base, n) for n in dirs + files]:
+                if os.lstat(path).st_uid == 0:
+                    os.lchown(path, uid, gid)
 
     def meta_path(self, kind_dir, name):
         return self.path(kind_dir, name + '.meta')
 
     def lock(self, operation, wait_s=0):
-        lock = fsutil.RepositoryLock(self.root, operation, wait_s=wait_s)
-        if os.path.isdir(self.root) and not os.path.exists(lock.path):
-            os.close(os.open(lock.path, os.O_RDWR | os.O_CREAT, fsutil.FILE_MODE))
-            self.adopt(lock.path)
-        return lock
+        return fsutil.RepositoryLock(self.root, operation, wait_s=wait_s)
 
     def scan(self, kind_dir='full'):
         """All ``.meta`` in ``kind_dir`` (oldest first) plus the names of orphans.
@@ -179,14 +166,6 @@ class Repository(object):
 def _stem(filename):
     match = re.match(r'^([A-Za-z0-9][A-Za-z0-9-]*_(?:full|base)_\d{8}_\d{6})', filename)
     return match.group(1) if match else filename
-
-
-def _whoami():
-    try:
-        import pwd
-        return pwd.getpwuid(os.geteuid()).pw_name
-    except (ImportError, KeyError):
-        return str(os.geteuid())
 
 
 def is_complete(meta):

@@ -14,7 +14,6 @@ __metaclass__ = type
 
 import json
 import os
-import pwd
 import re
 import shutil
 import socket
@@ -23,37 +22,12 @@ import tempfile
 import time
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import (
-    compression, encryption, fsutil, pipeline, untar, walarchive, walcommand)
+    compression, encryption, fsutil, osuser, pipeline, untar, walarchive, walcommand)
 from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import Connection, psql_query
 
 
 class ScratchError(Exception):
     pass
-
-
-def run_as(os_user):
-    """argv prefix that runs a command as the server's OS user (PostgreSQL refuses root)."""
-    if os.geteuid() == 0 and os_user and os_user != 'root':
-        return ['runuser', '-u', os_user, '--']
-    return []
-
-
-def server_ids(os_user):
-    """(uid, gid) that files made for the server's OS user must get, or (None, None) when they are ours already."""
-    if os.geteuid() == 0 and os_user and os_user != 'root':
-        pw = pwd.getpwnam(os_user)
-        return pw.pw_uid, pw.pw_gid
-    return None, None
-
-
-def chown_to(path, os_user):
-    uid, gid = server_ids(os_user)
-    if uid is not None:
-        for base, dirs, files in os.walk(path):
-            os.chown(base, uid, gid)
-            for name in files:
-                os.lchown(os.path.join(base, name), uid, gid)
-        os.chown(path, uid, gid)
 
 
 def install_wal_command(workdir, repo_root, s3_settings=None, os_user=None, keys=None):
@@ -88,12 +62,12 @@ def extract_base(base_dir, pgdata, os_user=None, log=None, keys=None):
                            'by this release' % (base_dir, ', '.join(others)))
     archive = os.path.join(base_dir, archives[0])
     fsutil.ensure_dir(pgdata)
-    chown_to(pgdata, os_user)
+    osuser.give_to(pgdata, os_user)
     codec = compression.codec_of_path(archive)
     if codec in ('zstd', 'gzip', 'none'):
         _unpack_in_process(archive, codec, pgdata, os_user, log, keys)
         return
-    tar = run_as(os_user) + ['tar', '-x', '-C', pgdata, '-f', '-']
+    tar = osuser.run_as(os_user) + ['tar', '-x', '-C', pgdata, '-f', '-']
     try:
         stages, stdin_path = compression.read_stages(archive, keys)
         pipeline.run(stages + [tar], stdin_path=stdin_path, log=log)
@@ -116,7 +90,7 @@ def _unpack_in_process(archive, codec, pgdata, os_user, log, keys):
             raise ScratchError('cannot unpack %s: %s' % (archive, exc))
         if log is not None:
             log.add(keys.decrypt_argv(archive))
-    uid, gid = server_ids(os_user)
+    uid, gid = osuser.ids(os_user)
     try:
         untar.extract(walarchive.content_chunks(archive, codec, settings, encrypted), pgdata, uid, gid)
     except walarchive.WalArchiveError as exc:
@@ -150,7 +124,7 @@ def write_auto_conf(pgdata, settings, os_user=None):
     path = os.path.join(pgdata, 'postgresql.auto.conf')
     with open(path, 'a') as handle:
         handle.writelines(lines)
-    chown_to(path, os_user)
+    osuser.give_to(path, os_user)
 
 
 class Server(object):
@@ -164,7 +138,7 @@ class Server(object):
 
     def _pg_ctl(self, *args, **kwargs):
         log = kwargs.pop('log', None)
-        argv = run_as(self.os_user) + [os.path.join(self.bindir, 'pg_ctl'), '-D', self.pgdata] + list(args)
+        argv = osuser.run_as(self.os_user) + [os.path.join(self.bindir, 'pg_ctl'), '-D', self.pgdata] + list(args)
         if log is not None:
             log.add(argv)
         return subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False, cwd='/', **kwargs)
@@ -182,36 +156,43 @@ class Server(object):
     def running(self):
         return self._pg_ctl('status').returncode == 0
 
-    def log_tail(self, lines=12):
+    def _log_text(self):
         try:
             with open(self.logfile, 'rb') as handle:
-                text = handle.read().decode('utf-8', 'replace')
+                return handle.read().decode('utf-8', 'replace')
         except OSError:
-            return '(no log)'
-        return ' | '.join(text.strip().splitlines()[-lines:])
+            return None
+
+    def log_tail(self, lines=12):
+        text = self._log_text()
+        return '(no log)' if text is None else log_tail(text, lines)
 
     def recovery_outcome(self):
-        """What the server said about where recovery stopped."""
-        try:
-            with open(self.logfile, 'rb') as handle:
-                text = handle.read().decode('utf-8', 'replace')
-        except OSError:
-            text = ''
-        outcome = {}
-        match = re.findall(r'recovery stopping .*', text)
-        if match:
-            outcome['stop'] = match[-1].strip()
-        match = re.findall(r'last completed transaction was at log time (.+)', text)
-        if match:
-            outcome['last_transaction_time'] = match[-1].strip()
-        match = re.findall(r'selected new timeline ID: (\d+)', text)
-        if match:
-            outcome['new_timeline'] = int(match[-1])
-        match = re.findall(r'redo done at ([0-9A-F]+/[0-9A-F]+)', text)
-        if match:
-            outcome['redo_done_at'] = match[-1]
-        outcome['reached_target'] = 'recovery stopping' in text
-        return outcome
+        return recovery_outcome(self._log_text() or '')
+
+
+def log_tail(text, lines=12):
+    """The last lines of a server log, on one line."""
+    return ' | '.join(text.strip().splitlines()[-lines:]) or '(empty log)'
+
+
+def recovery_outcome(text):
+    """What the server said in its log about where recovery stopped."""
+    outcome = {}
+    match = re.findall(r'recovery stopping .*', text)
+    if match:
+        outcome['stop'] = match[-1].strip()
+    match = re.findall(r'last completed transaction was at log time (.+)', text)
+    if match:
+        outcome['last_transaction_time'] = match[-1].strip()
+    match = re.findall(r'selected new timeline ID: (\d+)', text)
+    if match:
+        outcome['new_timeline'] = int(match[-1])
+    match = re.findall(r'redo done at ([0-9A-F]+/[0-9A-F]+)', text)
+    if match:
+        outcome['redo_done_at'] = match[-1]
+    outcome['reached_target'] = 'recovery stopping' in text
+    return outcome
 
 
 def free_port():
@@ -239,7 +220,7 @@ class PrivateCluster(object):
 
     def conn(self, db='postgres'):
         return Connection(login_user='postgres', login_unix_socket=self.socket_dir, port=self.port,
-                          db=db, bindir=self.bindir)
+                          db=db, bindir=self.bindir, os_user=self.os_user)
 
     def query(self, sql, db='postgres', log=None):
         return psql_query(self.conn(db), sql, db=db, log=log)

@@ -24,19 +24,10 @@ import time
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import drill, fsutil, logical_restore, repository
 from ansible_collections.modulo.pgbackup.plugins.module_utils.logical_backup import database_rows
-from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import Connection, PgError, psql_query
+from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import PgError, ReadOnlyConnection, psql_query
 
 REPORT_PREFIX = 'verify_'
 DEFAULT_DB = 'modulodb'
-
-
-class ReadOnlyConnection(Connection):
-    """A connection whose sessions cannot write, whatever a smoke query says."""
-
-    def env(self, db=None):
-        env = super(ReadOnlyConnection, self).env(db)
-        env['PGOPTIONS'] = '-c default_transaction_read_only=on'
-        return env
 
 
 def add_check(report, name, passed, detail, level='error', **extra):
@@ -71,7 +62,6 @@ def write_report(repo, report):
         name = '%s_%d.json' % (base, serial)
     path = os.path.join(directory, name)
     fsutil.write_json_atomic(path, report)
-    repo.adopt(path)
     return path
 
 
@@ -112,7 +102,7 @@ class Verify(object):
                       'check' % (self.db, self.db), level='skipped')
             return
         # No --install-missing: the extension is already there, and nothing may be created here.
-        argv = [self.conn.bin('pg_amcheck'), '--heapallindexed', '--no-password', '--jobs=%d' % self.jobs, self.db]
+        argv = self.conn.command('pg_amcheck') + ['--heapallindexed', '--no-password', '--jobs=%d' % self.jobs, self.db]
         if self.log is not None:
             self.log.add(argv)
         proc = subprocess.run(argv, env=self.conn.env(self.db), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -210,7 +210,7 @@ def main():
     except ValueError as exc:
         module.fail_json(msg=str(exc), **result)
     try:
-        repo = repository.Repository(p['backup_root'])
+        repo = repository.Repository(p['backup_root'], p['pg_os_user'])
         s3 = common.s3_store(p)
         everything, problems = catalog.list_backups(repo, kinds=('logical', 'physical'), s3=s3)
     except (repository.RepositoryError, S3Error, OSError) as exc:

@@ -216,14 +216,11 @@ def _write_report(repo, started, result):
     for key in ('deleted', 'kept', 'unclassified', 'errors', 'freed_bytes'):
         report[key] = result[key]
     report['warnings'] = result['retention_warnings']
-    if not os.path.isdir(repo.path('logs')):
-        fsutil.ensure_dir(repo.path('logs'))
-        repo.adopt(repo.path('logs'))
+    fsutil.ensure_dir(repo.path('logs'))
     path = repo.path('logs', 'retention_report_%s.json' % repository.stamp(started))
     if os.path.exists(path):
         path = path[:-5] + '_%d.json' % os.getpid()
     fsutil.write_json_atomic(path, report)
-    repo.adopt(path)
     return path
 
 
@@ -254,7 +251,7 @@ def main():
     result['policy'] = dict(local=local_policy)
     started = repository.utcnow()
     try:
-        repo = repository.Repository(p['backup_root'])
+        repo = repository.Repository(p['backup_root'], p['pg_os_user'])
         if not os.path.isdir(repo.root):
             raise repository.RepositoryError('backup_root %s does not exist: nothing to clean up, and a typo here '
                                              'should not pass silently' % repo.root)

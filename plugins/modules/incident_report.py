@@ -157,7 +157,7 @@ def main():
     fields = dict(details=p['details'], error=p['error'], operator=p['operator'], backup=p['backup'],
                   recovered_to=p['recovered_to'], target=p['target'], rollback=p['rollback'])
     try:
-        repo = repository.Repository(p['backup_root'])
+        repo = repository.Repository(p['backup_root'], p['pg_os_user'])
         path = incident.report_path(repo.path('logs'), p['incident_id'])
         if module.check_mode:
             report = copy.deepcopy(incident.load(path) or incident.new_report(p['incident_id'], p['rto_target_s']))
@@ -166,7 +166,6 @@ def main():
             repo.ensure()
             path, report = incident.record(repo.path('logs'), p['incident_id'], p['step'], p['status'],
                                            p['started_at'], finished, rto_target_s=p['rto_target_s'], **fields)
-            repo.adopt(path)
     except (incident.IncidentError, repository.RepositoryError) as exc:
         module.fail_json(msg=str(exc), changed=False, executed_commands=[])
     except OSError as exc:

@@ -210,7 +210,6 @@ def _fail_with_report(module, repo, started, result, exc, name):
         result['report_path'], _report = reports.write_backup_report(
             repo, started, 'failed', backups=[result['backup']['meta']] if result.get('backup') else [],
             error=message, extra=_run_fields(module.params))
-        repo.adopt(result['report_path'])
     except OSError:
         pass
     module.fail_json(msg=message, **result)
@@ -224,7 +223,7 @@ def physical(module, p, log, result):
         if keys.enabled:
             keys.recipient()  # a bad key fails now, not after the backup
         conn = Connection.from_params(p, db='postgres')
-        repo = repository.Repository(p['backup_root'])
+        repo = repository.Repository(p['backup_root'], p['pg_os_user'])
         plan = physical_backup.plan(repo, p['name_prefix'], codec, p['compression_level'], workers=p['jobs'])
         s3 = common.s3_store(p) if p['upload'] else None
         physical_backup.check_archiving(conn, log=log)
@@ -268,7 +267,6 @@ def physical(module, p, log, result):
     result['report_path'], _report = reports.write_backup_report(
         repo, started, 'success', backups=[dict(meta, s3_uri=backup['s3_uri'])], checks=checks,
         extra=_run_fields(p))
-    repo.adopt(plan['path'], plan['meta_path'], result['report_path'])
     result['msg'] = 'base backup %s (%d bytes, %.1f s, WAL %s..%s archived)' % (
         meta['name'], meta['size_bytes'], meta['duration_s'], meta['wal_start'], meta['wal_stop'])
     module.exit_json(**result)
@@ -308,7 +306,7 @@ def main():
         if keys.enabled:
             keys.recipient()  # a bad key fails now, not after the dump
         conn = Connection.from_params(p)
-        repo = repository.Repository(p['backup_root'])
+        repo = repository.Repository(p['backup_root'], p['pg_os_user'])
         plan = logical_backup.plan(repo, p['db'], p['format'], p['compression'], p['compression_level'],
                                    p['name_prefix'], logical_backup.pg_dump_major(conn), encrypted=keys.enabled)
         s3 = common.s3_store(p) if p['upload'] else None
@@ -360,8 +358,6 @@ def main():
         module.fail_json(msg='the backup %s is complete, but its run report could not be written to %s: %s '
                              '(is the disk full or read-only?)' % (meta['name'], repo.path('logs'),
                                                                    exc.strerror or exc), **result)
-    repo.adopt(plan['path'], plan['meta_path'], repo.path('full', plan['name'] + '.globals.sql'),
-               result['report_path'])
     breached = [c['check'] for c in checks if c.get('breached')]
     if breached:
         module.warn('backup %s breached the runbook threshold(s): %s' % (meta['name'], ', '.join(breached)))

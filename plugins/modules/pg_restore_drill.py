@@ -131,10 +131,6 @@ options:
   report_dir:
     description: Where the report is written. Default C(<backup_root>/restore-tests). A copy goes to C(<backup_root>/logs).
     type: path
-  pg_os_user:
-    description: OS user that runs PostgreSQL; the scratch cluster runs as this user when the module runs as root.
-    type: str
-    default: postgres
   jobs:
     description: Parallel jobs of C(pg_restore) and C(pg_amcheck).
     type: int
@@ -292,7 +288,6 @@ def main():
             rto_target_s=dict(type='int', default=drill.DEFAULT_RTO_S),
             rpo_target_s=dict(type='int', default=drill.DEFAULT_RPO_S),
             report_dir=dict(type='path'),
-            pg_os_user=dict(type='str', default='postgres'),
             jobs=dict(type='int', default=2),
             recovery_timeout=dict(type='int', default=3600),
         ),
@@ -306,7 +301,7 @@ def main():
     if p['mode'] == 'verify':
         run_verify(module, log, result)
     try:
-        repo = repository.Repository(p['backup_root'])
+        repo = repository.Repository(p['backup_root'], p['pg_os_user'])
         runner = drill.Drill(p, repo, s3=common.s3_store(p), s3_settings=common.s3_settings(p), log=log)
     except (repository.RepositoryError, PgError, S3Error) as exc:
         module.fail_json(msg=str(exc), **result)
@@ -342,7 +337,7 @@ def run_verify(module, log, result):
     """Mode verify: read-only checks of the live database; the report is its only output."""
     p = module.params
     try:
-        repo = repository.Repository(p['backup_root'])
+        repo = repository.Repository(p['backup_root'], p['pg_os_user'])
         runner = verify.Verify(p, repo, s3=common.s3_store(p), log=log)
     except (repository.RepositoryError, PgError, S3Error) as exc:
         module.fail_json(msg=str(exc), **result)

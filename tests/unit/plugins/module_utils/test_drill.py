@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import drill, repository
+from ansible_collections.modulo.pgbackup.plugins.module_utils import drill, pgclient, repository
 from ansible_collections.modulo.pgbackup.plugins.module_utils.drill import DrillError
 
 UTC = datetime.timezone.utc
@@ -157,4 +157,4 @@ def test_verify_report_levels_decide_the_status(tmp_path):
     assert verify.report_name('modulodb', repository.parse_iso(report['started_at'])) == \
         'verify_modulodb_20270103_040000.json'
     # whatever a smoke query says, its session cannot write
-    assert 'default_transaction_read_only=on' in verify.ReadOnlyConnection(bindir='/usr/bin').env()['PGOPTIONS']
+    assert 'default_transaction_read_only=on' in pgclient.ReadOnlyConnection(bindir='/usr/bin').env()['PGOPTIONS']
