@@ -31,7 +31,7 @@ import shlex
 import subprocess
 import time
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import encryption, walarchive, walcommand
+from ansible_collections.modulo.pgbackup.plugins.module_utils import encryption, liveserver, osuser, walarchive, walcommand
 from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import PgError, psql_query, quote_literal
 
 DEFAULT_COMMAND_PATH = '/usr/local/lib/modulo-pgbackup/pgbackup-wal'
@@ -223,27 +223,6 @@ def write_file(path, content, mode):
 # --------------------------------------------------------------------------------------------
 # Who must be able to read and write what
 # --------------------------------------------------------------------------------------------
-
-def os_user(name):
-    """(uid, gid, groups) of ``name``; ArchivingError when the user does not exist."""
-    import grp
-    import pwd
-    try:
-        pw = pwd.getpwnam(name)
-    except KeyError:
-        raise ArchivingError('OS user %s does not exist on this host: set pg_os_user to the user the '
-                             'PostgreSQL server runs as' % name)
-    groups = set([pw.pw_gid] + [g.gr_gid for g in grp.getgrall() if name in g.gr_mem])
-    return pw.pw_uid, pw.pw_gid, groups
-
-
-def current_user():
-    import pwd
-    try:
-        return pwd.getpwuid(os.geteuid()).pw_name
-    except KeyError:
-        return str(os.geteuid())
-
 
 def _has_acl(path):
     try:
@@ -622,6 +601,43 @@ def verify_archiving(conn, repo, store=None, timeout=60, log=None, sleep=time.sl
         sleep(0.5)
 
 
+def restart(conn, control, plan, current, log=None):
+    """Restart through ``control`` so archive_mode/wal_level apply; on failure say what the server runs with."""
+    try:
+        control.restart()
+        liveserver.wait_accepting(conn, 60)
+        pending = [r[0] for r in psql_query(conn, 'SELECT name FROM pg_settings WHERE pending_restart', db='postgres',
+                                            log=log) if r[0] in RESTART_SETTINGS]
+    except (liveserver.LiveServerError, PgError) as exc:
+        raise ArchivingError(restart_failure(exc, control, plan, current))
+    if pending:
+        raise ArchivingError('PostgreSQL restarted through %s, but still reports %s as waiting for a restart: was '
+                             'the right server restarted (pg_service, pgdata)?' % (control.describe(), ', '.join(pending)))
+
+
+def restart_failure(cause, control, plan, current):
+    """The truth after a failed restart: what is written, what the server runs with, how to finish."""
+    try:
+        running = control.running()
+    except liveserver.LiveServerError:
+        running = None
+    written = ', '.join('%s=%r' % (name, plan['after'][name]) for name in plan['changed'])
+    if running:
+        now = ('PostgreSQL still runs with archive_mode=%s and wal_level=%s until it restarts'
+               % (current['archive_mode']['setting'], current['wal_level']['setting']))
+        if plan['after'].get('archive_command') == '' and 'archive_command' in plan['changed']:
+            now += ('; archive_command is already empty, so nothing is archived and WAL accumulates in pg_wal '
+                    'meanwhile (nothing is lost)')
+    elif running is False:
+        now = 'PostgreSQL is DOWN: start it and read its log before anything else'
+    else:
+        now = 'whether PostgreSQL runs is unknown'
+    return ('the settings are written (%s, in postgresql.auto.conf) and the configuration reloaded, but the restart '
+            'through %s failed: %s. %s. Finish the change with: %s'
+            % (written or 'none changed now; a change was pending', control.describe(), cause, now,
+               ' '.join(control.argv('restart'))))
+
+
 def _bytecode(command_path, write, log=None):
     try:
         return walcommand.bytecode(command_path, write=write, log=log)
@@ -662,12 +678,15 @@ def new_result(command_path, config_path, log=None):
     return {'changed': False, 'restart_required': False, 'archive_command': archive_command,
             'restore_command': restore_command, 'command_path': command_path, 'config_path': config_path,
             'settings_changed': [], 'files_changed': [], 'archiver': {}, 'system_identifier': None,
-            'verified': False, 'segment': None, 'os_user': current_user(),
+            'verified': False, 'segment': None, 'os_user': osuser.current_user(), 'restarted': False,
             'executed_commands': log.commands if log is not None else []}
 
 
-def run(conn, params, result, s3=None, check_mode=False, log=None, warn=None):
+def run(conn, params, result, s3=None, check_mode=False, log=None, warn=None, control=None):
     """Configure (state=present) or switch off (state=absent) archiving; fills ``result`` as it goes.
+
+    ``control`` (liveserver.Control), when given, restarts the server if the change needs it; it is
+    checked before anything is written, so a restart that cannot work changes nothing.
 
     ``params``: backup_root, state, archive_timeout, compression, compression_level,
     verify, verify_timeout, pg_os_user (absolute command_path and config_path are
@@ -688,7 +707,10 @@ def run(conn, params, result, s3=None, check_mode=False, log=None, warn=None):
         check_compression(params['compression'], params['compression_level'])
         check_system_python(bool(s3), log=log)
         if os.geteuid() == 0:
-            uid, gid, groups = os_user(params['pg_os_user'])
+            try:
+                uid, gid, groups = osuser.lookup(params['pg_os_user'])
+            except osuser.OsUserError as exc:
+                raise ArchivingError(str(exc))
             owner = (uid, gid)
             for path in (repo, command_path, config_path):
                 blocked = first_blocking_dir(path, uid, groups)
@@ -699,10 +721,10 @@ def run(conn, params, result, s3=None, check_mode=False, log=None, warn=None):
                         'or open that directory (chmod o+x)'
                         % (params['pg_os_user'], path, blocked, os.stat(blocked).st_mode & 0o7777,
                            params['pg_os_user']))
-        elif current_user() != params['pg_os_user']:
+        elif osuser.current_user() != params['pg_os_user']:
             warn('the module runs as %s, not as root or %s: the repository is owned by %s, and the server '
                  'can archive into it only if it runs as that user'
-                 % (current_user(), params['pg_os_user'], current_user()))
+                 % (osuser.current_user(), params['pg_os_user'], osuser.current_user()))
         doc = config_document(repo, params['compression'], params['compression_level'], s3,
                               wal_encryption(params))
         # The installed command is the very code the collection tests and imports (walcommand).
@@ -740,6 +762,12 @@ def run(conn, params, result, s3=None, check_mode=False, log=None, warn=None):
     result['restart_required'] = plan['restart_required']
     result['diff'] = {'before': dict(plan['before']), 'after': dict(plan['after'])}
     result['changed'] = bool(result['files_changed'] or result['settings_changed'])
+    if plan['restart_required'] and control is not None:
+        result['service_control'] = control.describe()
+        problems = control.check()
+        if problems:
+            raise ArchivingError('the change needs a restart of PostgreSQL (%s), which cannot work: %s. Nothing was '
+                                 'changed' % (' and '.join(plan['restart_settings']), '; '.join(problems)))
 
     if not check_mode:
         # Files first: archive_command must never name a command, config or wal/ that is not there yet.
@@ -759,11 +787,14 @@ def run(conn, params, result, s3=None, check_mode=False, log=None, warn=None):
         if present and 'archive_command' in plan['changed'] and \
                 normalize('archive_mode', current['archive_mode']['setting']) != 'off':
             wait_for_setting(conn, 'archive_command', plan['after']['archive_command'], log=log)
+        if plan['restart_required'] and control is not None:
+            restart(conn, control, plan, current, log=log)
+            result['restarted'] = result['changed'] = True
 
     if present and params['verify']:
         if check_mode:
             pass  # a WAL switch is a change on the server: check mode does not make one
-        elif plan['restart_required']:
+        elif plan['restart_required'] and not result['restarted']:
             warn('verification skipped: PostgreSQL must restart first for %s to take effect; run again with '
                  'verify: true after the restart' % ' and '.join(plan['restart_settings']))
         elif in_recovery:

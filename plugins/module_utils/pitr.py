@@ -21,7 +21,7 @@ import subprocess
 import time
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import (
-    fsutil, logical_restore, pipeline, repository, scratch, walarchive, walchain)
+    fsutil, logical_restore, osuser, pipeline, repository, scratch, walarchive, walchain)
 from ansible_collections.modulo.pgbackup.plugins.module_utils.logical_backup import database_rows
 
 LSN_RE = re.compile(r'^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}\Z')
@@ -162,8 +162,8 @@ class ScratchRecovery(scratch.PrivateCluster):
                 after_extract=None, keys=None):
         """Recover to the target; ``after_extract(pgdata)`` runs on the untouched copy (restore drills verify it)."""
         fsutil.ensure_dir(self.workdir)
-        scratch.chown_to(self.workdir, self.os_user)
-        scratch.chown_to(self.socket_dir, self.os_user)
+        osuser.give_to(self.workdir, self.os_user)
+        osuser.give_to(self.socket_dir, self.os_user)
         restore_command = scratch.install_wal_command(self.workdir, repo_root, s3_settings, self.os_user, keys=keys)
         scratch.extract_base(base['path'], self.pgdata, self.os_user, log=log, keys=keys)
         if after_extract is not None:
@@ -179,7 +179,7 @@ class ScratchRecovery(scratch.PrivateCluster):
         scratch.write_auto_conf(self.pgdata, scratch.recovery_settings(
             target_settings, restore_command, port=self.port, socket_dir=self.socket_dir), self.os_user)
         open(os.path.join(self.pgdata, 'recovery.signal'), 'w').close()
-        scratch.chown_to(self.workdir, self.os_user)
+        osuser.give_to(self.workdir, self.os_user)
         os.chmod(self.pgdata, 0o700)
         started = time.time()
         try:
@@ -203,7 +203,7 @@ def copy_database(recovery, source_db, live_conn, target_db, confirm, keep_old, 
                         % (source_db, ', '.join(sorted(names))))
     dump_dir = os.path.join(workdir, 'dump')
     src = recovery.conn(source_db)
-    argv = [src.bin('pg_dump'), '--format=directory', '--jobs=%d' % max(1, jobs), '--compress=0',
+    argv = src.command('pg_dump') + ['--format=directory', '--jobs=%d' % max(1, jobs), '--compress=0',
             '--no-password', '--file=%s' % dump_dir, '--dbname=%s' % source_db]
     try:
         pipeline.run([argv], env=src.env(source_db), log=log)
@@ -226,53 +226,15 @@ def scratch_workdir(base_dir, os_user):
     stamp = repository.utcnow().strftime(repository.STAMP_FORMAT)
     workdir = os.path.join(base_dir, '.pitr-%s-%d' % (stamp, os.getpid()))
     fsutil.ensure_dir(workdir)
-    uid, gid = scratch.server_ids(os_user)
+    uid, gid = osuser.ids(os_user)
     if uid is not None:
         if os.stat(base_dir).st_uid == 0:
             os.chown(base_dir, uid, gid)
-        scratch.chown_to(workdir, os_user)
-        probe = subprocess.run(scratch.run_as(os_user) + ['test', '-w', workdir], check=False)
+        osuser.give_to(workdir, os_user)
+        probe = subprocess.run(osuser.run_as(os_user) + ['test', '-w', workdir], check=False)
         if probe.returncode != 0:
             shutil.rmtree(workdir, ignore_errors=True)
             raise PitrError('the scratch directory %s is not reachable by the OS user %s (PostgreSQL runs as that '
                             'user): set scratch_dir to a directory it can write, or hand %s to it'
                             % (workdir, os_user, base_dir))
     return workdir
-
-
-def replace_cluster(base, repo_root, pgdata, bindir, target_settings, os_user, stop, start, s3_settings=None,
-                    timeout_s=3600, log=None, keys=None):
-    """Swap the live data directory for a recovered one; the old directory is kept beside it.
-
-    ``stop`` and ``start`` are callables (systemd unit or pg_ctl) supplied by the module.
-    """
-    pgdata = os.path.abspath(pgdata.rstrip('/'))
-    stamp = repository.utcnow().strftime(repository.STAMP_FORMAT)
-    aside = '%s.old-%s' % (pgdata, stamp)
-    workdir = '%s.pitr-%s' % (pgdata, stamp)
-    config_files = ('postgresql.conf', 'pg_hba.conf', 'pg_ident.conf', 'postgresql.auto.conf')
-    stop()
-    os.rename(pgdata, aside)
-    try:
-        fsutil.ensure_dir(workdir)
-        scratch.chown_to(workdir, os_user)
-        restore_command = scratch.install_wal_command(workdir, repo_root, s3_settings, os_user, keys=keys)
-        scratch.extract_base(base['path'], pgdata, os_user, log=log, keys=keys)
-        for name in config_files:
-            # Today's configuration, not the one at backup time (ports, archive_command, memory).
-            if os.path.exists(os.path.join(aside, name)):
-                shutil.copy2(os.path.join(aside, name), os.path.join(pgdata, name))
-        for stale in ('postmaster.pid', 'standby.signal'):
-            fsutil.remove_quietly(os.path.join(pgdata, stale))
-        scratch.write_auto_conf(pgdata, scratch.recovery_settings(target_settings, restore_command, scratch=False),
-                                os_user)
-        open(os.path.join(pgdata, 'recovery.signal'), 'w').close()
-        scratch.chown_to(pgdata, os_user)
-        os.chmod(pgdata, 0o700)
-    except BaseException:
-        # Put the live directory back exactly as it was.
-        shutil.rmtree(pgdata, ignore_errors=True)
-        os.rename(aside, pgdata)
-        shutil.rmtree(workdir, ignore_errors=True)
-        raise
-    return aside, workdir

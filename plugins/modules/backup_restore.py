@@ -27,9 +27,17 @@ description:
   - With O(mode=database) (the default) the recovery runs in a scratch cluster (own directory and port,
     C(archive_mode=off), private socket, removed afterwards) and the database O(db) is copied from it into
     O(target_db) through the same checked staging-and-swap path as a logical restore.
-  - With O(mode=cluster) the live data directory O(pgdata) is replaced. PostgreSQL is stopped, the directory is renamed
-    to C(<pgdata>.old-YYYYMMDD_HHMMSS) (never deleted), the base backup is unpacked, today's configuration files are
-    kept, and the server is started to recover and promote. This needs O(confirm) equal to O(pgdata).
+  - With O(mode=cluster) the live data directory is replaced. The server says where its data directory and
+    configuration are (O(pgdata) is needed only when it is down). Before anything is touched, the module checks
+    what the swap needs, that is that it can stop and start the server (O(service_control)), that the directory above the
+    data directory is writable and has room for the recovered copy, that the configuration is there; any problem
+    fails the task with nothing changed (in check mode too). Then PostgreSQL is stopped, the directory is renamed to
+    C(<data directory>.old-YYYYMMDD_HHMMSS) (never deleted), the base backup is unpacked, the configuration stays
+    where it lives (Debian's C(/etc/postgresql) is not touched; files kept in the data directory are copied from the
+    old one), and the server is started to recover and promote. This needs O(confirm) equal to the data directory.
+  - When that fails before the recovered server is promoted, the module puts the old directory back and starts
+    the server on it again by itself, keeps the failed copy as C(<data directory>.failed-YYYYMMDD_HHMMSS), and
+    fails with the cause and RV(rollback) saying what state the server is in.
 author:
   - modulo.pgbackup contributors (@modulo)
 extends_documentation_fragment:
@@ -38,6 +46,7 @@ extends_documentation_fragment:
   - modulo.pgbackup.repository
   - modulo.pgbackup.s3
   - modulo.pgbackup.encryption
+  - modulo.pgbackup.service
 options:
   backup:
     description:
@@ -59,7 +68,7 @@ options:
   confirm:
     description:
       - Must equal O(target_db) to replace a database that exists and is not empty.
-      - With O(mode=cluster), must equal O(pgdata).
+      - With O(mode=cluster), must equal the data directory (the server's C(data_directory), or O(pgdata)).
       - A safety catch against restoring over production by mistake.
     type: str
   keep_old:
@@ -75,7 +84,7 @@ options:
   mode:
     description:
       - C(database) restores into O(target_db) on the live server (for PITR through a scratch cluster).
-      - C(cluster) replaces the live data directory O(pgdata) with a point-in-time recovery.
+      - C(cluster) replaces the live data directory with a point-in-time recovery.
     type: str
     choices: [ database, cluster ]
     default: database
@@ -98,18 +107,6 @@ options:
       - C(latest) replays all archived WAL; C(immediate) stops as soon as the base backup is consistent.
     type: str
     choices: [ latest, immediate ]
-  pgdata:
-    description: Live data directory replaced by O(mode=cluster).
-    type: path
-  pg_service:
-    description:
-      - systemd unit of the live server for O(mode=cluster). Empty means C(pg_ctl) on O(pgdata).
-    type: str
-  pg_os_user:
-    description:
-      - OS user that runs PostgreSQL (the recovered copies run as this user when the module runs as root).
-    type: str
-    default: postgres
   scratch_dir:
     description:
       - Where the scratch cluster of a PITR with O(mode=database) is built. Default C(<backup_root>/restore-tests/).
@@ -191,6 +188,19 @@ restore:
     old_pgdata:
       description: With O(mode=cluster), where the replaced data directory was kept.
       type: str
+    cluster:
+      description:
+        - With O(mode=cluster), the layout and control used (C(data_directory), C(config_file),
+          C(config_outside_data_directory), C(service_control), C(control), C(server_running)); in check mode too.
+      type: dict
+rollback:
+  description:
+    - With O(mode=cluster), after a failure, what was touched and where things are now.
+    - C(touched) (the server was stopped), C(rolled_back) (the old directory is back and the server runs on it),
+      C(server_running), C(data_directory), C(old_pgdata) (set when the previous directory is still aside),
+      C(failed_copy) (the failed recovered directory, kept for inspection), C(rollback_error).
+  returned: failure of O(mode=cluster)
+  type: dict
 backup:
   description: The C(.meta) of the backup used, with C(path) and C(location).
   returned: always
@@ -203,27 +213,27 @@ executed_commands:
 '''
 
 import os
-import shutil
-import subprocess
 import time
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import audit, common, encryption, logical_restore, pitr, repository, scratch
+from ansible_collections.modulo.pgbackup.plugins.module_utils import (
+    audit, cluster_recovery, common, encryption, liveserver, logical_restore, osuser, pitr, repository, scratch)
 from ansible_collections.modulo.pgbackup.plugins.module_utils.fsutil import LockBusy
 from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import CommandLog, Connection, PgError, psql_query
 from ansible_collections.modulo.pgbackup.plugins.module_utils.s3store import S3Error
 
 PITR_OPTIONS = ('target_time', 'target_xid', 'target_lsn', 'target_name', 'target')
 ERRORS = (logical_restore.RestoreError, repository.RepositoryError, PgError, S3Error, LockBusy,
-          pitr.PitrError, scratch.ScratchError, encryption.EncryptionError)
+          pitr.PitrError, scratch.ScratchError, encryption.EncryptionError, liveserver.LiveServerError,
+          osuser.OsUserError)
 
 
 def logical(module, p, log, result):
     try:
         logical_restore.validate_dbname(p['target_db'])
         conn = Connection.from_params(p, db=p['target_db'])
-        repo = repository.Repository(p['backup_root'])
+        repo = repository.Repository(p['backup_root'], p['pg_os_user'])
         s3 = common.s3_store(p)
         meta = logical_restore.resolve_backup(repo, p['backup'], database=p['db'], s3=s3)
         result['backup'] = meta
@@ -261,40 +271,10 @@ def logical(module, p, log, result):
     module.exit_json(**result)
 
 
-def _live_server_control(p, log):
-    """stop/start callables for the live server: its systemd unit, or pg_ctl on pgdata."""
-    def run(argv):
-        log.add(argv)
-        proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False)
-        if proc.returncode:
-            raise scratch.ScratchError('%s failed: %s' % (' '.join(argv), proc.stdout.decode('utf-8', 'replace')[-500:]))
-
-    bindir = Connection.from_params(p).bindir
-    pg_ctl = scratch.run_as(p['pg_os_user']) + [os.path.join(bindir, 'pg_ctl'), '-D', p['pgdata']]
-    logfile = os.path.join(os.path.dirname(p['pgdata'].rstrip('/')), 'pitr-%s.log' % os.path.basename(p['pgdata'].rstrip('/')))
-    if p['pg_service']:
-        return (lambda: run(['systemctl', 'stop', p['pg_service']]),
-                lambda: run(['systemctl', 'start', p['pg_service']]), None)
-
-    def stop():
-        if os.path.exists(os.path.join(p['pgdata'], 'postmaster.pid')):
-            run(pg_ctl + ['-m', 'fast', '-w', '-t', '300', 'stop'])
-
-    server = scratch.Server(bindir, p['pgdata'], logfile, p['pg_os_user'])
-
-    def start():
-        try:
-            server.start(p['recovery_timeout'], log=log)
-        except scratch.ScratchError as exc:
-            # Its tail is in the message; the whole log stays beside the data directory.
-            raise scratch.ScratchError('%s (the whole log: %s)' % (exc, logfile))
-    return stop, start, logfile
-
-
 def point_in_time(module, p, log, result):
     try:
         target_settings, description, when = pitr.build_target(p)
-        repo = repository.Repository(p['backup_root'])
+        repo = repository.Repository(p['backup_root'], p['pg_os_user'])
         s3_settings = common.s3_settings(p)
         s3 = common.s3_store(p)
         bases, _problems = repo.scan('base')
@@ -315,18 +295,29 @@ def point_in_time(module, p, log, result):
                                      'confirm: %s (the old one is kept renamed unless keep_old is false)'
                                      % (p['target_db'], state, p['target_db']))
         else:
-            if not p['pgdata']:
-                raise pitr.PitrError('mode=cluster replaces a data directory: set pgdata')
-            if p['confirm'] != p['pgdata']:
+            cluster = cluster_recovery.ClusterRecovery(
+                Connection.from_params(p, db='postgres'), p['pgdata'], Connection.from_params(p).bindir,
+                p['pg_os_user'], unit=p['pg_service'], method=p['service_control'],
+                timeout_s=p['recovery_timeout'], log=log)
+            if os.path.abspath((p['confirm'] or '').rstrip('/') or '.') != cluster.pgdata:
                 raise pitr.PitrError('mode=cluster replaces the live data directory %s (it is kept renamed, never '
-                                     'deleted): to go ahead, set confirm: %s' % (p['pgdata'], p['pgdata']))
+                                     'deleted): to go ahead, set confirm: %s' % (cluster.pgdata, cluster.pgdata))
+            problems = cluster.precheck(base)
+            if problems:
+                raise pitr.PitrError('cannot replace the data directory %s: %s. Nothing was changed: the server was '
+                                     'not stopped' % (cluster.pgdata, '; '.join(problems)))
     except (ERRORS + (OSError, ValueError)) as exc:
         module.fail_json(msg=str(exc), **result)
 
     planned = dict(base_backup=base['name'], target=description, mode=p['mode'])
     if module.check_mode:
-        result.update(changed=True, restore=dict(recovery=planned, target_db=p['target_db']),
-                      msg='would recover to %s from %s (%s mode)' % (description, base['name'], p['mode']))
+        restore = dict(recovery=planned, target_db=p['target_db'])
+        if p['mode'] == 'cluster':
+            restore['cluster'] = cluster.plan()
+        result.update(changed=True, restore=restore,
+                      msg='would recover to %s from %s (%s mode%s)' % (
+                          description, base['name'], p['mode'],
+                          (', ' + cluster.describe()) if p['mode'] == 'cluster' else ''))
         module.exit_json(**result)
 
     started = time.time()
@@ -350,34 +341,16 @@ def point_in_time(module, p, log, result):
                 finally:
                     recovery.close()
         else:
-            stop, start, logfile = _live_server_control(p, log)
-            aside, workdir = pitr.replace_cluster(base, repo.root, p['pgdata'], Connection.from_params(p).bindir,
-                                                  target_settings, p['pg_os_user'], stop, start,
-                                                  s3_settings=s3_settings, timeout_s=p['recovery_timeout'], log=log,
-                                                  keys=keys)
-            result['old_pgdata'] = aside
             try:
-                start()
-                live = Connection.from_params(p, db='postgres')
-                server = scratch.Server(live.bindir, p['pgdata'], logfile or '/dev/null', p['pg_os_user'])
-                scratch.wait_promoted(lambda sql: psql_query(live, sql, db='postgres'), p['recovery_timeout'], server)
-                reached = server.recovery_outcome() if logfile else {}
-                reached['last_replayed_transaction'] = psql_query(
-                    live, 'SELECT pg_last_xact_replay_timestamp()', db='postgres')[0][0]
-                reached['timeline'] = int(psql_query(live, 'SELECT timeline_id FROM pg_control_checkpoint()',
-                                                     db='postgres')[0][0])
-                # Recovery settings must not linger in the live configuration.
-                names = ['restore_command', 'recovery_target_action', 'recovery_target_timeline'] + list(target_settings)
-                psql_query(live, ['ALTER SYSTEM RESET %s' % name for name in names] + ['SELECT pg_reload_conf()'],
-                           db='postgres', log=log)
-            except ERRORS as exc:
-                raise pitr.PitrError('%s. The previous data directory is intact at %s; to roll back: stop PostgreSQL, '
-                                     'move %s away, rename %s to %s, start PostgreSQL'
-                                     % (pitr.explain_short_recovery(str(exc), base, repo.root), aside, p['pgdata'],
-                                        aside, p['pgdata']))
-            finally:
-                shutil.rmtree(workdir, ignore_errors=True)
-            outcome = {'target_db': None, 'old_pgdata': aside}
+                reached = cluster.run(base, repo.root, target_settings, s3_settings=s3_settings, keys=keys)
+            except cluster_recovery.ClusterRecoveryError as exc:
+                result['rollback'] = exc.state
+                module.fail_json(msg=cluster_recovery.failure_message(str(exc), exc.state, cluster.control.describe()),
+                                 **result)
+            if reached.get('warning'):
+                module.warn(reached.pop('warning'))
+            result['old_pgdata'] = reached['old_pgdata']
+            outcome = {'target_db': None, 'old_pgdata': reached.pop('old_pgdata'), 'cluster': cluster.plan()}
     except ERRORS as exc:
         module.fail_json(msg=str(exc), **result)
     except OSError as exc:
@@ -385,7 +358,7 @@ def point_in_time(module, p, log, result):
     reached.update(planned)
     outcome['recovery'] = reached
     outcome['duration_s'] = round(time.time() - started, 3)
-    where = (' into database %s' % p['target_db']) if p['mode'] == 'database' else (' as the live cluster %s' % p['pgdata'])
+    where = (' into database %s' % p['target_db']) if p['mode'] == 'database' else (' as the live cluster %s' % cluster.pgdata)
     result.update(changed=True, restore=outcome, msg='recovered to %s from %s%s' % (description, base['name'], where))
     module.exit_json(**result)
 
@@ -406,12 +379,10 @@ def main():
             target_lsn=dict(type='str'),
             target_name=dict(type='str'),
             target=dict(type='str', choices=['latest', 'immediate']),
-            pgdata=dict(type='path'),
-            pg_service=dict(type='str'),
-            pg_os_user=dict(type='str', default='postgres'),
             scratch_dir=dict(type='path'),
             scratch_port=dict(type='int'),
             recovery_timeout=dict(type='int', default=3600),
+            **common.service_argspec()
         ),
         mutually_exclusive=[PITR_OPTIONS],
         required_if=[('mode', 'database', ('target_db',))],
@@ -422,7 +393,7 @@ def main():
     result = dict(changed=False, backup=None, executed_commands=log.commands)
     pitr_requested = any(p[name] for name in PITR_OPTIONS) or p['mode'] == 'cluster'
     audit.bind(module, p['backup_root'], 'pitr' if pitr_requested else 'restore',
-               p['pgdata'] if p['mode'] == 'cluster' else p['target_db'], db_user=p['login_user'],
+               (p['pgdata'] or 'cluster') if p['mode'] == 'cluster' else p['target_db'], db_user=p['login_user'],
                details={'requested_backup': p['backup'], 'mode': p['mode']})
     if pitr_requested:
         point_in_time(module, p, log, result)

@@ -28,10 +28,13 @@ description:
     configured without boto3 for C(/usr/bin/python3), or an C(archive_library) already set.
   - Changes C(wal_level) (only from C(minimal) to C(replica); C(logical) is kept), C(archive_mode),
     C(archive_command) and C(archive_timeout) with C(ALTER SYSTEM), only where they differ, then reloads the
-    configuration. It never restarts PostgreSQL itself; RV(restart_required) says when a restart is needed (the
-    role C(modulo.pgbackup.wal_archive) restarts through a handler).
-  - With O(verify=true) and no restart pending, switches to a new WAL segment and waits until that segment is in
-    the archive, failing with the archiver's last failure when it is not.
+    configuration. RV(restart_required) says when a restart is needed for them to take effect; with
+    O(restart=true) the module then restarts PostgreSQL itself, through the service manager O(service_control)
+    chooses (systemd, C(pg_ctlcluster) or C(pg_ctl) with the server's own C(config_file)), and waits until it
+    accepts connections again. When that restart fails, the task fails saying what is written, what the server runs
+    with, and the command that finishes the change.
+  - With O(verify=true) and no restart pending (or after the restart), switches to a new WAL segment and waits until
+    that segment is in the archive, failing with the archiver's last failure when it is not.
   - O(state=absent) turns archiving off (C(archive_mode=off), C(archive_command) reset) and keeps the archive and the
     command file; archived WAL is never deleted by this module.
 author:
@@ -42,7 +45,15 @@ extends_documentation_fragment:
   - modulo.pgbackup.repository
   - modulo.pgbackup.s3
   - modulo.pgbackup.encryption
+  - modulo.pgbackup.service
 options:
+  restart:
+    description:
+      - Restart PostgreSQL when C(archive_mode) or C(wal_level) changed (or a change of them is pending), so the
+        configuration takes effect now. The role C(modulo.pgbackup.wal_archive) sets it.
+      - With C(false) nothing is restarted and RV(restart_required) tells the caller to do it.
+    type: bool
+    default: false
   state:
     description:
       - C(present) configures archiving into O(backup_root).
@@ -108,17 +119,11 @@ options:
       - The command's JSON config (mode 0644; repository, compression and S3 settings, no secrets).
       - Defaults to O(command_path) with C(.json) appended.
     type: path
-  pg_os_user:
-    description:
-      - OS user the PostgreSQL server runs as; it runs the archive command and owns the repository.
-      - Ownership is given only when the module runs as root.
-    type: str
-    default: postgres
 attributes:
   check_mode:
     support: full
     details: Reports the files and settings it would change and whether a restart would follow; writes nothing,
-      changes no setting and makes no WAL switch.
+      changes no setting, restarts nothing and makes no WAL switch.
   diff_mode:
     support: partial
     details: Shows the PostgreSQL settings before and after; changed files are listed in RV(files_changed).
@@ -126,7 +131,7 @@ attributes:
     platforms: posix
 notes:
   - Needs a superuser connection (C(ALTER SYSTEM), C(pg_switch_wal())) and must run on the PostgreSQL host itself,
-    as root or as O(pg_os_user).
+    as root (become) or as O(pg_os_user); a restart through systemd needs root.
   - The archive command always asks S3 for server-side encryption (C(AES256)), whatever
     O(s3_server_side_encryption) says.
   - C(restore_command) for recovery is returned as RV(restore_command); restores in this collection set it themselves.
@@ -139,20 +144,19 @@ seealso:
 '''
 
 EXAMPLES = r'''
-- name: Archive WAL into the backup repository (the server restarts through a handler)
+- name: Archive WAL into the backup repository, restart if needed, prove a segment reaches the archive
   modulo.pgbackup.wal_archive:
     backup_root: /var/backups/postgresql
     login_unix_socket: /var/run/postgresql
+    restart: true
+    verify: true
+  become: true
+
+- name: Only configure; the restart is left to a maintenance window (restart_required says whether)
+  modulo.pgbackup.wal_archive:
+    backup_root: /var/backups/postgresql
     verify: false
   register: pitr
-  notify: Restart PostgreSQL
-
-- name: After the restart, prove that a segment reaches the archive
-  modulo.pgbackup.wal_archive:
-    backup_root: /var/backups/postgresql
-    login_unix_socket: /var/run/postgresql
-    verify: true
-    verify_timeout: 120
 
 - name: Archive to the repository and to S3, with one segment per 5 minutes at most
   modulo.pgbackup.wal_archive:
@@ -174,6 +178,15 @@ restart_required:
   returned: always
   type: bool
   sample: true
+restarted:
+  description: Whether the module restarted PostgreSQL (O(restart=true) and a restart was required).
+  returned: always
+  type: bool
+  sample: true
+service_control:
+  description: How PostgreSQL was (or would be) restarted, e.g. C(pg_ctlcluster 15 main) or C(systemd unit postgresql@15-main).
+  returned: when a restart was required and O(restart=true)
+  type: str
 archive_command:
   description: The C(archive_command) this module sets (for O(state=present)).
   returned: always
@@ -225,7 +238,7 @@ segment:
   type: str
   sample: "000000010000000000000010"
 os_user:
-  description: The OS user the module ran as (the role uses it to choose how to run C(pg_ctl)).
+  description: The OS user the module ran as.
   returned: always
   type: str
   sample: root
@@ -241,8 +254,19 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import archiving, audit, common
+from ansible_collections.modulo.pgbackup.plugins.module_utils import archiving, audit, common, liveserver
 from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import CommandLog, Connection, PgError
+
+
+def _control(conn, p, log):
+    """How to restart this server, from its own word on its layout (checked before anything changes)."""
+    layout = liveserver.read_layout(conn, log=log)
+    if p['pgdata'] and os.path.realpath(p['pgdata']) != os.path.realpath(layout['data_directory']):
+        raise archiving.ArchivingError('pgdata %s is not the data directory of the server on port %s (%s): correct '
+                                       'pgdata (pgbackup_pgdata) or the port' % (p['pgdata'], p['port'],
+                                                                                layout['data_directory']))
+    return liveserver.choose(layout, method=p['service_control'], unit=p['pg_service'], bindir=conn.bindir,
+                             os_user=p['pg_os_user'], log=log)
 
 
 def main():
@@ -258,7 +282,8 @@ def main():
             verify_timeout=dict(type='int', default=60),
             command_path=dict(type='path', default=archiving.DEFAULT_COMMAND_PATH),
             config_path=dict(type='path'),
-            pg_os_user=dict(type='str', default='postgres'),
+            restart=dict(type='bool', default=False),
+            **common.service_argspec()
         ),
         supports_check_mode=True,
     )
@@ -274,8 +299,10 @@ def main():
             command_path, p['config_path'])), log=log)
         conn = Connection.from_params(p, db='postgres')
         s3 = common.s3_settings(p) if p['upload'] else None
-        archiving.run(conn, p, result, s3=s3, check_mode=module.check_mode, log=log, warn=module.warn)
-    except (archiving.ArchivingError, PgError) as exc:
+        control = _control(conn, p, log) if p['restart'] else None
+        archiving.run(conn, p, result, s3=s3, check_mode=module.check_mode, log=log, warn=module.warn,
+                      control=control)
+    except (archiving.ArchivingError, PgError, liveserver.LiveServerError) as exc:
         result.pop('diff', None)
         module.fail_json(msg=str(exc), **result)
     except OSError as exc:
@@ -285,13 +312,14 @@ def main():
     diff = result.pop('diff', None)
     if module._diff and diff:
         result['diff'] = diff
+    pending = ' (restart PostgreSQL to apply)' if result['restart_required'] and not result['restarted'] else ''
+    if result['restarted']:
+        pending = ' (PostgreSQL restarted through %s)' % result['service_control']
     if p['state'] == 'absent':
-        result['msg'] = 'archiving %s%s' % ('turned off' if result['changed'] else 'already off',
-                                            ' (restart PostgreSQL to apply)' if result['restart_required'] else '')
+        result['msg'] = 'archiving %s%s' % ('turned off' if result['changed'] else 'already off', pending)
     elif result['verified']:
         result['msg'] = 'segment %s archived into %s' % (result['segment'], p['backup_root'])
     else:
-        pending = ' (restart PostgreSQL to apply)' if result['restart_required'] else ''
         result['msg'] = 'archiving configured%s' % pending
     module.exit_json(**result)
 

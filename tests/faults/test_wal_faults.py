@@ -129,7 +129,7 @@ def test_pitr_target_in_a_wal_gap_fails_clearly_and_promotes_nothing(world):
 
 
 def cluster_mode_pitr_without(world, segment):
-    """A cluster-mode PITR to the last mark with ``segment`` out of the archive; it must fail."""
+    """A cluster-mode PITR to the last mark with ``segment`` out of the archive; it must fail and roll back."""
     cluster = world['cluster']
     with MovedAside(world, segment) as aside:
         aside.remove()
@@ -137,49 +137,51 @@ def cluster_mode_pitr_without(world, segment):
             cluster, world['repo'], mode='cluster', pgdata=cluster.pgdata, confirm=cluster.pgdata,
             target_time=world['marks'][2]))
     assert res.get('failed') is True, res
-    assert 'The previous data directory is intact at %s; to roll back' % res['old_pgdata'] in res['msg']
     return res
 
 
-def roll_back_as_told(world, old):
-    """The rollback the message gives: the failed copy moved away, the old directory renamed back, started."""
+def assert_rolled_back(world, res):
+    """The module put the old directory back and started the server on it: the live data is as it was, and
+    the message and RV rollback say so (no manual steps promised)."""
     cluster = world['cluster']
-    cluster.stop()
-    failed = cluster.pgdata + '.failed'
-    os.rename(cluster.pgdata, failed)
-    os.rename(old, cluster.pgdata)
-    shutil.rmtree(failed)
-    cluster.start()
+    rollback = res['rollback']
+    assert rollback['touched'] and rollback['rolled_back'] and rollback['server_running'], rollback
+    assert rollback['old_pgdata'] is None and rollback['data_directory'] == cluster.pgdata
+    assert ('Rolled back: the previous data directory is back at %s and PostgreSQL runs on it again'
+            % cluster.pgdata) in res['msg'], res['msg']
+    assert 'to roll back by hand' not in res['msg']
     assert count(cluster, world['db']) == 400
     assert cluster.psql('SELECT pg_is_in_recovery()') == 'f'
+    failed = rollback['failed_copy']
+    assert failed.startswith(cluster.pgdata + '.failed-') and os.path.isdir(failed), rollback
+    assert 'The failed copy is kept at %s' % failed in res['msg']
+    shutil.rmtree(failed)
 
 
-def test_cluster_mode_into_a_wal_gap_names_the_gap_and_its_rollback_gives_the_data_back(world):
+def test_cluster_mode_into_a_wal_gap_names_the_gap_and_rolls_back_by_itself(world):
     """Cluster mode sets the live data directory aside before recovering in its place: the failure says why
-    (the gap, from the server's log, which pg_ctl only points to) and how to roll back, and doing what it says
-    brings the live cluster back as it was."""
+    (the gap, from the server's log, which pg_ctl only points to), and the module brings the live cluster
+    back as it was before it returns."""
     gap = world['segments'][1]
     res = cluster_mode_pitr_without(world, gap)
     msg = res['msg']
     assert msg.startswith('recovery ended before reaching the target: the WAL archive has a gap after base '
                           'backup %s, 1 segment(s) missing, first %s' % (world['base']['name'], gap)), msg
     assert 'recovery ended before configured recovery target was reached' in msg    # the server's own words
-    roll_back_as_told(world, res['old_pgdata'])
+    assert_rolled_back(world, res)
 
 
-def test_cluster_mode_whose_server_cannot_start_gives_the_server_log_and_its_path(world):
+def test_cluster_mode_whose_server_cannot_start_gives_the_server_log_and_rolls_back(world):
     """Without the base backup's first segment the restored server never reaches a consistent state and
-    pg_ctl start fails, saying only "Examine the log output": the message carries the log's tail and path."""
+    pg_ctl start fails, saying only "Examine the log output": the message carries the log's tail and path,
+    and the old directory is back in service."""
     res = cluster_mode_pitr_without(world, world['base']['wal_start'])
     msg, pgdata = res['msg'], world['cluster'].pgdata
     logfile = os.path.join(os.path.dirname(pgdata), 'pitr-%s.log' % os.path.basename(pgdata))
     assert msg.startswith('the restored server did not come up: '), msg
-    assert '(the whole log: %s)' % logfile in msg
+    assert 'server log (%s): ' % logfile in msg
     assert '%s is not in the archive' % world['base']['wal_start'] in msg     # the cause, in the server's log
-    with open(logfile) as handle:
-        last_line = handle.read().strip().splitlines()[-1]
-    assert last_line in msg     # the tail of the server's own log, not only pg_ctl's words
-    roll_back_as_told(world, res['old_pgdata'])
+    assert_rolled_back(world, res)
 
 
 def test_flipped_byte_in_an_archived_segment_is_refused_by_fetch_pitr_and_drill(world, tmp_path):

@@ -1,0 +1,270 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, modulo.pgbackup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Point-in-time recovery of the whole live cluster (backup_restore ``mode=cluster``).
+
+The live data directory is replaced by one recovered from a base backup and the WAL archive; the old
+directory is renamed beside it, never deleted. The configuration stays where it lives: Debian's
+/etc/postgresql/<version>/<cluster> is not touched, and configuration files kept in the data directory
+are copied from the old directory into the recovered one (today's ports, memory and archive_command,
+not the backup's).
+
+Everything the swap needs is checked first (``precheck``), while the server still runs, so that the
+playbook can refuse before it stops the application. Once the server has been stopped, any failure
+before the recovered server is promoted puts the old directory back and starts the server on it again,
+by itself; the error then says what failed and in which state the server was left
+(ClusterRecoveryError.state).
+"""
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+import json
+import os
+import shutil
+
+from ansible_collections.modulo.pgbackup.plugins.module_utils import (
+    encryption, fsutil, liveserver, osuser, pitr, repository, scratch)
+from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import PgError, psql_query
+
+CONFIG_FILES = ('postgresql.conf', 'pg_hba.conf', 'pg_ident.conf', 'postgresql.auto.conf')
+# Room beyond the unpacked base backup: WAL replayed into pg_wal, the new timeline's first segments.
+ROOM_MARGIN = 1.1
+ERRORS = (PgError, pitr.PitrError, scratch.ScratchError, liveserver.LiveServerError, encryption.EncryptionError,
+          OSError)
+
+
+class ClusterRecoveryError(Exception):
+    """The recovery failed; ``state`` says what was touched and where things are now."""
+
+    def __init__(self, message, state):
+        super(ClusterRecoveryError, self).__init__(message)
+        self.state = state
+
+
+def restored_size(base):
+    """Bytes the unpacked base backup takes: its manifest's file sizes, else (encrypted, remote) its size."""
+    try:
+        with open(os.path.join(base.get('path') or '', 'backup_manifest')) as handle:
+            return sum(int(f.get('Size', 0)) for f in json.load(handle).get('Files', [])), 'manifest'
+    except (OSError, ValueError, AttributeError, TypeError):
+        return int(base.get('size_bytes') or 0), 'compressed size (no readable manifest)'
+
+
+class _Watch(object):
+    """What scratch.wait_promoted needs of a server: is it running, and the end of its log."""
+
+    def __init__(self, control, window):
+        self.control, self.window = control, window
+
+    def running(self):
+        return self.control.running()
+
+    def log_tail(self):
+        return scratch.log_tail(self.window.text()) if self.window.path else '(log: see the service manager)'
+
+
+class ClusterRecovery(object):
+    def __init__(self, conn, pgdata, bindir, os_user, unit=None, method='auto', timeout_s=3600, log=None):
+        self.conn, self.bindir, self.os_user, self.timeout_s, self.log = conn, bindir, os_user, timeout_s, log
+        self.layout = self._layout(pgdata)
+        stem = os.path.basename(self.pgdata)
+        self.control = liveserver.choose(
+            self.layout, method=method, unit=unit, bindir=bindir, os_user=os_user, timeout=timeout_s, log=log,
+            logfile=os.path.join(os.path.dirname(self.pgdata), 'pitr-%s.log' % stem))
+
+    def _layout(self, pgdata):
+        try:
+            layout = liveserver.read_layout(self.conn, log=self.log)
+        except PgError as exc:
+            if not str(exc).startswith('cannot reach PostgreSQL'):
+                raise pitr.PitrError('cannot ask the server where its data directory is: %s' % exc)
+            if not pgdata:
+                raise pitr.PitrError('the server does not answer (%s), so it cannot say where its data directory is: '
+                                     'set pgdata (pgbackup_pgdata)' % exc)
+            return liveserver.layout_when_down(pgdata)
+        if pgdata and os.path.realpath(pgdata) != os.path.realpath(layout['data_directory']):
+            raise pitr.PitrError('pgdata %s is not the data directory of the server on port %s, which runs from %s: '
+                                 'correct pgdata (pgbackup_pgdata) or the port' % (pgdata, self.conn.port,
+                                                                                   layout['data_directory']))
+        return layout
+
+    @property
+    def pgdata(self):
+        return os.path.abspath(self.layout['data_directory'].rstrip('/'))
+
+    def describe(self):
+        where = 'configuration %s' % self.layout['config_file']
+        return 'data directory %s (%s), controlled by %s' % (self.pgdata, where, self.control.describe())
+
+    # -- before anything is touched ----------------------------------------------------------------
+    def precheck(self, base):
+        """Every reason the swap would fail, as sentences; empty when it can go ahead."""
+        problems = list(self.control.check())
+        try:
+            osuser.lookup(self.os_user)
+        except osuser.OsUserError as exc:
+            problems.append(str(exc))
+        parent = os.path.dirname(self.pgdata)
+        if not os.path.isdir(parent):
+            problems.append('the directory %s above the data directory does not exist' % parent)
+            return problems
+        if not os.access(parent, os.W_OK | os.X_OK) or _read_only(parent):
+            problems.append('%s is not writable by %s: the data directory is renamed and the recovered one made '
+                            'there (run the play with become: true)' % (parent, osuser.current_user()))
+        if os.path.isdir(self.pgdata) and os.stat(self.pgdata).st_dev != os.stat(parent).st_dev:
+            problems.append('%s is a mount point: it cannot be renamed aside. Mount the file system one level '
+                            'higher, or restore with mode=database' % self.pgdata)
+        needed, source = restored_size(base)
+        free = _free_bytes(parent)
+        if needed * ROOM_MARGIN > free:
+            problems.append('%s has %s free, the recovered data directory needs about %s (%s, plus 10 %%); the old '
+                            'directory is kept beside it: free space there, or restore with mode=database'
+                            % (parent, _human(free), _human(needed), source))
+        if liveserver.config_outside(self.layout):
+            for key in ('config_file', 'hba_file'):
+                if not os.path.isfile(self.layout[key]):
+                    problems.append('the server\'s %s %s is missing' % (key, self.layout[key]))
+        return problems
+
+    def plan(self):
+        return {'data_directory': self.pgdata, 'config_file': self.layout['config_file'],
+                'config_outside_data_directory': liveserver.config_outside(self.layout),
+                'service_control': self.control.method, 'control': self.control.describe(),
+                'server_running': self.layout['running']}
+
+    # -- the swap -----------------------------------------------------------------------------------
+    def run(self, base, repo_root, target_settings, s3_settings=None, keys=None):
+        """Stop, swap, recover, promote; roll back by itself on failure. Returns what recovery reached."""
+        stamp = repository.utcnow().strftime(repository.STAMP_FORMAT)
+        aside = '%s.old-%s' % (self.pgdata, stamp)
+        workdir = '%s.pitr-%s' % (self.pgdata, stamp)
+        state = {'touched': False, 'promoted': False, 'rolled_back': False, 'server_running': None,
+                 'data_directory': self.pgdata, 'old_pgdata': None, 'failed_copy': None}
+        window = liveserver.LogWindow(None)
+        try:
+            self.control.stop()
+            state['touched'] = True
+            if os.path.lexists(self.pgdata):
+                os.rename(self.pgdata, aside)
+                state['old_pgdata'] = aside
+            self._prepare(base, repo_root, target_settings, workdir, aside, s3_settings, keys)
+            window = liveserver.LogWindow(self.control.log_path())
+            self._start(window)
+            scratch.wait_promoted(lambda sql: psql_query(self.conn, sql, db='postgres'), self.timeout_s,
+                                  _Watch(self.control, window))
+            state['promoted'] = True
+        except ERRORS as exc:
+            cause = pitr.explain_short_recovery(str(exc), base, repo_root)
+            if state['touched']:
+                self._roll_back(state, stamp)
+            raise ClusterRecoveryError(cause, state)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        reached = scratch.recovery_outcome(window.text())
+        reached['last_replayed_transaction'] = psql_query(self.conn, 'SELECT pg_last_xact_replay_timestamp()',
+                                                          db='postgres')[0][0]
+        reached['timeline'] = int(psql_query(self.conn, 'SELECT timeline_id FROM pg_control_checkpoint()',
+                                             db='postgres')[0][0])
+        reached['old_pgdata'] = state['old_pgdata']
+        # The recovery settings must not linger in the live configuration (they apply only in recovery,
+        # so a failure here is a warning for the caller, not a reason to undo a finished recovery).
+        names = ['restore_command', 'recovery_target_action', 'recovery_target_timeline'] + list(target_settings)
+        try:
+            psql_query(self.conn, ['ALTER SYSTEM RESET %s' % name for name in names] + ['SELECT pg_reload_conf()'],
+                       db='postgres', log=self.log)
+        except PgError as exc:
+            reached['warning'] = ('the recovery settings (%s) are still in %s/postgresql.auto.conf: %s; remove them '
+                                  'with ALTER SYSTEM RESET' % (', '.join(names), self.pgdata, exc))
+        return reached
+
+    def _prepare(self, base, repo_root, target_settings, workdir, aside, s3_settings, keys):
+        fsutil.ensure_dir(workdir)
+        osuser.give_to(workdir, self.os_user)
+        restore_command = scratch.install_wal_command(workdir, repo_root, s3_settings, self.os_user, keys=keys)
+        scratch.extract_base(base['path'], self.pgdata, self.os_user, log=self.log, keys=keys)
+        if not liveserver.config_outside(self.layout):
+            for name in CONFIG_FILES:
+                # Today's configuration, not the one at backup time (ports, archive_command, memory).
+                if os.path.exists(os.path.join(aside, name)):
+                    shutil.copy2(os.path.join(aside, name), os.path.join(self.pgdata, name))
+        elif os.path.exists(os.path.join(aside, 'postgresql.auto.conf')):
+            shutil.copy2(os.path.join(aside, 'postgresql.auto.conf'), os.path.join(self.pgdata, 'postgresql.auto.conf'))
+        for stale in ('postmaster.pid', 'standby.signal'):
+            fsutil.remove_quietly(os.path.join(self.pgdata, stale))
+        scratch.write_auto_conf(self.pgdata, scratch.recovery_settings(target_settings, restore_command, scratch=False),
+                                self.os_user)
+        open(os.path.join(self.pgdata, 'recovery.signal'), 'w').close()
+        osuser.give_to(self.pgdata, self.os_user)
+        os.chmod(self.pgdata, 0o700)
+
+    def _start(self, window):
+        try:
+            self.control.start()
+        except liveserver.LiveServerError as exc:
+            text = window.text() if window.path else ''
+            last = text.strip().splitlines()[-1:] if text.strip() else []
+            # pg_ctlcluster prints the log itself; pg_ctl only says "Examine the log output".
+            tail = '' if not last or last[0].strip() in str(exc) else scratch.log_tail(text)
+            raise scratch.ScratchError('the restored server did not come up: %s%s' % (
+                exc, ('; server log (%s): %s' % (window.path, tail)) if tail else ''))
+
+    def _roll_back(self, state, stamp):
+        """Put the old data directory back and start the server on it; record what happened in ``state``."""
+        try:
+            self.control.stop()
+            if os.path.lexists(self.pgdata):
+                failed = '%s.failed-%s' % (self.pgdata, stamp)
+                os.rename(self.pgdata, failed)
+                state['failed_copy'] = failed
+            if not state['old_pgdata']:
+                state['server_running'] = False
+                state['rollback_error'] = 'there was no data directory before the recovery, so nothing to put back'
+                return
+            os.rename(state['old_pgdata'], self.pgdata)
+            state['old_pgdata'] = None
+            self.control.start()
+            liveserver.wait_accepting(self.conn, 60)
+            state['rolled_back'] = True
+            state['server_running'] = True
+        except ERRORS as exc:
+            state['rollback_error'] = str(exc)
+            try:
+                state['server_running'] = self.control.running()
+            except ERRORS:
+                state['server_running'] = None
+
+
+def failure_message(cause, state, control_description):
+    """What failed, and the truth about the server's state afterwards."""
+    pgdata = state['data_directory']
+    if not state['touched']:
+        return '%s. Nothing was changed: the server was not stopped and %s is as it was.' % (cause, pgdata)
+    if state['rolled_back']:
+        kept = (' The failed copy is kept at %s for inspection; remove it when done.' % state['failed_copy']
+                if state['failed_copy'] else '')
+        return ('%s. Rolled back: the previous data directory is back at %s and PostgreSQL runs on it again '
+                '(through %s).%s' % (cause, pgdata, control_description, kept))
+    steps = ('The previous data directory is intact at %s; to roll back by hand: stop PostgreSQL, move %s away, '
+             'rename %s to %s, start PostgreSQL (%s).' % (state['old_pgdata'], pgdata, state['old_pgdata'], pgdata,
+                                                          control_description)) if state['old_pgdata'] else ''
+    running = {True: 'PostgreSQL runs', False: 'PostgreSQL is DOWN', None: 'PostgreSQL\'s state is unknown'}[
+        state['server_running']]
+    return '%s. The automatic rollback failed (%s); %s. %s' % (
+        cause, state.get('rollback_error') or 'unknown error', running, steps)
+
+
+def _free_bytes(path):
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def _read_only(path):
+    return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+
+
+def _human(size):
+    for unit in ('B', 'KB', 'MB', 'GB', 'TB'):
+        if size < 1024 or unit == 'TB':
+            return '%.1f %s' % (size, unit) if unit != 'B' else '%d B' % size
+        size /= 1024.0
