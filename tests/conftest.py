@@ -165,30 +165,33 @@ class AnsibleRunner(object):
         env.update(extra or {})
         return env
 
-    def task(self, module, args, check=False, env=None, alone=False):
-        """Run one module task on localhost and return its registered result.
+    def task(self, module, args, check=False, env=None, alone=False, inventory=None, host='localhost', become=False):
+        """Run one module task and return its registered result.
 
+        On localhost by default; with ``inventory`` on ``host`` as that inventory says (over ssh for the
+        production-shaped host of tests/production), with ``become`` as the play's.
         ``alone``: the play holds only that task and a callback (tests/callback_plugins) saves its
         result, the way the benchmark times a module: a second task to save the registered
-        result would add a module run of its own to the time measured.
+        result would add a module run of its own to the time measured. Remote runs always save this way.
         """
         out = os.path.join(self.workdir, 'result-%s.json' % uuid.uuid4().hex)
         tasks = [{'name': 'module under test', module: args, 'register': 'result',
                   'ignore_errors': True, 'check_mode': check}]
-        if alone:
+        if alone or inventory:
             env = dict(env or {}, MODULO_RESULT_FILE=out, ANSIBLE_CALLBACKS_ENABLED='result_file',
                        ANSIBLE_CALLBACK_PLUGINS=os.path.join(ROOT, 'tests', 'callback_plugins'))
         else:
             tasks.append({'name': 'save result', 'ansible.builtin.copy': {
                 'content': '{{ result | to_json }}', 'dest': out, 'mode': '0600'}, 'check_mode': False})
-        play = [{'hosts': 'localhost', 'gather_facts': False,
-                 'vars': {'ansible_python_interpreter': sys.executable}, 'tasks': tasks}]
+        play = {'hosts': host, 'gather_facts': False, 'become': become, 'tasks': tasks}
+        if not inventory:
+            play['vars'] = {'ansible_python_interpreter': sys.executable}
         path = os.path.join(self.workdir, 'play-%s.yml' % uuid.uuid4().hex)
         with open(path, 'w') as handle:
-            json.dump(play, handle)
-        proc = subprocess.run([os.path.join(VENV_BIN, 'ansible-playbook'), '-i', 'localhost,',
-                               '-c', 'local', path], cwd=ROOT, env=self.env(env),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            json.dump([play], handle)
+        argv = [os.path.join(VENV_BIN, 'ansible-playbook'), '-i', inventory or 'localhost,'] + \
+            ([] if inventory else ['-c', 'local']) + [path]
+        proc = subprocess.run(argv, cwd=ROOT, env=self.env(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         if not os.path.exists(out):
             raise AssertionError('ansible-playbook did not run the task:\n%s' % proc.stdout.decode()[-5000:])
         with open(out) as handle:
