@@ -11,7 +11,7 @@ PYTEST_WORKERS ?= 2
 # Molecule's sandboxes (one per scenario) live here; the server runs as postgres, which must reach it.
 export PGBACKUP_MOLECULE_DIR ?= /var/tmp/modulo-pgbackup-molecule-$(shell id -u)-$(notdir $(CURDIR))
 
-.PHONY: bootstrap demo demo-clean test unit integration molecule molecule-default faults sanity units integration-targets lint clean bench bench-smoke
+.PHONY: bootstrap demo demo-clean test unit integration molecule molecule-default molecule-production production faults sanity units integration-targets lint clean bench bench-smoke
 BENCH_SCALE ?= 100
 # The benchmark's clusters run as postgres: they need a directory it can reach.
 BENCH_WORKDIR ?= /var/tmp
@@ -28,7 +28,7 @@ demo-clean:
 	@rm -rf $(SANDBOX)
 	@echo "sandbox removed"
 
-test: bootstrap unit integration faults molecule-default bench-smoke sanity units integration-targets lint
+test: bootstrap unit integration faults production molecule-default molecule-production bench-smoke sanity units integration-targets lint
 
 unit: bootstrap
 	cd tests && $(PY) -m pytest -q -p no:cacheprovider unit
@@ -42,6 +42,17 @@ molecule: bootstrap
 
 molecule-default: bootstrap
 	molecule test --scenario-name default
+
+# The production shape: the controller reaches a Debian-layout database host over ssh as a deploy user
+# with sudo, built on this machine by tools/prodhost.py (a user, a sudoers file, an sshd on loopback, a
+# pg_createcluster cluster). That needs root: as a normal user both say so and are skipped.
+production: bootstrap
+	cd tests && $(PY) -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadfile -rs production
+
+molecule-production: bootstrap
+	@if [ "$$(id -u)" != 0 ]; then \
+	  echo "molecule-production: skipped, it needs root (tools/prodhost.py builds a user, an sshd and a cluster)"; \
+	else molecule test --scenario-name production; fi
 
 # The fault-injection suite: one file per kind of fault; a file's cases share their cluster, so files
 # (not single tests) are spread over the workers.

@@ -19,6 +19,15 @@ done
 # pgBackRest is the reference the benchmark (make bench) measures against.
 command -v pgbackrest >/dev/null 2>&1 || need_pkgs+=(pgbackrest)
 "$PY" -c 'import venv, ensurepip' >/dev/null 2>&1 || need_pkgs+=(python3-venv)
+# The production-shaped tests (make production, molecule-production) build a host reached over ssh as a
+# sudo deploy user: they run as root only, so a normal user is not asked for these.
+if [ "$(id -u)" = 0 ]; then
+  [ -x /usr/sbin/sshd ] || need_pkgs+=(openssh-server)
+  [ -x /usr/bin/sudo ] || need_pkgs+=(sudo)
+  command -v pg_createcluster >/dev/null 2>&1 || need_pkgs+=(postgresql-common)
+  # The schedule role refuses to install cron jobs where no cron daemon is installed.
+  [ -x /usr/sbin/cron ] || need_pkgs+=(cron)
+fi
 # The WAL archive command runs under the system python3 as postgres; S3 needs boto3 there.
 /usr/bin/python3 -c 'import boto3' >/dev/null 2>&1 || need_pkgs+=(python3-boto3)
 if [ ${#need_pkgs[@]} -gt 0 ]; then

@@ -21,7 +21,7 @@ What users have, and what ``up`` builds (everything named after one short id, so
 Needs root (users, sudoers, sshd, pg_createcluster). ``down`` removes all of it.
 
 CLI:  prodhost.py up DIR [--id ID]   |   prodhost.py down DIR   |   prodhost.py show DIR
-      prodhost.py psql DIR SQL [--db DB]
+      prodhost.py psql DIR (SQL | --file PATH) [--db DB]
 """
 
 import argparse
@@ -354,9 +354,10 @@ class ProdHost(object):
         return proc.stdout.decode().strip()
 
     def psql_file(self, path, db):
-        proc = subprocess.run(['runuser', '-u', 'postgres', '--', os.path.join(BINDIR, 'psql'), '-X', '-q',
-                               '-v', 'ON_ERROR_STOP=1', '-p', str(self.pg_port), '-d', db, '-f', '-'],
-                              stdin=open(path, 'rb'), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd='/')
+        with open(path, 'rb') as handle:
+            proc = subprocess.run(['runuser', '-u', 'postgres', '--', os.path.join(BINDIR, 'psql'), '-X', '-q',
+                                   '-v', 'ON_ERROR_STOP=1', '-p', str(self.pg_port), '-d', db, '-f', '-'],
+                                  stdin=handle, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd='/')
         if proc.returncode:
             raise HostError('psql -f %s failed: %s' % (path, proc.stderr.decode()))
 
@@ -376,7 +377,8 @@ def main():
     parser.add_argument('sql', nargs='?')
     parser.add_argument('--id', help='up: the short id every name is made of (default: random)')
     parser.add_argument('--db', default='postgres')
-    args = parser.parse_args()
+    parser.add_argument('--file', help='psql: run this SQL file (read by this process, so any path works)')
+    args = parser.parse_intermixed_args()
     try:
         if args.action == 'up':
             host = ProdHost(args.dir, args.id).up()
@@ -387,6 +389,8 @@ def main():
         elif args.action == 'show':
             with open(os.path.join(args.dir, STATE_FILE)) as handle:
                 print(handle.read())
+        elif args.action == 'psql' and args.file:
+            ProdHost.load(args.dir).psql_file(args.file, db=args.db)
         elif args.action == 'psql':
             print(ProdHost.load(args.dir).psql(args.sql, db=args.db))
     except HostError as exc:
