@@ -136,7 +136,7 @@ def free_port():
 
 
 def run(argv, check=True, **kwargs):
-    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kwargs)
+    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False, **kwargs)
     if check and proc.returncode:
         raise HostError('%s failed (%d): %s' % (' '.join(argv), proc.returncode,
                                                 proc.stdout.decode('utf-8', 'replace')[-2000:]))
@@ -339,7 +339,7 @@ class ProdHost(object):
         """Run a shell command on the host as the deploy user, over ssh."""
         argv = ['ssh', '-i', self.key, '-p', str(self.ssh_port)] + self.ssh_args() + \
             ['%s@127.0.0.1' % self.user, command]
-        proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+        proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, check=False)
         if check and proc.returncode:
             raise HostError('ssh %r failed (%d): %s%s' % (command, proc.returncode, proc.stdout, proc.stderr))
         return proc
@@ -348,7 +348,7 @@ class ProdHost(object):
         """psql as postgres over the cluster's socket (peer authentication), as a DBA on the host would."""
         proc = subprocess.run(['runuser', '-u', 'postgres', '--', os.path.join(BINDIR, 'psql'), '-X', '-q', '-A',
                                '-t', '-v', 'ON_ERROR_STOP=1', '-p', str(self.pg_port), '-d', db, '-c', sql],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd='/')
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd='/', check=False)
         if check and proc.returncode:
             raise HostError('psql failed: %s' % proc.stderr.decode())
         return proc.stdout.decode().strip()
@@ -357,7 +357,8 @@ class ProdHost(object):
         with open(path, 'rb') as handle:
             proc = subprocess.run(['runuser', '-u', 'postgres', '--', os.path.join(BINDIR, 'psql'), '-X', '-q',
                                    '-v', 'ON_ERROR_STOP=1', '-p', str(self.pg_port), '-d', db, '-f', '-'],
-                                  stdin=handle, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd='/')
+                                  stdin=handle, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd='/',
+                                  check=False)
         if proc.returncode:
             raise HostError('psql -f %s failed: %s' % (path, proc.stderr.decode()))
 
@@ -371,7 +372,7 @@ class ProdHost(object):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser = argparse.ArgumentParser(description=__doc__.split('\n', maxsplit=1)[0])
     parser.add_argument('action', choices=['up', 'down', 'show', 'psql'])
     parser.add_argument('dir')
     parser.add_argument('sql', nargs='?')

@@ -396,7 +396,7 @@ class Drill(object):
         if not path or not os.path.exists(path):
             return
         stages, stdin_path = compression.read_stages(path, self.keys)
-        psql = conn.command('psql') + ['-X', '-q', '--no-password', '-o', '/dev/null', '-d', 'postgres']
+        psql = conn.command('psql', '-X', '-q', '--no-password', '-o', '/dev/null', '-d', 'postgres')
         try:
             pipeline.run(stages + [psql], env=conn.env('postgres'), stdin_path=stdin_path, log=self.log)
         except pipeline.PipelineError as exc:
@@ -478,8 +478,8 @@ class Drill(object):
         db = self.database()
         conn = self.cluster.conn(db)
         # --install-missing creates the amcheck extension, in the scratch copy only.
-        argv = conn.command('pg_amcheck') + ['--install-missing', '--heapallindexed', '--no-password',
-                '--jobs=%d' % self.jobs, db]
+        argv = conn.command('pg_amcheck', '--install-missing', '--heapallindexed', '--no-password',
+                            '--jobs=%d' % self.jobs, db)
         if self.log is not None:
             self.log.add(argv)
         proc = subprocess.run(argv, env=conn.env(db), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False)

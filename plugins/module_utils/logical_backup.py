@@ -102,8 +102,8 @@ def pg_dump_major(conn):
 
 
 def _dump_argv(conn, p, snapshot, jobs, out_path=None):
-    argv = conn.command('pg_dump') + ['--snapshot=%s' % snapshot, '--no-password',
-            '--format=%s' % p['format'], '--dbname=%s' % p['database']]
+    argv = conn.command('pg_dump', '--snapshot=%s' % snapshot, '--no-password',
+                        '--format=%s' % p['format'], '--dbname=%s' % p['database'])
     if p['format'] != 'plain':
         if p['native_compression']:
             if p['compression'] == 'gzip':
@@ -142,7 +142,7 @@ def dump_globals(conn, repo, name, log, keys=None):
     tmp = fsutil.tmp_path_for(final)
     env = conn.env()
     for extra in ([], ['--no-role-passwords']):
-        argv = conn.command('pg_dumpall') + ['--globals-only', '--no-password'] + extra
+        argv = conn.command('pg_dumpall', '--globals-only', '--no-password', *extra)
         try:
             pipeline.run([argv] + ([keys.encrypt_argv()] if keys else []), env=env, stdout_path=tmp, log=log)
         except pipeline.PipelineError as exc:

@@ -134,7 +134,7 @@ def _restore_argv(conn, meta, path, staging, jobs):
     fmt = meta.get('format', 'plain')
     if fmt == 'plain':
         return None
-    argv = conn.command('pg_restore') + ['--no-password', '--exit-on-error', '--dbname=%s' % staging]
+    argv = conn.command('pg_restore', '--no-password', '--exit-on-error', '--dbname=%s' % staging)
     if jobs and jobs > 1:
         argv.append('--jobs=%d' % jobs)
     else:
@@ -151,8 +151,8 @@ def load(conn, meta, staging, jobs=None, log=None, workdir=None, keys=None):
     try:
         stages, stdin_path = compression.read_stages(path, keys) if fmt != 'directory' else ([], None)
         if fmt == 'plain':
-            psql = conn.command('psql') + ['-X', '-q', '--no-password', '-v', 'ON_ERROR_STOP=1',
-                    '--single-transaction', '-o', '/dev/null', '-d', staging]
+            psql = conn.command('psql', '-X', '-q', '--no-password', '-v', 'ON_ERROR_STOP=1',
+                                '--single-transaction', '-o', '/dev/null', '-d', staging)
             pipeline.run(stages + [psql], env=env, stdin_path=stdin_path, log=log)
             return
         if stages:

@@ -144,8 +144,8 @@ def _encrypted_stream(conn, p, tmp, keys, log, watch):
     fsutil.ensure_dir(tmp)
     suffix = repository.COMPRESSION_SUFFIX[p['compression']] + encryption.SUFFIX
     archive = os.path.join(tmp, 'base.tar' + suffix)
-    stages = [conn.command('pg_basebackup') + ['--pgdata=-', '--format=tar', '--wal-method=none', '--checkpoint=fast',
-               '--manifest-checksums=SHA256', '--label=%s' % p['name'], '--no-password', '--verbose']]
+    stages = [conn.command('pg_basebackup', '--pgdata=-', '--format=tar', '--wal-method=none', '--checkpoint=fast',
+                           '--manifest-checksums=SHA256', '--label=%s' % p['name'], '--no-password', '--verbose')]
     if p['compression'] != 'none':
         stages.append(compression.compress_argv(p['compression'], p['compression_level'] or
                                                 compression.DEFAULT_LEVEL[p['compression']], threads=2))
@@ -185,9 +185,10 @@ def take(conn, repo, p, wait_archive_s=300, log=None, keys=None):
     tmp = fsutil.tmp_path_for(p['path'])
     start = time.time()
     encrypted = keys is not None and keys.enabled
-    argv = conn.command('pg_basebackup') + ['--pgdata=%s' % tmp, '--format=tar', '--wal-method=none',
-            '--checkpoint=fast', '--manifest-checksums=SHA256', '--label=%s' % p['name'],
-            '--no-password', '--verbose'] + _compress_arg(p['compression'], p['compression_level'], p.get('workers'))
+    argv = conn.command('pg_basebackup', '--pgdata=%s' % tmp, '--format=tar', '--wal-method=none',
+                        '--checkpoint=fast', '--manifest-checksums=SHA256', '--label=%s' % p['name'],
+                        '--no-password', '--verbose') + _compress_arg(p['compression'], p['compression_level'],
+                                                                      p.get('workers'))
     try:
         try:
             if encrypted:

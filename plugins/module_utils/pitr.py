@@ -203,8 +203,8 @@ def copy_database(recovery, source_db, live_conn, target_db, confirm, keep_old, 
                         % (source_db, ', '.join(sorted(names))))
     dump_dir = os.path.join(workdir, 'dump')
     src = recovery.conn(source_db)
-    argv = src.command('pg_dump') + ['--format=directory', '--jobs=%d' % max(1, jobs), '--compress=0',
-            '--no-password', '--file=%s' % dump_dir, '--dbname=%s' % source_db]
+    argv = src.command('pg_dump', '--format=directory', '--jobs=%d' % max(1, jobs), '--compress=0',
+                       '--no-password', '--file=%s' % dump_dir, '--dbname=%s' % source_db)
     try:
         pipeline.run([argv], env=src.env(source_db), log=log)
     except pipeline.PipelineError as exc:

@@ -102,7 +102,7 @@ class Verify(object):
                       'check' % (self.db, self.db), level='skipped')
             return
         # No --install-missing: the extension is already there, and nothing may be created here.
-        argv = self.conn.command('pg_amcheck') + ['--heapallindexed', '--no-password', '--jobs=%d' % self.jobs, self.db]
+        argv = self.conn.command('pg_amcheck', '--heapallindexed', '--no-password', '--jobs=%d' % self.jobs, self.db)
         if self.log is not None:
             self.log.add(argv)
         proc = subprocess.run(argv, env=self.conn.env(self.db), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -220,7 +220,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.modulo.pgbackup.plugins.module_utils import (
     audit, cluster_recovery, common, encryption, liveserver, logical_restore, osuser, pitr, repository, scratch)
 from ansible_collections.modulo.pgbackup.plugins.module_utils.fsutil import LockBusy
-from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import CommandLog, Connection, PgError, psql_query
+from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import CommandLog, Connection, PgError
 from ansible_collections.modulo.pgbackup.plugins.module_utils.s3store import S3Error
 
 PITR_OPTIONS = ('target_time', 'target_xid', 'target_lsn', 'target_name', 'target')

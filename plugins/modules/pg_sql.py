@@ -136,7 +136,8 @@ def main():
     log = CommandLog()
     result = dict(changed=False, rows=[], executed_commands=log.commands)
     if module.check_mode and not p['read_only']:
-        module.exit_json(msg='check mode: nothing run (not read_only)', changed=p['changes'], **result)
+        result['changed'] = p['changes']
+        module.exit_json(msg='check mode: nothing run (not read_only)', **result)
     try:
         conn = (ReadOnlyConnection if p['read_only'] else Connection).from_params(p, db=p['db'])
         if p['query']:

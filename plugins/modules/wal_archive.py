@@ -262,9 +262,9 @@ def _control(conn, p, log):
     """How to restart this server, from its own word on its layout (checked before anything changes)."""
     layout = liveserver.read_layout(conn, log=log)
     if p['pgdata'] and os.path.realpath(p['pgdata']) != os.path.realpath(layout['data_directory']):
-        raise archiving.ArchivingError('pgdata %s is not the data directory of the server on port %s (%s): correct '
-                                       'pgdata (pgbackup_pgdata) or the port' % (p['pgdata'], p['port'],
-                                                                                layout['data_directory']))
+        raise archiving.ArchivingError(
+            'pgdata %s is not the data directory of the server on port %s (%s): correct pgdata (pgbackup_pgdata) or '
+            'the port' % (p['pgdata'], p['port'], layout['data_directory']))
     return liveserver.choose(layout, method=p['service_control'], unit=p['pg_service'], bindir=conn.bindir,
                              os_user=p['pg_os_user'], log=log)
 
