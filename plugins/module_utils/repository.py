@@ -117,6 +117,13 @@ class Repository(object):
                 if os.lstat(path).st_uid == 0:
                     os.lchown(path, uid, gid)
 
+    def check_readable(self):
+        """A repository that exists but that this user cannot enter is an error, not an empty repository."""
+        if os.path.lexists(self.root) and not os.access(self.root, os.R_OK | os.X_OK):
+            raise RepositoryError('backup_root %s exists but user %s cannot read it (it belongs to the server\'s OS '
+                                  'user, mode 0700): run the play with become: true, or as that user'
+                                  % (self.root, osuser.current_user()))
+
     def meta_path(self, kind_dir, name):
         return self.path(kind_dir, name + '.meta')
 
@@ -132,6 +139,7 @@ class Repository(object):
         directory = self.path(kind_dir)
         entries, problems = [], []
         if not os.path.isdir(directory):
+            self.check_readable()
             return entries, problems
         names = sorted(os.listdir(directory))
         metas = set(n[:-5] for n in names if n.endswith('.meta') and not n.startswith(fsutil.TMP_PREFIX))
