@@ -38,6 +38,7 @@ def prod_host():
     finally:
         host.down()
         shutil.rmtree(base, ignore_errors=True)
+        shutil.rmtree('/usr/local/lib/modulo-pgbackup-%s' % host.id, ignore_errors=True)
 
 
 class Prod(object):
@@ -46,12 +47,15 @@ class Prod(object):
     def __init__(self, host, ansible, workdir):
         self.host, self.ansible, self.workdir = host, ansible, workdir
         self.backup_root = '/var/backups/modulo-test-%s/postgresql' % uuid.uuid4().hex[:8]
+        # Every test host shares this machine's /usr/local/lib: each gets its own archive command there, as
+        # each real host has its own (two clusters must never share one config).
+        self.command_path = '/usr/local/lib/modulo-pgbackup-%s/pgbackup-wal' % host.id
 
     def coordinates(self):
         """What differs between the test cluster and a stock 15/main: its port, data directory and unit."""
         return {'pgbackup_port': self.host.pg_port, 'pgbackup_pgdata': self.host.pgdata,
                 'pgbackup_pg_service': self.host.unit, 'pgbackup_backup_root': self.backup_root,
-                'pgbackup_s3_bucket': ''}
+                'pgbackup_s3_bucket': '', 'wal_archive_command_path': self.command_path}
 
     def inventory(self, become=True, **hostvars):
         """A one-host inventory: the host in group postgres, reached over ssh as the deploy user."""
@@ -85,6 +89,8 @@ class Prod(object):
 
     def task(self, module, args, check=False, become=True, **hostvars):
         args = dict({'backup_root': self.backup_root, 'port': self.host.pg_port}, **args)
+        if module == 'modulo.pgbackup.wal_archive':
+            args.setdefault('command_path', self.command_path)
         return self.ansible.task(module, args, check=check, inventory=self.inventory(become=become, **hostvars),
                                  host=DB_HOST)
 

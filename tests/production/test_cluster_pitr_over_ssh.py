@@ -113,3 +113,38 @@ def test_cluster_pitr_that_fails_after_the_stop_rolls_back_through_systemd(prod,
     assert subprocess.run(['pg_ctlcluster', '15', host.cluster, 'status'], stdout=subprocess.DEVNULL, check=False).returncode == 0
     assert int(host.psql('SELECT count(*) FROM journal', db='modulodb')) == 150
     assert os.path.isdir(res['rollback']['failed_copy'])
+
+
+def test_cluster_pitr_through_pg_ctl_passes_the_configuration_in_etc(prod, archived):
+    """The path that used to stop the cluster and then fail: pg_ctl on a Debian data directory, whose
+    postgresql.conf is in /etc. pg_ctl gets the server's config_file, and pg_lsclusters sees it online."""
+    host = prod.host
+    check = prod.task('modulo.pgbackup.backup_restore', {
+        'mode': 'cluster', 'target': 'latest', 'confirm': host.pgdata, 'service_control': 'pg_ctl'}, check=True)
+    assert check.get('failed') is not True, check.get('msg')
+    plan = check['restore']['cluster']
+    assert plan['config_file'] == os.path.join(host.confdir, 'postgresql.conf') and plan['config_outside_data_directory']
+    assert plan['service_control'] == 'pg_ctl'
+
+    res = prod.task('modulo.pgbackup.backup_restore', {
+        'mode': 'cluster', 'target': 'latest', 'confirm': host.pgdata, 'service_control': 'pg_ctl'})
+    assert res.get('failed') is not True, res.get('msg')
+    assert any('-c config_file=%s/postgresql.conf' % host.confdir in c for c in res['executed_commands']), \
+        res['executed_commands']
+    assert int(host.psql('SELECT count(*) FROM journal', db='modulodb')) == 150
+    assert host.lsclusters()[3] == 'online'
+    # Handed back to the cluster's own tooling: a pg_ctlcluster restart works on what pg_ctl started.
+    subprocess.run(['pg_ctlcluster', '--skip-systemctl-redirect', '15', host.cluster, 'restart', '-m', 'fast'],
+                   check=True)
+    assert host.psql('SELECT pg_is_in_recovery()') == 'f'
+
+
+def test_cluster_pitr_without_become_is_refused_before_anything_is_touched(prod, archived):
+    """As the deploy user without become, the repository (postgres's, 0700) cannot be read: that is said, not
+    mistaken for an empty repository, and nothing is stopped."""
+    res = prod.task('modulo.pgbackup.backup_restore', {
+        'mode': 'cluster', 'target': 'latest', 'confirm': prod.host.pgdata, 'pg_service': prod.host.unit},
+        check=True, become=False)
+    assert res['failed'] is True
+    assert 'cannot read it' in res['msg'] and 'become: true' in res['msg'], res['msg']
+    assert prod.host.lsclusters()[3] == 'online'

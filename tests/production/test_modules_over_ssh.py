@@ -178,3 +178,27 @@ def test_the_stand_in_systemctl_refuses_the_deploy_user_like_the_real_one(prod):
     assert prod.host.lsclusters()[3] == 'online'
     proc = prod.host.ssh('sudo -n systemctl is-active %s' % prod.host.unit, check=False)
     assert proc.stdout.strip() == 'active', (proc.stdout, proc.stderr)
+
+
+def test_wal_archive_absent_whose_restart_fails_says_what_the_server_runs_with(prod):
+    """archive_mode=off needs a restart; when the restart fails (here a setting the server cannot start with),
+    the message says what is written, that the server is down, and the command that finishes the change."""
+    host = prod.host
+    res = prod.task('modulo.pgbackup.wal_archive', {'restart': True, 'verify': False})
+    assert res.get('failed') is not True, res.get('msg')
+    auto_conf = os.path.join(host.pgdata, 'postgresql.auto.conf')
+    host.psql("ALTER SYSTEM SET shared_preload_libraries = 'modulo_no_such_library'")
+    try:
+        res = prod.task('modulo.pgbackup.wal_archive', {'state': 'absent', 'restart': True})
+        assert res['failed'] is True
+        msg = res['msg']
+        assert "the settings are written (archive_mode='off'" in msg, msg
+        assert 'PostgreSQL is DOWN' in msg and 'Finish the change with: pg_ctlcluster 15 %s restart' % host.cluster in msg
+        assert host.lsclusters()[3] == 'down'
+    finally:
+        with open(auto_conf) as handle:
+            lines = [line for line in handle if not line.startswith('shared_preload_libraries')]
+        with open(auto_conf, 'w') as handle:
+            handle.writelines(lines)
+        subprocess.run(['pg_ctlcluster', '--skip-systemctl-redirect', '15', host.cluster, 'start'], check=True)
+    assert host.psql('SHOW archive_mode') == 'off'     # the change the message promised, finished by hand
