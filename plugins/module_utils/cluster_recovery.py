@@ -100,32 +100,7 @@ class ClusterRecovery(object):
     # -- before anything is touched ----------------------------------------------------------------
     def precheck(self, base):
         """Every reason the swap would fail, as sentences; empty when it can go ahead."""
-        problems = list(self.control.check())
-        try:
-            osuser.lookup(self.os_user)
-        except osuser.OsUserError as exc:
-            problems.append(str(exc))
-        parent = os.path.dirname(self.pgdata)
-        if not os.path.isdir(parent):
-            problems.append('the directory %s above the data directory does not exist' % parent)
-            return problems
-        if not os.access(parent, os.W_OK | os.X_OK) or _read_only(parent):
-            problems.append('%s is not writable by %s: the data directory is renamed and the recovered one made '
-                            'there (run the play with become: true)' % (parent, osuser.current_user()))
-        if os.path.isdir(self.pgdata) and os.stat(self.pgdata).st_dev != os.stat(parent).st_dev:
-            problems.append('%s is a mount point: it cannot be renamed aside. Mount the file system one level '
-                            'higher, or restore with mode=database' % self.pgdata)
-        needed, source = restored_size(base)
-        free = _free_bytes(parent)
-        if needed * ROOM_MARGIN > free:
-            problems.append('%s has %s free, the recovered data directory needs about %s (%s, plus 10 %%); the old '
-                            'directory is kept beside it: free space there, or restore with mode=database'
-                            % (parent, _human(free), _human(needed), source))
-        if liveserver.config_outside(self.layout):
-            for key in ('config_file', 'hba_file'):
-                if not os.path.isfile(self.layout[key]):
-                    problems.append('the server\'s %s %s is missing' % (key, self.layout[key]))
-        return problems
+        return precheck(self.layout, self.control, self.os_user, base)
 
     def plan(self):
         return {'data_directory': self.pgdata, 'config_file': self.layout['config_file'],
@@ -233,6 +208,37 @@ class ClusterRecovery(object):
                 state['server_running'] = self.control.running()
             except ERRORS:
                 state['server_running'] = None
+
+
+def precheck(layout, control, os_user, base):
+    """What would make the swap of ``layout``'s data directory fail, checked while nothing is touched yet."""
+    problems = list(control.check())
+    try:
+        osuser.lookup(os_user)
+    except osuser.OsUserError as exc:
+        problems.append(str(exc))
+    pgdata = os.path.abspath(layout['data_directory'].rstrip('/'))
+    parent = os.path.dirname(pgdata)
+    if not os.path.isdir(parent):
+        problems.append('the directory %s above the data directory does not exist' % parent)
+        return problems
+    if not os.access(parent, os.W_OK | os.X_OK) or _read_only(parent):
+        problems.append('%s is not writable by %s: the data directory is renamed and the recovered one made '
+                        'there (run the play with become: true)' % (parent, osuser.current_user()))
+    if os.path.isdir(pgdata) and os.stat(pgdata).st_dev != os.stat(parent).st_dev:
+        problems.append('%s is a mount point: it cannot be renamed aside. Mount the file system one level '
+                        'higher, or restore with mode=database' % pgdata)
+    needed, source = restored_size(base)
+    free = _free_bytes(parent)
+    if needed * ROOM_MARGIN > free:
+        problems.append('%s has %s free, the recovered data directory needs about %s (%s, plus 10 %%); the old '
+                        'directory is kept beside it: free space there, or restore with mode=database'
+                        % (parent, _human(free), _human(needed), source))
+    if liveserver.config_outside(layout):
+        for key in ('config_file', 'hba_file'):
+            if not os.path.isfile(layout[key]):
+                problems.append('the server\'s %s %s is missing' % (key, layout[key]))
+    return problems
 
 
 def failure_message(cause, state, control_description):
