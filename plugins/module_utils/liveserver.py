@@ -234,6 +234,7 @@ class PgCtl(Control):
         super(PgCtl, self).__init__(log)
         self.bindir, self.pgdata, self.os_user = bindir, pgdata, os_user
         self.logfile, self.config_file, self.timeout = logfile, config_file, timeout
+        self.stop_mode = 'fast'
 
     def describe(self):
         return 'pg_ctl on %s' % self.pgdata
@@ -250,7 +251,7 @@ class PgCtl(Control):
             # let the module finish.
             argv += ['-l', self.logfile]
         if action in ('stop', 'restart'):
-            argv += ['-m', 'fast']
+            argv += ['-m', self.stop_mode]
         return argv + ['-w', '-t', str(int(self.timeout)), action]
 
     def check(self):

@@ -17,12 +17,11 @@ import os
 import re
 import shutil
 import socket
-import subprocess
 import tempfile
 import time
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import (
-    compression, encryption, fsutil, osuser, pipeline, untar, walarchive, walcommand)
+    compression, encryption, fsutil, liveserver, osuser, pipeline, untar, walarchive, walcommand)
 from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import Connection, psql_query
 
 
@@ -127,34 +126,25 @@ def write_auto_conf(pgdata, settings, os_user=None):
     osuser.give_to(path, os_user)
 
 
-class Server(object):
-    """pg_ctl around a data directory, as the server's OS user."""
+class Server(liveserver.PgCtl):
+    """pg_ctl around a restored data directory, as the server's OS user (liveserver.PgCtl's commands)."""
 
     def __init__(self, bindir, pgdata, logfile, os_user=None):
-        self.bindir = bindir
-        self.pgdata = pgdata
-        self.logfile = logfile
-        self.os_user = os_user
-
-    def _pg_ctl(self, *args, **kwargs):
-        log = kwargs.pop('log', None)
-        argv = osuser.run_as(self.os_user) + [os.path.join(self.bindir, 'pg_ctl'), '-D', self.pgdata] + list(args)
-        if log is not None:
-            log.add(argv)
-        return subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False, cwd='/', **kwargs)
+        super(Server, self).__init__(bindir, pgdata, os_user, logfile)
 
     def start(self, timeout_s, log=None):
-        proc = self._pg_ctl('-l', self.logfile, '-w', '-t', str(int(timeout_s)), 'start', log=log)
-        if proc.returncode != 0:
-            raise ScratchError('the restored server did not come up: %s; server log: %s' % (
-                proc.stdout.decode('utf-8', 'replace').strip()[-300:], self.log_tail()))
+        self.timeout, self.log = timeout_s, log
+        try:
+            rc, out = self._run('start')
+        finally:
+            self.log = None
+        if rc != 0:
+            raise ScratchError('the restored server did not come up: %s; server log: %s' % (out[-300:], self.log_tail()))
 
     def stop(self, mode='fast'):
         if os.path.exists(os.path.join(self.pgdata, 'postmaster.pid')):
-            self._pg_ctl('-m', mode, '-w', '-t', '120', 'stop')
-
-    def running(self):
-        return self._pg_ctl('status').returncode == 0
+            self.timeout, self.stop_mode = 120, mode
+            self._run('stop')
 
     def _log_text(self):
         try:
