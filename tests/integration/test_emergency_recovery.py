@@ -11,6 +11,7 @@ import datetime
 import glob
 import json
 import os
+import shutil
 import subprocess
 import time
 
@@ -163,7 +164,10 @@ def test_corrupt_latest_backup_leaves_the_application_stopped_then_recovery_afte
     assert 'The application stays stopped' in proc.stdout and 'is as it was before the restore' in proc.stdout
     assert report['status'] == 'failed' and report['error'].startswith('restore: ')
     assert [(s['step'], s['status']) for s in report['steps']] == FULL_RUN[:3] + [('restore', 'failed')]
-    assert 'never touched' in report['rollback']
+    assert report['rollback'] == ('The database %s is as it was before the restore (the restore goes through a '
+                                  'staging database): nothing to roll back.' % DB)
+    # Both ways forward are named; the cause (a corrupt backup) tells which one applies.
+    assert 'choose another backup or target' in proc.stdout and 'if it is the host' in proc.stdout
     sessions = step(report, 'stop', 'database sessions')['details']
     assert sessions['terminated'] >= 1 and 'psql' in [s['application'] for s in sessions['sessions_found']]
     assessed = step(report, 'assess')['details']
@@ -235,6 +239,36 @@ def test_emergency_pitr_to_a_time_between_two_writes(ansible, archiving_shop):
     assert cluster.psql("SELECT to_char(max(created_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') "
                         "FROM orders WHERE %s" % pre_restart, db=DB) == before['created_at']
     assert cluster.psql("SELECT count(*) FROM orders WHERE id = %d AND %s" % (after['id'], pre_restart), db=DB) == '0'
+
+
+def test_emergency_cluster_pitr_that_fails_says_the_module_rolled_back_and_keeps_the_application_stopped(
+        ansible, archiving_shop):
+    """Recovery of the whole cluster fails after the stop (the base backup's first segment is out of the
+    archive): the module puts the old data directory back and the play says exactly that, no more."""
+    shop = archiving_shop
+    cluster, app, repo = shop['cluster'], shop['app'], shop['repo']
+    base = backup(ansible, shop, type='physical', wait_archive=60)['meta']
+    app.wait_for_orders(5, after=base['finished_at'])
+    wait_archived(cluster, repo)
+    first = [p for p in glob.glob(os.path.join(repo, 'wal', '*', base['wal_start'] + '.*')) if not p.endswith('.backup')][0]
+    os.rename(first, first + '.aside')
+    try:
+        proc, report, _started, _finished = run(ansible, shop, restore_source='pitr', pitr_mode='cluster',
+                                                target='latest', confirm=cluster.pgdata)
+    finally:
+        os.rename(first + '.aside', first)
+    assert proc.returncode != 0
+    assert 'The module rolled back by itself: the previous data directory is back at %s and PostgreSQL runs on it' \
+        % cluster.pgdata in proc.stdout, proc.stdout[-4000:]
+    assert 'The automatic rollback did NOT complete' not in proc.stdout
+    assert 'The application stays stopped' in proc.stdout and not app.running()
+    restore = step(report, 'restore')
+    assert restore['status'] == 'failed' and report['rollback'].startswith('The module rolled back by itself')
+    assert restore['details']['rollback']['rolled_back'] is True
+    assert cluster.psql('SELECT pg_is_in_recovery()') == 'f'
+    assert int(cluster.psql('SELECT count(*) FROM orders', db=DB)) > 0
+    for failed in glob.glob(cluster.pgdata + '.failed-*'):
+        shutil.rmtree(failed)
 
 
 def test_dr_simulation_drops_the_orders_table_and_measures_rto_and_orders_lost(ansible, shop):
