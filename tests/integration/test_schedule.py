@@ -15,6 +15,8 @@ import re
 import shutil
 import stat
 import subprocess
+import sys
+import tempfile
 import time
 
 import pytest
@@ -55,9 +57,8 @@ def sched(tmp_path):
         'schedule_inventory': INVENTORY,
         'schedule_user': getpass.getuser(),
     }
-    if os.path.isdir('/run/systemd/system'):
-        # On a host with a running systemd, the test's unit directory is not one systemd reads.
-        extra['schedule_systemd_activate'] = False
+    # The test's unit directory is not one systemd reads: the units are written, never activated.
+    extra['schedule_systemd_activate'] = False
     return extra
 
 
@@ -332,6 +333,88 @@ def test_impossible_jobs_are_refused_before_anything_is_written(ansible, sched, 
     proc = ansible.playbook('schedule.yml', extra_vars=dict(sched, schedule_jobs=[job]))
     assert proc.returncode != 0 and 'Each entry of schedule_jobs needs' in proc.stdout, proc.stdout[-3000:]
     assert not os.path.exists(sched['schedule_cron_file'])
+
+
+def test_cron_jobs_without_a_cron_daemon_are_refused_before_anything_is_written(ansible, sched, tmp_path):
+    proc = ansible.playbook('schedule.yml', extra_vars=dict(sched, schedule_cron_daemons=[str(tmp_path / 'no-cron')]))
+    assert proc.returncode != 0, proc.stdout[-3000:]
+    assert 'No cron daemon on localhost' in proc.stdout and 'install it (apt-get install cron' in proc.stdout
+    assert not os.path.exists(sched['schedule_cron_file']) and not os.path.exists(sched['schedule_wrapper_path'])
+
+
+def test_timers_without_a_running_systemd_are_refused_unless_only_written(ansible, sched):
+    if os.path.isdir('/run/systemd/system'):
+        pytest.skip('systemd runs here: the timers would be activated for real')
+    proc = ansible.playbook('schedule.yml', extra_vars=dict(sched, schedule_method='systemd',
+                                                            schedule_systemd_activate=True))
+    assert proc.returncode != 0 and 'systemd is not running on localhost' in proc.stdout, proc.stdout[-3000:]
+    assert units(sched['schedule_systemd_unit_dir']) == []
+
+
+def test_a_job_that_would_run_a_missing_playbook_is_refused(ansible, sched, tmp_path):
+    job = {'name': 'nightly-backup', 'playbook': 'no-such-playbook.yml', 'hour': 2}
+    proc = ansible.playbook('schedule.yml', extra_vars=dict(sched, schedule_jobs=[job]))
+    assert proc.returncode != 0, proc.stdout[-3000:]
+    assert re.search(r'The jobs would run \S*/playbooks/no-such-playbook\.yml, which does\s+not exist on localhost',
+                     proc.stdout), proc.stdout[-3000:]
+    assert not os.path.exists(sched['schedule_cron_file'])
+
+
+@pytest.fixture(scope='module')
+def remote_scheduler(tmp_path_factory):
+    """A host reached over ssh as a sudo deploy user (tools/prodhost.py): a scheduler that is not the controller."""
+    import prodhost
+    missing = prodhost.missing_requirements()
+    if missing:
+        pytest.skip('the ssh test host cannot be built here: %s' % '; '.join(missing))
+    base = tempfile.mkdtemp(prefix='modulo-pgbackup-sched-', dir='/var/tmp')
+    host = prodhost.ProdHost(os.path.join(base, 'host'))
+    try:
+        host.up()
+        yield host
+    finally:
+        host.down()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+# The deploy user creates Ansible's temporary files on the host before it becomes root (the template module
+# transfers a file): they go to its home, as on any real host, not to the test's root-only directory.
+REMOTE_ENV = {'ANSIBLE_REMOTE_TEMP': '~/.ansible/tmp'}
+
+
+def remote_inventory(tmp_path, host):
+    path = str(tmp_path / 'remote-inventory.json')
+    with open(path, 'w') as handle:
+        json.dump({'all': {'children': {'backup_scheduler': {'hosts': {
+            'db1': dict(host.host_vars(), ansible_become=True)}}}}}, handle)
+    return path
+
+
+def test_a_remote_scheduler_is_refused_the_controllers_paths(ansible, sched, remote_scheduler, tmp_path):
+    """Over ssh the default paths are the controller's (its virtualenv, inventory, collection): refused, even
+    here where the test host is this very machine and they happen to exist."""
+    defaults = dict((k, v) for k, v in sched.items() if k != 'schedule_inventory')
+    proc = ansible.playbook('schedule.yml', extra_vars=defaults, inventory=remote_inventory(tmp_path, remote_scheduler),
+                            env=REMOTE_ENV)
+    assert proc.returncode != 0, proc.stdout[-3000:]
+    assert 'on db1: these are this controller\'s files' in proc.stdout, proc.stdout[-3000:]
+    assert ('(schedule_ansible_playbook, schedule_collection_dir, schedule_inventory, schedule_workdir left at their '
+            'defaults)') in re.sub(r'\s+', ' ', proc.stdout)
+    assert 'schedule_ansible_playbook, schedule_collection_dir, schedule_inventory' in proc.stdout
+    assert not os.path.exists(sched['schedule_cron_file']) and not os.path.exists(sched['schedule_wrapper_path'])
+
+
+def test_a_remote_scheduler_with_its_own_paths_is_accepted(ansible, sched, remote_scheduler, tmp_path):
+    """The rule is about the controller's defaults, not about remote hosts: paths named for the host, that
+    exist there, are scheduled."""
+    own = dict(sched, schedule_ansible_playbook=os.path.join(os.path.dirname(sys.executable), 'ansible-playbook'),
+               schedule_collection_dir=ROOT, schedule_workdir=ROOT, schedule_inventory=INVENTORY)
+    proc = ansible.playbook('schedule.yml', extra_vars=own, inventory=remote_inventory(tmp_path, remote_scheduler),
+                            env=REMOTE_ENV)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    entries = cron_entries(sched['schedule_cron_file'])
+    assert len(entries) == 3
+    assert entries[0][3].split(' -- ')[1].startswith(own['schedule_ansible_playbook'] + ' ')
 
 
 FIRST_SUNDAYS_2027 = ['2027-01-03', '2027-02-07', '2027-03-07', '2027-04-04', '2027-05-02', '2027-06-06',
