@@ -752,9 +752,16 @@ def run(conn, params, result, s3=None, check_mode=False, log=None, warn=None, co
     else:
         store = None
     plan = plan_settings(params['state'], current, result['archive_command'], params['archive_timeout'])
-    for message in plan['warnings']:
+    # Refused before the result lists any change: nothing is written when the restart cannot work.
+    if plan['restart_required'] and control is not None:
+        result['service_control'] = control.describe()
+        problems = control.check()
+        if problems:
+            raise ArchivingError('the change needs a restart of PostgreSQL (%s), which cannot work: %s. Nothing was '
+                                 'changed' % (' and '.join(plan['restart_settings']), '; '.join(problems)))
+    # The warnings are about the restart still to come: none when this run makes it.
+    for message in plan['warnings'] if control is None else []:
         warn(message)
-
     result['files_changed'] = [p[0] for p in file_plans] + \
         ([walcommand.bytecode_dir(command_path)] if stale_bytecode else []) + [a['path'] for a in repo_plan] + \
         ([os.path.join(walarchive.wal_dir(repo), walarchive.INFO_FILE)] if seed else [])
@@ -762,12 +769,6 @@ def run(conn, params, result, s3=None, check_mode=False, log=None, warn=None, co
     result['restart_required'] = plan['restart_required']
     result['diff'] = {'before': dict(plan['before']), 'after': dict(plan['after'])}
     result['changed'] = bool(result['files_changed'] or result['settings_changed'])
-    if plan['restart_required'] and control is not None:
-        result['service_control'] = control.describe()
-        problems = control.check()
-        if problems:
-            raise ArchivingError('the change needs a restart of PostgreSQL (%s), which cannot work: %s. Nothing was '
-                                 'changed' % (' and '.join(plan['restart_settings']), '; '.join(problems)))
 
     if not check_mode:
         # Files first: archive_command must never name a command, config or wal/ that is not there yet.

@@ -123,6 +123,7 @@ def test_wal_archive_refuses_an_unknown_unit_before_changing_anything(prod):
                                                     'pg_service': 'postgresql@15-no-such-cluster'})
     assert res['failed'] is True
     assert 'not known to systemd' in res['msg'] and 'Nothing was changed' in res['msg'], res['msg']
+    assert res['changed'] is False and res['files_changed'] == [] and res['restarted'] is False
     assert not os.path.exists(os.path.join(prod.backup_root, 'wal'))
     assert prod.host.psql("SELECT name, setting FROM pg_file_settings WHERE sourcefile LIKE '%auto.conf' "
                           "ORDER BY 1") == before
