@@ -398,8 +398,8 @@ def test_a_remote_scheduler_is_refused_the_controllers_paths(ansible, sched, rem
                             env=REMOTE_ENV)
     assert proc.returncode != 0, proc.stdout[-3000:]
     assert 'on db1: these are this controller\'s files' in proc.stdout, proc.stdout[-3000:]
-    assert ('(schedule_ansible_playbook, schedule_collection_dir, schedule_inventory, schedule_workdir left at their '
-            'defaults)') in re.sub(r'\s+', ' ', proc.stdout)
+    assert ('(schedule_ansible_playbook, schedule_collection_dir, schedule_inventory, schedule_workdir left '
+            'empty)') in re.sub(r'\s+', ' ', proc.stdout)
     assert 'schedule_ansible_playbook, schedule_collection_dir, schedule_inventory' in proc.stdout
     assert not os.path.exists(sched['schedule_cron_file']) and not os.path.exists(sched['schedule_wrapper_path'])
 
