@@ -360,6 +360,67 @@ def test_a_job_that_would_run_a_missing_playbook_is_refused(ansible, sched, tmp_
     assert not os.path.exists(sched['schedule_cron_file'])
 
 
+@pytest.mark.parametrize('option', ['schedule_ansible_playbook', 'schedule_inventory', 'schedule_workdir',
+                                    'schedule_collection_dir'])
+def test_an_explicit_job_path_that_does_not_exist_is_refused_naming_it(ansible, sched, tmp_path, option):
+    missing = str(tmp_path / 'not-here' / option)
+    proc = ansible.playbook('schedule.yml', extra_vars=dict(sched, **{option: missing}))
+    assert proc.returncode != 0, proc.stdout[-3000:]
+    # the collection directory is named through the playbooks the jobs would run from it
+    named = missing + '/playbooks/' if option == 'schedule_collection_dir' else missing
+    assert re.search(r'The jobs would run [^\n]*%s' % re.escape(named), proc.stdout), proc.stdout[-3000:]
+    assert 'not exist on localhost' in re.sub(r'\s+', ' ', proc.stdout)
+    assert not os.path.exists(sched['schedule_cron_file']) and not os.path.exists(sched['schedule_wrapper_path'])
+
+
+def test_a_relative_job_path_is_refused(ansible, sched):
+    """cron would look ansible-playbook up on its own PATH: only an absolute path can be checked beforehand."""
+    proc = ansible.playbook('schedule.yml', extra_vars=dict(sched, schedule_ansible_playbook='ansible-playbook'))
+    assert proc.returncode != 0, proc.stdout[-3000:]
+    assert 'schedule_ansible_playbook=ansible-playbook must be an absolute path on localhost' in proc.stdout, \
+        proc.stdout[-3000:]
+    assert not os.path.exists(sched['schedule_cron_file'])
+
+
+def test_a_job_user_the_host_does_not_have_is_refused(ansible, sched):
+    proc = ansible.playbook('schedule.yml', extra_vars=dict(sched, schedule_user='modulo-no-such-user'))
+    assert proc.returncode != 0, proc.stdout[-3000:]
+    assert 'The jobs would run as modulo-no-such-user, which is not a user of localhost' in proc.stdout, \
+        proc.stdout[-3000:]
+    assert not os.path.exists(sched['schedule_cron_file']) and not os.path.exists(sched['schedule_wrapper_path'])
+
+
+def test_a_cron_daemon_installed_but_not_running_is_only_a_warning(ansible, sched, tmp_path):
+    # A daemon binary no process is named after: pgrep finds nothing, whether this machine runs cron or not.
+    daemon = tmp_path / 'modulo-idle-crond'
+    daemon.write_text('#!/bin/sh\n')
+    daemon.chmod(0o755)
+    proc = ansible.playbook('schedule.yml', extra_vars=dict(sched, schedule_cron_daemons=[str(daemon)]))
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert 'no cron process runs on localhost' in re.sub(r'\s+', ' ', proc.stdout), proc.stdout[-3000:]
+    assert len(cron_entries(sched['schedule_cron_file'])) == 3
+
+
+def test_the_controller_as_inventories_spell_it_with_its_user_and_a_host_list(ansible, sched, tmp_path):
+    """ansible.builtin.local is the local connection: the controller's own paths are accepted there. The jobs run
+    as the user running the play by default, and a host-list inventory is passed on as it is (not a file)."""
+    inventory = str(tmp_path / 'fqcn-inventory.json')
+    with open(inventory, 'w') as handle:
+        json.dump({'all': {'children': {'backup_scheduler': {'hosts': {'localhost': {
+            'ansible_connection': 'ansible.builtin.local', 'ansible_python_interpreter': sys.executable}}}}}}, handle)
+    extra = dict((k, v) for k, v in sched.items() if k != 'schedule_user')
+    proc = ansible.playbook('schedule.yml', extra_vars=dict(extra, schedule_inventory='db1.example.internal,'),
+                            inventory=inventory)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    entries = cron_entries(sched['schedule_cron_file'])
+    assert [entry[2] for entry in entries] == [getpass.getuser()] * 3
+    job = entries[0][3].split(' -- ')[1].split()
+    assert os.path.realpath(job[0]) == os.path.realpath(os.path.join(os.path.dirname(sys.executable),
+                                                                     'ansible-playbook'))
+    assert os.path.realpath(job[1]) == os.path.realpath(NIGHTLY_PLAYBOOK)
+    assert job[2:] == ['-i', 'db1.example.internal,']
+
+
 @pytest.fixture(scope='module')
 def remote_scheduler(tmp_path_factory):
     """A host reached over ssh as a sudo deploy user (tools/prodhost.py): a scheduler that is not the controller."""
@@ -401,6 +462,23 @@ def test_a_remote_scheduler_is_refused_the_controllers_paths(ansible, sched, rem
     assert ('(schedule_ansible_playbook, schedule_collection_dir, schedule_inventory, schedule_workdir left '
             'empty)') in re.sub(r'\s+', ' ', proc.stdout)
     assert 'schedule_ansible_playbook, schedule_collection_dir, schedule_inventory' in proc.stdout
+    # it names the controller's files the jobs would call
+    controller_playbook = os.path.join(os.path.dirname(os.path.abspath(sys.executable)), 'ansible-playbook')
+    assert 'The jobs would use %s, ' % controller_playbook in re.sub(r'\s+', ' ', proc.stdout), proc.stdout[-3000:]
+    assert not os.path.exists(sched['schedule_cron_file']) and not os.path.exists(sched['schedule_wrapper_path'])
+
+
+def test_a_remote_scheduler_is_refused_any_one_of_the_controllers_paths(ansible, sched, remote_scheduler, tmp_path):
+    """Three paths set for the host are not enough: the inventory left empty is still the controller's."""
+    partial = dict((k, v) for k, v in sched.items() if k != 'schedule_inventory')
+    partial.update(schedule_ansible_playbook=os.path.join(os.path.dirname(sys.executable), 'ansible-playbook'),
+                   schedule_collection_dir=ROOT, schedule_workdir=ROOT)
+    inventory = remote_inventory(tmp_path, remote_scheduler)
+    proc = ansible.playbook('schedule.yml', extra_vars=partial, inventory=inventory, env=REMOTE_ENV)
+    assert proc.returncode != 0, proc.stdout[-3000:]
+    text = re.sub(r'\s+', ' ', proc.stdout)
+    assert ('The jobs would use the inventory %s on db1: these are this controller\'s files (schedule_inventory left '
+            'empty)' % inventory) in text, proc.stdout[-3000:]
     assert not os.path.exists(sched['schedule_cron_file']) and not os.path.exists(sched['schedule_wrapper_path'])
 
 
@@ -415,6 +493,14 @@ def test_a_remote_scheduler_with_its_own_paths_is_accepted(ansible, sched, remot
     entries = cron_entries(sched['schedule_cron_file'])
     assert len(entries) == 3
     assert entries[0][3].split(' -- ')[1].startswith(own['schedule_ansible_playbook'] + ' ')
+
+    # Removal checks nothing it does not need: with the controller's paths again, and no cron daemon, it works.
+    defaults = dict((k, v) for k, v in sched.items() if k != 'schedule_inventory')
+    proc = ansible.playbook('schedule.yml', inventory=remote_inventory(tmp_path, remote_scheduler), env=REMOTE_ENV,
+                            extra_vars=dict(defaults, schedule_state='absent',
+                                            schedule_cron_daemons=[str(tmp_path / 'no-cron')]))
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert not os.path.exists(sched['schedule_cron_file']) and not os.path.exists(sched['schedule_wrapper_path'])
 
 
 FIRST_SUNDAYS_2027 = ['2027-01-03', '2027-02-07', '2027-03-07', '2027-04-04', '2027-05-02', '2027-06-06',
