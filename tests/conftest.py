@@ -24,6 +24,7 @@ sys.path.insert(0, os.path.join(ROOT, '.collections'))
 sys.path.insert(0, os.path.join(ROOT, 'tests', 'integration'))
 
 import pgsandbox  # noqa: E402
+import prodhost  # noqa: E402
 
 SCHEMA_SQL = os.path.join(ROOT, 'tests', 'data', 'modulo_schema.sql')
 APP_SCRIPT = os.path.join(ROOT, 'tests', 'modulo_app.py')
@@ -87,6 +88,26 @@ def backup_root(sandbox_base):
                 os.chmod(os.path.join(base, name), 0o700)
         os.chmod(path, 0o700)
     shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope='session')
+def ssh_host():
+    """A database host reached over ssh as a sudo deploy user (tools/prodhost.py), removed afterwards.
+
+    Skips the test where it cannot be built (it needs root and openssh-server, sudo, postgresql-common).
+    """
+    missing = prodhost.missing_requirements()
+    if missing:
+        pytest.skip('the production-shaped host cannot be built here: %s' % '; '.join(missing))
+    base = tempfile.mkdtemp(prefix='modulo-pgbackup-ssh-', dir='/var/tmp')
+    os.chmod(base, 0o755)
+    host = prodhost.ProdHost(os.path.join(base, 'host'))
+    try:
+        host.up()
+        yield host
+    finally:
+        host.down()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope='session')

@@ -16,7 +16,6 @@ import shutil
 import stat
 import subprocess
 import sys
-import tempfile
 import time
 
 import pytest
@@ -421,21 +420,10 @@ def test_the_controller_as_inventories_spell_it_with_its_user_and_a_host_list(an
     assert job[2:] == ['-i', 'db1.example.internal,']
 
 
-@pytest.fixture(scope='module')
-def remote_scheduler(tmp_path_factory):
-    """A host reached over ssh as a sudo deploy user (tools/prodhost.py): a scheduler that is not the controller."""
-    import prodhost
-    missing = prodhost.missing_requirements()
-    if missing:
-        pytest.skip('the ssh test host cannot be built here: %s' % '; '.join(missing))
-    base = tempfile.mkdtemp(prefix='modulo-pgbackup-sched-', dir='/var/tmp')
-    host = prodhost.ProdHost(os.path.join(base, 'host'))
-    try:
-        host.up()
-        yield host
-    finally:
-        host.down()
-        shutil.rmtree(base, ignore_errors=True)
+@pytest.fixture
+def remote_scheduler(ssh_host):
+    """A host reached over ssh as a sudo deploy user: a scheduler that is not the controller."""
+    return ssh_host
 
 
 # The deploy user creates Ansible's temporary files on the host before it becomes root (the template module

@@ -8,13 +8,11 @@ One host per test session (per xdist worker); each test gets its own repository 
 import json
 import os
 import shutil
-import tempfile
 import uuid
 
 import pytest
 import yaml
 
-import prodhost
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCHEMA_SQL = os.path.join(ROOT, 'tests', 'data', 'modulo_schema.sql')
@@ -23,22 +21,12 @@ DB_HOST = 'db1'
 
 
 @pytest.fixture(scope='session')
-def prod_host():
-    missing = prodhost.missing_requirements()
-    if missing:
-        pytest.skip('the production-shaped host cannot be built here: %s' % '; '.join(missing))
-    base = tempfile.mkdtemp(prefix='modulo-pgbackup-prod-', dir='/var/tmp')
-    os.chmod(base, 0o755)
-    host = prodhost.ProdHost(os.path.join(base, 'host'))
-    try:
-        host.up()
-        host.psql('CREATE DATABASE modulodb')
-        host.psql_file(SCHEMA_SQL, 'modulodb')
-        yield host
-    finally:
-        host.down()
-        shutil.rmtree(base, ignore_errors=True)
-        shutil.rmtree('/usr/local/lib/modulo-pgbackup-%s' % host.id, ignore_errors=True)
+def prod_host(ssh_host):
+    """The ssh host with the Modulo sample database."""
+    ssh_host.psql('CREATE DATABASE modulodb')
+    ssh_host.psql_file(SCHEMA_SQL, 'modulodb')
+    yield ssh_host
+    shutil.rmtree('/usr/local/lib/modulo-pgbackup-%s' % ssh_host.id, ignore_errors=True)
 
 
 class Prod(object):
