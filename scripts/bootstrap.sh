@@ -27,6 +27,8 @@ if [ "$(id -u)" = 0 ]; then
   command -v pg_createcluster >/dev/null 2>&1 || need_pkgs+=(postgresql-common)
   # The schedule role refuses to install cron jobs where no cron daemon is installed.
   [ -x /usr/sbin/cron ] || need_pkgs+=(cron)
+  # promtool checks the health check's Prometheus textfile (the test skips without it).
+  command -v promtool >/dev/null 2>&1 || need_pkgs+=(prometheus)
 fi
 # The WAL archive command runs under the system python3 as postgres; S3 needs boto3 there.
 /usr/bin/python3 -c 'import boto3' >/dev/null 2>&1 || need_pkgs+=(python3-boto3)

@@ -513,14 +513,17 @@ def metrics(health):
     repo = 'repository="%s"' % _label(health['repository'])
     lines = []
 
-    def gauge(name, help_text, samples):
+    def family(kind, name, help_text, samples):
         samples = [(labels, value) for labels, value in samples if value is not None]
         if not samples:
             return
         lines.append('# HELP modulo_pgbackup_%s %s' % (name, help_text))
-        lines.append('# TYPE modulo_pgbackup_%s gauge' % name)
+        lines.append('# TYPE modulo_pgbackup_%s %s' % (name, kind))
         for labels, value in samples:
             lines.append('modulo_pgbackup_%s{%s} %s' % (name, ','.join([repo] + labels), _number(value)))
+
+    def gauge(name, help_text, samples):
+        family('gauge', name, help_text, samples)
 
     gauge('health_ok', '1 when no health check is breached.', [([], 1 if health['ok'] else 0)])
     gauge('check_breached', '1 when the check is breached, 0 when it passes (unknown/skipped: absent).',
@@ -548,8 +551,10 @@ def metrics(health):
         gauge('last_drill_age_seconds', 'Age of the newest restore drill.', [([], drill['value_s'])])
     archiver = _by_name(health, 'archiver')
     if archiver and 'failed_count' in archiver:
-        gauge('archiver_failed_count', 'pg_stat_archiver.failed_count.', [([], archiver['failed_count'])])
-        gauge('archiver_archived_count', 'pg_stat_archiver.archived_count.', [([], archiver['archived_count'])])
+        # pg_stat_archiver's counts only grow (until a stats reset): counters, named _total as Prometheus wants.
+        family('counter', 'archiver_failed_total', 'pg_stat_archiver.failed_count.', [([], archiver['failed_count'])])
+        family('counter', 'archiver_archived_total', 'pg_stat_archiver.archived_count.',
+               [([], archiver['archived_count'])])
     backlog = _by_name(health, 'archive_backlog')
     if backlog and backlog['status'] in ('ok', 'breached'):
         gauge('archive_ready_segments', 'WAL segments waiting for archive_command (.ready).', [([], backlog['value'])])

@@ -35,3 +35,16 @@ def test_action_group_lists_every_module():
     with open(os.path.join(ROOT, 'meta', 'runtime.yml')) as handle:
         runtime = yaml.safe_load(handle)
     assert sorted(runtime['action_groups']['pgbackup']) == MODULES
+
+
+def test_roles_ask_for_the_ansible_the_collection_requires():
+    import yaml
+    with open(os.path.join(ROOT, 'meta', 'runtime.yml')) as handle:
+        required = yaml.safe_load(handle)['requires_ansible']
+    minimum = required.lstrip('>=').rsplit('.0', 1)[0] if required.endswith('.0') else required.lstrip('>=')
+    roles = sorted(os.listdir(os.path.join(ROOT, 'roles')))
+    assert roles
+    for role in roles:
+        with open(os.path.join(ROOT, 'roles', role, 'meta', 'main.yml')) as handle:
+            meta = yaml.safe_load(handle)
+        assert str(meta['galaxy_info']['min_ansible_version']) == minimum, (role, required)

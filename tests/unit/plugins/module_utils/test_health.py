@@ -5,6 +5,8 @@ import datetime
 import json
 import os
 import re
+import shutil
+import subprocess
 
 import pytest
 
@@ -368,7 +370,22 @@ def test_metrics_are_valid_prometheus_text():
     assert 'modulo_pgbackup_check_breached{repository="/backups",check="wal_chain"} 0' in text
     assert 'modulo_pgbackup_free_bytes{repository="/backups",volume="pg_wal"}' in text
     assert 'modulo_pgbackup_last_drill_passed{repository="/backups"} 1' in text
+    assert '# TYPE modulo_pgbackup_archiver_archived_total counter' in text
+    assert 'modulo_pgbackup_archiver_failed_total{repository="/backups"} 0' in text
+    assert '_count{' not in text
     assert text.endswith('\n')
+
+
+def test_metrics_pass_promtool(tmp_path):
+    """Prometheus' own linter (Debian package prometheus; make bootstrap installs it as root)."""
+    promtool = shutil.which('promtool')
+    if not promtool:
+        pytest.skip('promtool is not installed (apt-get install prometheus)')
+    backups, archive = pitr_set()
+    text = health.metrics(health.evaluate(facts(backups, archive=archive, server=healthy_server()), now=NOW))
+    proc = subprocess.run([promtool, 'check', 'metrics'], input=text.encode(), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, check=False)
+    assert proc.returncode == 0 and not proc.stdout.strip(), proc.stdout.decode()
 
 
 def test_summary_says_what_is_wrong_and_what_to_do():
