@@ -207,7 +207,10 @@ class RepositoryLock(object):
     """Serializes one operation (e.g. ``backup``) on one repository.
 
     flock is released by the kernel when the process dies, so a crashed run
-    never leaves a lock that blocks the next night's backup.
+    never leaves a lock that blocks the next night's backup. The lock file is
+    removed when the lock is released, so one-off operations (a restore into
+    each database) do not leave files behind; a waiter that locked the file
+    just removed sees that its inode is no longer the path's and tries again.
     """
 
     def __init__(self, root, operation, wait_s=0):
@@ -217,30 +220,49 @@ class RepositoryLock(object):
         self._fd = None
 
     def __enter__(self):
-        fresh = not os.path.exists(self.path)
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, FILE_MODE)
-        if fresh:
-            inherit_owner(self.path)
         deadline = time.time() + self.wait_s
         while True:
+            fd = self._open()
             try:
-                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self._wait_for(fd, deadline)
+            except BaseException:
+                os.close(fd)
+                raise
+            if self._still_the_path(fd):
                 break
+            os.close(fd)    # its holder removed it while we waited: lock the path's new file
+        self._fd = fd
+        os.ftruncate(fd, 0)
+        os.write(fd, ('pid=%d started=%s\n' % (os.getpid(), time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()))).encode())
+        return self
+
+    def _open(self):
+        fresh = not os.path.exists(self.path)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        if fresh:
+            inherit_owner(self.path)
+        return fd
+
+    def _wait_for(self, fd, deadline):
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
             except (IOError, OSError) as exc:
                 if exc.errno not in (errno.EAGAIN, errno.EACCES):
                     raise
                 if time.time() >= deadline:
-                    holder = self._holder()
-                    os.close(self._fd)
-                    self._fd = None
                     raise LockBusy(
                         'another %s is already running on this repository (%s, held by %s); '
                         'wait for it to finish or check for a hung process'
-                        % (self.operation, self.path, holder or 'unknown process'))
+                        % (self.operation, self.path, self._holder() or 'unknown process'))
                 time.sleep(0.5)
-        os.ftruncate(self._fd, 0)
-        os.write(self._fd, ('pid=%d started=%s\n' % (os.getpid(), time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()))).encode())
-        return self
+
+    def _still_the_path(self, fd):
+        try:
+            return os.fstat(fd).st_ino == os.stat(self.path).st_ino
+        except OSError:
+            return False
 
     def _holder(self):
         try:
@@ -251,6 +273,8 @@ class RepositoryLock(object):
 
     def __exit__(self, *exc):
         if self._fd is not None:
+            # Removed while still held: whoever opens the path next gets a new file and the lock.
+            remove_quietly(self.path)
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None

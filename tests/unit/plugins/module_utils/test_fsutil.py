@@ -298,6 +298,7 @@ def start_holder(root, operation='backup', hold_s=60):
 def test_lock_second_acquisition_in_same_process_fails_with_clear_message(tmp_path):
     root = str(tmp_path)
     with fsutil.RepositoryLock(root, 'backup'):
+        assert mode_of(os.path.join(root, '.lock-backup')) == 0o600
         with pytest.raises(fsutil.LockBusy) as info:
             with fsutil.RepositoryLock(root, 'backup'):
                 pass
@@ -305,7 +306,6 @@ def test_lock_second_acquisition_in_same_process_fails_with_clear_message(tmp_pa
     assert 'another backup is already running' in message
     assert 'pid=%d' % os.getpid() in message
     assert os.path.join(root, '.lock-backup') in message
-    assert mode_of(os.path.join(root, '.lock-backup')) == 0o600
 
 
 def test_lock_is_released_on_exit_and_on_exception(tmp_path):
@@ -317,6 +317,32 @@ def test_lock_is_released_on_exit_and_on_exception(tmp_path):
             1 / 0
     with fsutil.RepositoryLock(root, 'backup') as lock:
         assert lock.operation == 'backup'
+
+
+def test_lock_file_is_removed_when_released(tmp_path):
+    root = str(tmp_path)
+    for target in ('modulodb_a', 'modulodb_b'):
+        with fsutil.RepositoryLock(root, 'restore-%s' % target):
+            assert os.path.exists(os.path.join(root, '.lock-restore-%s' % target))
+    assert [n for n in os.listdir(root) if n.startswith('.lock-')] == []
+
+
+def test_a_waiter_on_a_removed_lock_file_takes_the_new_one(tmp_path):
+    """The holder removes the file it locked as it finishes; the waiter had opened that file and must not
+    believe it holds the lock while a third run locks the path's new file."""
+    root = str(tmp_path)
+    child = start_holder(root, hold_s=0.5)
+    try:
+        with fsutil.RepositoryLock(root, 'backup', wait_s=10) as lock:
+            assert child.wait(timeout=10) == 0
+            assert os.fstat(lock._fd).st_ino == os.stat(lock.path).st_ino      # pylint: disable=protected-access
+            with pytest.raises(fsutil.LockBusy):
+                with fsutil.RepositoryLock(root, 'backup'):
+                    pass
+    finally:
+        if child.poll() is None:
+            os.kill(child.pid, signal.SIGKILL)
+        child.communicate(timeout=10)
 
 
 def test_locks_of_different_operations_do_not_conflict(tmp_path):
