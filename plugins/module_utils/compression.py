@@ -13,7 +13,7 @@ __metaclass__ = type
 import os
 import shutil
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import encryption
+from ansible_collections.modulo.pgbackup.plugins.module_utils import encryption, walarchive
 
 CODECS = ('gzip', 'zstd', 'lz4', 'none')
 DEFAULT_LEVEL = {'gzip': 6, 'zstd': 3, 'lz4': 1, 'none': None}
@@ -81,11 +81,7 @@ def test_argv(codec, path):
 
 
 def codec_of_path(path):
-    path = encryption.strip_suffix(path)
-    for codec, suffix in (('gzip', '.gz'), ('zstd', '.zst'), ('lz4', '.lz4')):
-        if path.endswith(suffix):
-            return codec
-    return 'none'
+    return walarchive.codec_of(os.path.basename(str(path)))
 
 
 def read_stages(path, keys=None):

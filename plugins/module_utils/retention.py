@@ -71,7 +71,6 @@ KEPT_LOGS = {'health.json': 'the latest health check (playbooks/health-check.yml
 # Emergency recovery records (incident reports, DR simulation lessons) are evidence: never aged out.
 KEPT_LOG_RE = re.compile(r'^(?:incident_[A-Za-z0-9][A-Za-z0-9_.-]*\.json|dr_simulation_[A-Za-z0-9_.-]+\.md)\Z')
 DATE_RE = re.compile(r'^\d{8}\Z')
-COMPRESSED = ('.zst', '.gz')
 
 
 class RetentionError(Exception):
@@ -120,13 +119,6 @@ def _stamp_time(stamp):
 
 def _days(delta):
     return round(delta.total_seconds() / 86400.0, 1)
-
-
-def _wal_name(filename):
-    for suffix in COMPRESSED:
-        if filename.endswith(suffix):
-            return filename[:-len(suffix)]
-    return filename
 
 
 # --------------------------------------------------------------------------------------------
@@ -349,14 +341,14 @@ def _decide_wal(out, units, needed, pol, now):
             _temp(out, unit, now)
             continue
         try:
-            kind = walarchive.wal_kind(_wal_name(parts[2]))
+            kind = walarchive.wal_kind(walarchive.name_of_stored(parts[2]))
             archived = datetime.datetime.strptime(parts[1], '%Y%m%d').replace(tzinfo=datetime.timezone.utc) + DAY
         except ValueError:
             out.unknown(unit, 'not a WAL file name PostgreSQL archives')
             continue
         age = now - archived
         old = age > limit
-        name = _wal_name(parts[2])
+        name = walarchive.name_of_stored(parts[2])
         if needed is None:
             keep_wal(unit, kind, 'kept: a retained base backup has no valid wal_start')
             continue

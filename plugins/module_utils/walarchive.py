@@ -392,19 +392,33 @@ def check_level(codec, level):
     return int(level)
 
 
+# Every compression suffix a stored file may carry (lz4 only for backups), innermost first after .age.
+STORED_SUFFIXES = (('.zst', 'zstd'), ('.gz', 'gzip'), ('.lz4', 'lz4'))
+
+
+def split_stored_name(filename):
+    """(name, codec, encrypted) of a file as stored: ``X.partial.zst.age`` -> ``('X.partial', 'zstd', True)``.
+
+    The one parser of the repository's suffixes: the archive, retention, health, drills and the backup
+    readers all go through it, so they agree on every combination of ``.age``, ``.zst``/``.gz``/``.lz4``
+    and the names PostgreSQL gives (``.partial``, ``.history``, ``.backup``).
+    """
+    encrypted = filename.endswith(AGE_SUFFIX)
+    if encrypted:
+        filename = filename[:-len(AGE_SUFFIX)]
+    for suffix, codec in STORED_SUFFIXES:
+        if filename.endswith(suffix):
+            return filename[:-len(suffix)], codec, encrypted
+    return filename, 'none', encrypted
+
+
 def codec_of(filename):
-    filename = filename[:-len(AGE_SUFFIX)] if filename.endswith(AGE_SUFFIX) else filename
-    if filename.endswith('.zst'):
-        return 'zstd'
-    if filename.endswith('.gz'):
-        return 'gzip'
-    return 'none'
+    return split_stored_name(filename)[1]
 
 
-def _strip_suffix(filename):
-    codec = codec_of(filename)
-    filename = filename[:-len(AGE_SUFFIX)] if filename.endswith(AGE_SUFFIX) else filename
-    return filename[:-len(SUFFIX[codec])] if codec != 'none' else filename
+def name_of_stored(filename):
+    """The name a stored file holds (its WAL or backup name), without compression and encryption suffixes."""
+    return split_stored_name(filename)[0]
 
 
 def is_encrypted(filename):
@@ -870,7 +884,7 @@ def list_archive(repo):
         for filename in files:
             if filename.startswith('.'):
                 continue
-            name = _strip_suffix(filename)
+            name = name_of_stored(filename)
             try:
                 kind = wal_kind(name)
             except ValueError:
@@ -1045,7 +1059,7 @@ class S3Archive(object):
                 parts = obj['Key'][len(base):].split('/')
                 if len(parts) != 2 or not _is_date_dir(parts[0]) or parts[1].startswith('.'):
                     continue
-                name = _strip_suffix(parts[1])
+                name = name_of_stored(parts[1])
                 try:
                     kind = wal_kind(name)
                 except ValueError:

@@ -258,6 +258,17 @@ def test_without_a_retained_base_wal_is_aged_alone_with_a_warning(repo):
     assert deleted(run(repo)) == {old}
 
 
+@pytest.mark.parametrize('suffix', ['', '.zst', '.gz', '.age', '.zst.age', '.gz.age'])
+def test_old_wal_goes_whatever_its_compression_and_encryption(repo, suffix):
+    """An encrypted archive used to grow for ever: .zst.age landed in "unclassified"."""
+    physical(repo, 1, '000000010000000000000010')
+    old = [wal(repo, 20, name + suffix) for name in (
+        '000000010000000000000003', '000000010000000000000004.partial', '00000001000000000000000A.00000028.backup')]
+    result = run(repo)
+    assert deleted(result) == set(old)
+    assert result['unclassified'] == []
+
+
 def test_a_base_without_a_valid_wal_start_keeps_every_wal_file(repo):
     physical(repo, 1, 'garbage')
     wal(repo, 40, '000000010000000000000003')

@@ -772,3 +772,36 @@ def test_fast_args_equal_argparse_for_the_installed_lines(argv):
 ])
 def test_everything_else_goes_to_argparse(argv):
     assert walarchive._fast_args(argv) is None
+
+
+@pytest.mark.parametrize('stored, expected', [
+    ('000000010000000000000003', ('000000010000000000000003', 'none', False)),
+    ('000000010000000000000003.zst', ('000000010000000000000003', 'zstd', False)),
+    ('000000010000000000000003.gz.age', ('000000010000000000000003', 'gzip', True)),
+    ('000000010000000000000003.partial.zst.age', ('000000010000000000000003.partial', 'zstd', True)),
+    ('00000002.history.zst', ('00000002.history', 'zstd', False)),
+    ('00000002.history.age', ('00000002.history', 'none', True)),
+    ('000000010000000000000003.00000028.backup.gz', ('000000010000000000000003.00000028.backup', 'gzip', False)),
+    ('modulo_full_20261124_020000.dump.lz4.age', ('modulo_full_20261124_020000.dump', 'lz4', True)),
+])
+def test_one_parser_for_every_stored_suffix(stored, expected):
+    assert walarchive.split_stored_name(stored) == expected
+    assert walarchive.codec_of(stored) == expected[1] and walarchive.name_of_stored(stored) == expected[0]
+
+
+def test_list_archive_and_the_backup_readers_agree_on_suffixes(tmp_path):
+    from ansible_collections.modulo.pgbackup.plugins.module_utils import compression
+    directory = tmp_path / 'wal' / '20261124'
+    directory.mkdir(parents=True)
+    files = ['000000010000000000000003.zst.age', '000000010000000000000004.partial.gz', '00000002.history.age',
+             '000000010000000000000003.00000028.backup.zst']
+    for name in files:
+        (directory / name).write_bytes(b'x')
+    listed = dict((e['file'], (e['name'], e['kind'], e['compression'])) for e in walarchive.list_archive(str(tmp_path)))
+    assert listed == {
+        files[0]: ('000000010000000000000003', 'segment', 'zstd'),
+        files[1]: ('000000010000000000000004.partial', 'partial', 'gzip'),
+        files[2]: ('00000002.history', 'history', 'none'),
+        files[3]: ('000000010000000000000003.00000028.backup', 'backup', 'zstd')}
+    for name in files:
+        assert compression.codec_of_path(str(directory / name)) == listed[name][2]
