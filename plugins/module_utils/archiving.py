@@ -86,6 +86,7 @@ def config_document(repo, compression='auto', level=None, s3=None, encryption=No
         's3_prefix': s3.get('prefix') if s3.get('bucket') else None,
         's3_endpoint_url': s3.get('endpoint_url') or None,
         'aws_region': s3.get('region') or None,
+        's3_sse': (s3.get('sse') is not False) if s3.get('bucket') else None,
     }
     if encryption:
         doc['encryption_recipient'] = encryption.get('recipient')

@@ -16,8 +16,9 @@ import shutil
 from ansible_collections.modulo.pgbackup.plugins.module_utils import encryption, walarchive
 
 CODECS = ('gzip', 'zstd', 'lz4', 'none')
-DEFAULT_LEVEL = {'gzip': 6, 'zstd': 3, 'lz4': 1, 'none': None}
-LEVEL_RANGE = {'gzip': (1, 9), 'zstd': (1, 19), 'lz4': (1, 12)}
+# gzip and zstd as the WAL archive command has them (one range for a codec, whatever compresses).
+DEFAULT_LEVEL = dict(walarchive.DEFAULT_LEVEL, lz4=1)
+LEVEL_RANGE = dict(walarchive.LEVEL_RANGE, lz4=(1, 12))
 DEBIAN_PACKAGE = {'gzip': 'gzip', 'zstd': 'zstd', 'lz4': 'lz4'}
 
 

@@ -18,7 +18,7 @@ import json
 import os
 import time
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import fsutil
+from ansible_collections.modulo.pgbackup.plugins.module_utils import fsutil, walarchive
 
 # boto3 is imported by the first S3Store, not here: importing it takes a fifth of a second, every
 # module imports this file, and most runs never touch S3.
@@ -51,7 +51,7 @@ def botocore_errors():
     return (_BOTO['BotoCoreError'], _BOTO['ClientError'])
 
 
-DEFAULT_PREFIX = 'database-backups/'
+DEFAULT_PREFIX = walarchive.DEFAULT_S3_PREFIX
 MULTIPART_THRESHOLD = 64 * 1024 * 1024
 ATTEMPTS = 4
 

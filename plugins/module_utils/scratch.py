@@ -39,7 +39,7 @@ def install_wal_command(workdir, repo_root, s3_settings=None, os_user=None, keys
     if s3_settings:
         config.update({'s3_bucket': s3_settings['bucket'], 's3_prefix': s3_settings.get('prefix'),
                        's3_endpoint_url': s3_settings.get('endpoint_url'),
-                       'aws_region': s3_settings.get('region')})
+                       'aws_region': s3_settings.get('region'), 's3_sse': s3_settings.get('sse') is not False})
     if keys is not None and (keys.enabled or keys.old_key_files):
         config['encryption_key_files'] = keys.identities()
         keys.grant(os_user)

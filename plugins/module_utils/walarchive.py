@@ -99,7 +99,8 @@ SUFFIX = {'zstd': '.zst', 'gzip': '.gz', 'none': ''}
 # Segments encrypted with age (encryption_recipient) carry this after the codec's suffix.
 AGE_SUFFIX = '.age'
 DEFAULT_LEVEL = {'zstd': 3, 'gzip': 6, 'none': None}
-LEVEL_RANGE = {'zstd': (1, 22), 'gzip': (1, 9)}
+# zstd's program needs --ultra above 19: the in-process path keeps to the same range as the program.
+LEVEL_RANGE = {'zstd': (1, 19), 'gzip': (1, 9)}
 # A crashed push leaves its temporary file behind; it is removed by a later
 # push of the same name once its process is gone and it is this old.
 STALE_TMP_S = 3600
@@ -973,7 +974,7 @@ def _add_site_packages():
 class S3Archive(object):
     """The same ``wal/`` layout under ``s3://bucket/prefix``; boto3 is imported only here."""
 
-    def __init__(self, bucket, prefix=None, endpoint_url=None, region=None):
+    def __init__(self, bucket, prefix=None, endpoint_url=None, region=None, sse=True):
         _add_site_packages()
         try:
             import boto3
@@ -987,6 +988,8 @@ class S3Archive(object):
         self._client_error = ClientError
         self.bucket = bucket
         self.prefix = _normalize_prefix(prefix)
+        # s3_server_side_encryption: false (a store that refuses the header) reaches the WAL copies too.
+        self.sse = {'ServerSideEncryption': 'AES256'} if sse is not False else {}
         # Few, short retries: the archiver retries a failed push by itself, and
         # a push that hangs holds back every later segment.
         config = Config(retries={'mode': 'standard', 'max_attempts': 3}, connect_timeout=5, read_timeout=60)
@@ -1097,8 +1100,7 @@ class S3Archive(object):
         import json
         body = (json.dumps(archive_info_document(sysid, seg_size), indent=2, sort_keys=True) + '\n').encode('utf-8')
         self._call('write %s' % self.uri(key), lambda: self.client.put_object(
-            Bucket=self.bucket, Key=key, Body=body, ServerSideEncryption='AES256',
-            ContentType='application/json'))
+            Bucket=self.bucket, Key=key, Body=body, ContentType='application/json', **self.sse))
 
     def head(self, key):
         return self._call('check %s' % self.uri(key),
@@ -1108,8 +1110,8 @@ class S3Archive(object):
         """PUT with SSE and checksums in metadata, then HEAD: done only when both agree."""
         fileobj.seek(0)
         self._call('upload %s' % self.uri(key), lambda: self.client.put_object(
-            Bucket=self.bucket, Key=key, Body=fileobj, ContentLength=size, ServerSideEncryption='AES256',
-            Metadata={'sha256': sha256, 'raw-sha256': raw_sha}))
+            Bucket=self.bucket, Key=key, Body=fileobj, ContentLength=size,
+            Metadata={'sha256': sha256, 'raw-sha256': raw_sha}, **self.sse))
         head = self.head(key)
         meta = head.get('Metadata', {})
         if head.get('ContentLength') != size or meta.get('sha256') != sha256:
@@ -1140,11 +1142,11 @@ class S3Archive(object):
 
 
 def s3_archive(s3):
-    """An S3Archive from a settings dict (bucket, prefix, endpoint_url, region), or None."""
+    """An S3Archive from a settings dict (bucket, prefix, endpoint_url, region, sse), or None."""
     if not s3 or not s3.get('bucket'):
         return None
     return S3Archive(s3['bucket'], prefix=s3.get('prefix'), endpoint_url=s3.get('endpoint_url'),
-                     region=s3.get('region'))
+                     region=s3.get('region'), sse=s3.get('sse', True))
 
 
 # --------------------------------------------------------------------------------------------
@@ -1472,7 +1474,7 @@ def status(repo):
 # --------------------------------------------------------------------------------------------
 
 CONFIG_KEYS = ('repo', 'compression', 'level', 's3_bucket', 's3_prefix', 's3_endpoint_url', 'aws_region', 's3_only',
-               'encryption_recipient', 'encryption_key_files')
+               's3_sse', 'encryption_recipient', 'encryption_key_files')
 
 
 def _parser():
@@ -1529,7 +1531,8 @@ def _settings(args):
     s3 = None
     if merged['s3_bucket']:
         s3 = {'bucket': merged['s3_bucket'], 'prefix': merged['s3_prefix'],
-              'endpoint_url': merged['s3_endpoint_url'], 'region': merged['aws_region']}
+              'endpoint_url': merged['s3_endpoint_url'], 'region': merged['aws_region'],
+              'sse': merged['s3_sse'] is not False}
     return merged, s3
 
 

@@ -6,6 +6,7 @@ repository is handed to that user, exactly as on a production host.
 """
 
 import hashlib
+import json
 import os
 import shutil
 import socket
@@ -226,6 +227,22 @@ def test_s3_push_and_fetch_back(s3_bucket, tmp_path):
         handle.write(b'different!')
     proc = run('push', '--s3-only', *(opts + [conflicting, only]))
     assert proc.returncode == 1 and 'CONFLICT' in proc.stderr
+
+
+def test_s3_push_without_server_side_encryption_when_the_setting_says_so(s3_bucket, tmp_path):
+    """s3_server_side_encryption: false reaches the WAL copies too (it used to be AES256 whatever it said)."""
+    pg_wal = tmp_path / 'pg_wal'
+    pg_wal.mkdir()
+    client, bucket = s3_bucket['client'], s3_bucket['name']
+    config = tmp_path / 'pgbackup-wal.json'
+    config.write_text(json.dumps({'s3_bucket': bucket, 's3_prefix': 'database-backups/', 's3_only': True,
+                                  's3_endpoint_url': s3_bucket['url'], 'aws_region': 'us-east-1', 's3_sse': False}))
+    name = '000000010000000000000005'
+    proc = run('push', '--config', str(config), make_segment(pg_wal, name), name)
+    assert proc.returncode == 0, proc.stderr
+    key = 'database-backups/wal/%s/%s.zst' % (today(), name)
+    assert 'ServerSideEncryption' not in client.head_object(Bucket=bucket, Key=key)
+    assert 'ServerSideEncryption' not in client.head_object(Bucket=bucket, Key='database-backups/wal/archive.json')
 
 
 def test_s3_down(s3_bucket, tmp_path):

@@ -47,7 +47,10 @@ def test_config_is_what_walarchive_reads(tmp_path):
     merged, s3_settings = walarchive._settings(args)   # the command's own reading, unknown keys refused
     assert merged['repo'] == '/var/backups/postgresql' and merged['compression'] == 'gzip' and merged['level'] == 5
     assert s3_settings == {'bucket': 'modulo-backups', 'prefix': 'database-backups/', 'endpoint_url': None,
-                           'region': 'eu-west-1'}
+                           'region': 'eu-west-1', 'sse': True}
+    # s3_server_side_encryption: false reaches the command (it used to ask for AES256 whatever the option said).
+    path.write_bytes(archiving.render_config(archiving.config_document('/r', 'gzip', 5, dict(s3, sse=False))))
+    assert walarchive._settings(args)[1]['sse'] is False
     local = archiving.config_document('/r')
     assert local['s3_bucket'] is None and local['s3_prefix'] is None and local['compression'] == 'auto'
     assert not any('secret' in key or 'key_id' in key for key in doc)
