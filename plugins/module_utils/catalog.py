@@ -17,22 +17,12 @@ KIND_DIRS = {'logical': 'full', 'physical': 'base'}
 
 def list_backups(repo, kinds=('logical',), s3=None):
     """Backups oldest first; one entry per name, ``location`` local, s3 or both."""
-    merged = {}
-    problems = []
+    backups, problems = [], []
     for kind in kinds:
         entries, found = repo.scan(KIND_DIRS[kind])
         problems.extend(found)
-        for meta in entries:
-            merged[meta['name']] = meta
-        if s3 is not None:
-            for meta in s3.list_metas(KIND_DIRS[kind]):
-                if meta['name'] in merged:
-                    merged[meta['name']]['location'] = 'both'
-                    merged[meta['name']]['s3_uri'] = meta['s3_uri']
-                else:
-                    meta['path'] = None
-                    merged[meta['name']] = meta
-    backups = sorted(merged.values(), key=lambda m: (m.get('started_at') or '', m.get('name') or ''))
+        backups.extend(repository.with_s3(entries, s3, KIND_DIRS[kind]))
+    backups.sort(key=lambda m: (m.get('started_at') or '', m.get('name') or ''))
     return backups, problems
 
 

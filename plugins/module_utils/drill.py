@@ -278,11 +278,7 @@ class Drill(object):
             if self.kind == 'logical':
                 meta = logical_restore.resolve_backup(self.repo, selector, database=self.p.get('db'), s3=self.s3)
             else:
-                bases, _problems = self.repo.scan('base')
-                if self.s3 is not None:
-                    local = set(b['name'] for b in bases)
-                    bases = sorted(bases + [m for m in self.s3.list_metas('base') if m['name'] not in local],
-                                   key=lambda m: (m.get('started_at') or '', m['name']))
+                bases = repository.with_s3(self.repo.scan('base')[0], self.s3, 'base')
                 meta = pitr.choose_base(bases, {'backup': selector})
         except (logical_restore.RestoreError, pitr.PitrError) as exc:
             raise DrillError('no backup to test: %s' % exc, check='backup_selected')

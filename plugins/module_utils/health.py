@@ -124,20 +124,12 @@ def archive_facts(repo, s3archive=None):
     ``read_history(name)`` for the chain walk.
     """
     info = walarchive.read_archive_info(repo.root) or {}
-    by_name = dict((e['name'], e) for e in walarchive.list_archive(repo.root))
-    remote = {}
-    if s3archive is not None:
-        for entry in s3archive.list_archive():
-            remote[entry['name']] = entry
-            by_name.setdefault(entry['name'], dict(entry, location='s3'))
-    entries = sorted(by_name.values(), key=lambda e: e['name'])
+    entries = walarchive.merged_archive(repo.root, s3archive)
+    by_name = dict((e['name'], e) for e in entries)
     segments = [e for e in entries if e['kind'] == 'segment']
     newest = max(segments, key=lambda e: (e['name'][8:], e['name'][:8])) if segments else None
-    newest_at = None
-    if newest:
-        # The segment is safe as soon as either copy is; the earlier time is when it became recoverable.
-        times = [t['mtime'] for t in (newest, remote.get(newest['name'])) if t]
-        newest_at = datetime.datetime.fromtimestamp(min(times), tz=datetime.timezone.utc)
+    # The segment is safe as soon as either copy is: merged_archive keeps the earlier time.
+    newest_at = datetime.datetime.fromtimestamp(newest['mtime'], tz=datetime.timezone.utc) if newest else None
 
     def read_history(name):
         entry = by_name.get(name)

@@ -43,11 +43,7 @@ def resolve_backup(repo, selector, database=None, s3=None):
     """Find the ``.meta`` for ``latest``, a backup name, or a path to a backup file."""
     entries, problems = repo.scan('full')
     damaged = [q for q in problems if q['problem'].startswith('unreadable .meta')]
-    remote = []
-    if s3 is not None:
-        local_names = set(e['name'] for e in entries)
-        remote = [m for m in s3.list_metas('full') if m.get('name') not in local_names]
-    candidates = entries + remote
+    candidates = repository.with_s3(entries, s3, 'full')
     if database:
         candidates = [m for m in candidates if m.get('database') == database]
     if selector in (None, '', 'latest'):

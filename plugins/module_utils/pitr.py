@@ -106,11 +106,12 @@ def choose_base(bases, params, when=None):
     return usable[-1]
 
 
-def check_archive_reaches(repo_root, when):
-    """Refuse a target after the newest archived WAL: recovery would stop short silently."""
-    entries = walarchive.list_archive(repo_root)
+def check_archive_reaches(repo_root, when, s3archive=None):
+    """Refuse a target after the newest archived WAL, local or in S3: recovery would stop short silently."""
+    entries = walarchive.merged_archive(repo_root, s3archive)
     if not entries:
-        raise PitrError('the WAL archive in %s is empty: run playbooks/configure-pitr.yml' % repo_root)
+        raise PitrError('the WAL archive in %s%s is empty: run playbooks/configure-pitr.yml'
+                        % (repo_root, ' and %s' % s3archive.uri(s3archive.key('wal/')) if s3archive else ''))
     newest = max(e['mtime'] for e in entries)
     newest_dt = datetime.datetime.fromtimestamp(newest, datetime.timezone.utc)
     if when is not None and when > newest_dt:

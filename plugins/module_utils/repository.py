@@ -171,6 +171,21 @@ class Repository(object):
         return entries, problems
 
 
+def with_s3(local, s3, kind_dir):
+    """The one merge of a local listing (``Repository.scan``) with the S3 mirror's: oldest first, one entry
+    per name, ``location`` ``local``, ``s3`` or ``both`` (then ``s3_uri`` too); S3-only entries have no ``path``."""
+    merged = dict((meta['name'], meta) for meta in local)
+    if s3 is not None:
+        for meta in s3.list_metas(kind_dir):
+            if meta['name'] in merged:
+                merged[meta['name']]['location'] = 'both'
+                merged[meta['name']]['s3_uri'] = meta['s3_uri']
+            else:
+                meta['path'] = None
+                merged[meta['name']] = meta
+    return sorted(merged.values(), key=lambda m: (m.get('started_at') or '', m.get('name') or ''))
+
+
 def _stem(filename):
     match = re.match(r'^([A-Za-z0-9][A-Za-z0-9-]*_(?:full|base)_\d{8}_\d{6})', filename)
     return match.group(1) if match else filename

@@ -899,6 +899,23 @@ def list_archive(repo):
     return entries
 
 
+def merged_archive(repo, s3archive=None):
+    """The one merge of the local archive with its S3 copy: one entry per name, local first (``location``
+    ``local``), the S3-only ones with ``location`` ``s3`` and their key as ``path``; recovery fetches from
+    either. Each entry carries ``archived_at`` (mtime), the earlier of its copies: safe from then on."""
+    by_name = {}
+    for entry in list_archive(repo):
+        by_name[entry['name']] = dict(entry, location='local')
+    if s3archive is not None:
+        for entry in s3archive.list_archive():
+            local = by_name.get(entry['name'])
+            if local is None:
+                by_name[entry['name']] = dict(entry, location='s3')
+            else:
+                local['mtime'] = min(local['mtime'], entry['mtime'])
+    return sorted(by_name.values(), key=lambda e: e['name'])
+
+
 def read_archive_info(repo):
     """Content of ``wal/archive.json`` or None when the archive has none yet."""
     path = os.path.join(wal_dir(repo), INFO_FILE)

@@ -218,7 +218,8 @@ import time
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import (
-    audit, cluster_recovery, common, encryption, liveserver, logical_restore, osuser, pitr, repository, scratch)
+    audit, cluster_recovery, common, encryption, liveserver, logical_restore, osuser, pitr, repository, scratch,
+    walarchive)
 from ansible_collections.modulo.pgbackup.plugins.module_utils.fsutil import LockBusy
 from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import CommandLog, Connection, PgError
 from ansible_collections.modulo.pgbackup.plugins.module_utils.s3store import S3Error
@@ -277,15 +278,11 @@ def point_in_time(module, p, log, result):
         repo = repository.Repository(p['backup_root'], p['pg_os_user'])
         s3_settings = common.s3_settings(p)
         s3 = common.s3_store(p)
-        bases, _problems = repo.scan('base')
-        if s3 is not None:
-            local = set(b['name'] for b in bases)
-            bases = sorted(bases + [m for m in s3.list_metas('base') if m['name'] not in local],
-                           key=lambda m: (m.get('started_at') or '', m['name']))
+        bases = repository.with_s3(repo.scan('base')[0], s3, 'base')
         base = pitr.choose_base(bases, p, when)
         result['backup'] = base
-        if when is not None and s3 is None:
-            pitr.check_archive_reaches(repo.root, when)
+        if when is not None:
+            pitr.check_archive_reaches(repo.root, when, walarchive.s3_archive(s3_settings))
         if p['mode'] == 'database':
             logical_restore.validate_dbname(p['target_db'])
             conn = Connection.from_params(p, db=p['target_db'])

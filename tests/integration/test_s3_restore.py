@@ -1,10 +1,13 @@
 # -*- coding: utf-8 -*-
 """Listing and restoring backups that live only in S3 (real moto_server on loopback)."""
 
+import datetime
 import os
 import shutil
+import time
 
 from conftest import table_rows
+from test_pitr import archiving_cluster, args_for, make_repo, wait_archived
 
 
 def s3_args(s3_bucket):
@@ -54,3 +57,29 @@ def test_damaged_s3_copy_is_refused(ansible, pg, modulo_db, backup_root, conn_ar
     assert 'checksum' in res['msg'] and 'S3' in res['msg']
     assert pg.psql("SELECT count(*) FROM pg_database WHERE datname = 'never_from_s3'") == '0'
     assert not [n for n in os.listdir(os.path.join(backup_root, 'full')) if not n.startswith('.lock')]
+
+
+def test_pitr_target_is_checked_against_the_s3_copy_of_the_archive(ansible, new_cluster, backup_root, s3_bucket):
+    """With S3 configured, a target after the newest archived WAL used to pass unchecked; and with the host's
+    wal/ gone, the S3 copy is what recovery reads, so it is what the check reads too."""
+    repo = make_repo(backup_root)
+    s3 = '--s3-bucket %s --s3-endpoint-url %s --aws-region us-east-1' % (s3_bucket['name'], s3_bucket['url'])
+    cluster = archiving_cluster(new_cluster, repo, extra=s3)
+    res = ansible.task('modulo.pgbackup.pg_backup', args_for(cluster, repo, type='physical', wait_archive=60,
+                                                             upload=False))
+    assert not res.get('failed'), res.get('msg')
+    cluster.psql('CREATE DATABASE shop')
+    wait_archived(cluster, repo)
+    archived = datetime.datetime.now(datetime.timezone.utc)
+    time.sleep(2.5)
+    shutil.rmtree(os.path.join(repo, 'wal'))
+
+    def plan(when):
+        return ansible.task('modulo.pgbackup.backup_restore', args_for(
+            cluster, repo, db='shop', target_db='shop_pitr', target_time=when.strftime('%Y-%m-%d %H:%M:%S.%f'),
+            **s3_args(s3_bucket)), check=True)
+
+    late = plan(archived + datetime.timedelta(seconds=2))
+    assert late.get('failed') is True and 'is after the newest archived WAL' in late['msg'], late.get('msg')
+    early = plan(archived - datetime.timedelta(seconds=1))
+    assert not early.get('failed'), early.get('msg')
