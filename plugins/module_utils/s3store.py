@@ -16,7 +16,6 @@ import binascii
 import importlib.util
 import json
 import os
-import time
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import fsutil, walarchive
 
@@ -53,7 +52,13 @@ def botocore_errors():
 
 DEFAULT_PREFIX = walarchive.DEFAULT_S3_PREFIX
 MULTIPART_THRESHOLD = 64 * 1024 * 1024
+# One layer of retries, botocore's own (standard mode: throttling, 5xx and connection errors, exponential
+# backoff with jitter of at most 1 + 2 + 4 s): each request is tried ATTEMPTS times, so an endpoint that
+# refuses connections is reported within about 10 s, one that swallows them within ATTEMPTS x
+# CONNECT_TIMEOUT_S + 7 s. The store itself never loops around botocore.
 ATTEMPTS = 4
+CONNECT_TIMEOUT_S = 5
+READ_TIMEOUT_S = 60
 
 
 class S3Error(Exception):
@@ -84,7 +89,8 @@ class S3Store(object):
         self.bucket = bucket
         self.prefix = normalize_prefix(prefix)
         self.sse = sse
-        config = boto['Config'](retries={'mode': 'standard', 'max_attempts': 5}, connect_timeout=10, read_timeout=60)
+        config = boto['Config'](retries={'mode': 'standard', 'total_max_attempts': ATTEMPTS},
+                                connect_timeout=CONNECT_TIMEOUT_S, read_timeout=READ_TIMEOUT_S)
         self.client = boto['boto3'].client('s3', region_name=region or 'us-east-1', endpoint_url=endpoint_url or None,
                                            config=config)
         self.transfer = boto['TransferConfig'](multipart_threshold=MULTIPART_THRESHOLD,
@@ -109,20 +115,12 @@ class S3Store(object):
             return 'S3 endpoint unreachable while trying to %s (%s): check s3_endpoint_url/network' % (action, text)
         return 'S3 error while trying to %s: %s' % (action, text)
 
-    def _retry(self, action, func):
-        delay = 1.0
-        for attempt in range(1, ATTEMPTS + 1):
-            try:
-                return func()
-            except botocore_errors() + (_BOTO['Boto3Error'],) as error:
-                exc = _unwrap(error)
-                code = exc.response.get('Error', {}).get('Code', '') if isinstance(exc, _BOTO['ClientError']) else ''
-                permanent = code in ('NoSuchBucket', 'AccessDenied', 'InvalidAccessKeyId',
-                                     'SignatureDoesNotMatch', 'NoSuchKey', '404')
-                if permanent or attempt == ATTEMPTS:
-                    raise S3Error(self._explain(exc, action))
-                time.sleep(delay)
-                delay *= 2
+    def _call(self, action, func):
+        """Run one S3 request (botocore retries it, see ATTEMPTS); its failure as an S3Error saying what to do."""
+        try:
+            return func()
+        except botocore_errors() + (_BOTO['Boto3Error'],) as error:
+            raise S3Error(self._explain(_unwrap(error), action))
 
     def upload_file(self, local_path, relpath, sha256=None):
         """Upload one file and check what S3 stored before calling it done.
@@ -137,9 +135,9 @@ class S3Store(object):
         sha256 = sha256 or fsutil.sha256_file(local_path)
         extra['Metadata']['sha256'] = sha256
         key = self.key(relpath)
-        self._retry('upload %s' % self.uri(relpath), lambda: self.client.upload_file(
+        self._call('upload %s' % self.uri(relpath), lambda: self.client.upload_file(
             local_path, self.bucket, key, ExtraArgs=extra, Config=self.transfer))
-        head = self._retry('check %s' % self.uri(relpath),
+        head = self._call('check %s' % self.uri(relpath),
                            lambda: self.client.head_object(Bucket=self.bucket, Key=key, ChecksumMode='ENABLED'))
         size = os.path.getsize(local_path)
         stored = head.get('ChecksumSHA256') or ''
@@ -174,7 +172,7 @@ class S3Store(object):
             kwargs = {'Bucket': self.bucket, 'Prefix': self.key(relprefix)}
             if token:
                 kwargs['ContinuationToken'] = token
-            page = self._retry('list %s' % self.uri(relprefix), lambda: self.client.list_objects_v2(**kwargs))
+            page = self._call('list %s' % self.uri(relprefix), lambda: self.client.list_objects_v2(**kwargs))
             keys.extend(obj['Key'] for obj in page.get('Contents', []))
             if not page.get('IsTruncated'):
                 return keys
@@ -184,7 +182,7 @@ class S3Store(object):
         def fetch():
             return self.client.get_object(Bucket=self.bucket, Key=key)['Body'].read()
 
-        body = self._retry('read s3://%s/%s' % (self.bucket, key), fetch)
+        body = self._call('read s3://%s/%s' % (self.bucket, key), fetch)
         return json.loads(body.decode('utf-8'))
 
     def list_metas(self, kind_dir='full'):
@@ -218,10 +216,10 @@ class S3Store(object):
                         continue
                     target = os.path.join(tmp, key[len(base_key):])
                     fsutil.ensure_dir(os.path.dirname(target))
-                    self._retry('download s3://%s/%s' % (self.bucket, key),
+                    self._call('download s3://%s/%s' % (self.bucket, key),
                                 lambda: self.client.download_file(self.bucket, key, target, Config=self.transfer))
             else:
-                self._retry('download %s' % self.uri(relpath),
+                self._call('download %s' % self.uri(relpath),
                             lambda: self.client.download_file(self.bucket, self.key(relpath), tmp,
                                                               Config=self.transfer))
             fsutil.chmod_tree(tmp)

@@ -9,8 +9,12 @@ import gzip
 import hashlib
 import json
 import os
+import socket
 import subprocess
+import time
 import uuid
+
+import pytest
 
 import pgsandbox
 from ansible_collections.modulo.pgbackup.plugins.module_utils import s3store
@@ -196,3 +200,21 @@ def test_direct_upload_errors_are_s3_errors(s3_bucket, tmp_path):
         assert 'does not exist' in str(exc) and store.bucket in str(exc)
     else:
         raise AssertionError('upload into a missing bucket did not fail')
+
+
+def test_an_unreachable_endpoint_is_reported_after_one_layer_of_retries(monkeypatch):
+    """botocore retries each request ATTEMPTS times and the store does not retry around it (it used to: up to
+    20 requests and about 11 s before an unreachable endpoint was reported)."""
+    monkeypatch.setenv('AWS_ACCESS_KEY_ID', 'testing')
+    monkeypatch.setenv('AWS_SECRET_ACCESS_KEY', 'testing')
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        port = sock.getsockname()[1]     # closed again below: nothing listens there
+    store = s3store.S3Store('modulo-nowhere', endpoint_url='http://127.0.0.1:%d' % port, region='us-east-1')
+    sent = []
+    store.client.meta.events.register('before-send.s3', lambda **kwargs: sent.append(1))
+    begin = time.time()
+    with pytest.raises(s3store.S3Error, match='S3 endpoint unreachable'):
+        store.list_keys('full/')
+    assert len(sent) == s3store.ATTEMPTS
+    assert time.time() - begin < 12
