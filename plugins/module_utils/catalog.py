@@ -97,9 +97,10 @@ def recovery_window(backups, repo_root, chain=None):
     A logical backup recovers the moment its dump snapshot was taken (its start);
     PITR reaches from the end of the oldest complete base backup to the newest
     WAL segment in the local archive (archived at most archive_timeout after its
-    last write).  ``newest_point`` is the later of the two.  ``chain`` (walchain's
-    check from the oldest base backup) moves the end of the PITR range back to the
-    last segment before a gap: recovery cannot replay past it.
+    last write).  ``newest_point`` is the later of the two.  ``chain`` (health's
+    check from the oldest base backup whose WAL is continuous) moves the start of the
+    PITR range to that base backup, or, when even the newest base backup has a gap
+    after it, the end back to the last segment before the gap.
     """
     complete = [b for b in backups if repository.is_complete(b)]
     logical = [b for b in complete if b.get('type') == 'logical']
@@ -117,8 +118,10 @@ def recovery_window(backups, repo_root, chain=None):
         # A listing must not fail over the archive (e.g. wal/ readable only by the server's OS user).
         window['archive_error'] = 'cannot read the WAL archive: %s' % exc
     if bases and archive and archive.get('last_archived_at'):
-        window['pitr'] = {'from': bases[0].get('finished_at'), 'to': archive['last_archived_at'],
-                          'base_backups': len(bases), 'newest_segment': archive.get('newest_segment')}
+        # The chain check names the oldest base backup recovery can start from (a gap before it shortens the window).
+        window['pitr'] = {'from': (chain or {}).get('base_finished_at') or bases[0].get('finished_at'),
+                          'to': archive['last_archived_at'], 'base_backups': len(bases),
+                          'newest_segment': archive.get('newest_segment')}
         if chain is not None and not chain.get('ok'):
             reachable = chain.get('reachable')
             path = walarchive.find_segment(repo_root, reachable) if reachable else None

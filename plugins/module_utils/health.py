@@ -258,21 +258,41 @@ def check_wal_chain(facts):
         return _check('wal_chain', 'breached', 'WAL is archived but there is no complete base backup to '
                       'replay it from', 'take one: pg_backup type=physical (playbooks/nightly-backup.yml does '
                       'once archiving is configured)'), None
-    oldest = local_bases[0]
-    try:
-        chain = walchain.check_chain(archive['entries'], oldest['wal_start'], facts['read_history'],
-                                     seg_size=archive['seg_size'])
-    except ValueError as exc:
-        return _check('wal_chain', 'unknown', 'cannot read the archive: %s' % exc,
-                      'inspect wal/ by hand'), None
-    detail = 'continuous from %s (base backup %s) to %s, %s segment(s), timeline %s' % (
-        chain['from'], oldest['name'], chain['to'], chain['segments'], chain['timeline'])
+    # Recovery starts from one base backup: the window reaches back to the oldest one whose WAL is continuous
+    # up to the newest segment. A gap before it only shortens the window; a gap after the newest base backup
+    # (or no usable base backup at all) is a failure.
+    broken = None
+    for base in local_bases:
+        try:
+            chain = walchain.check_chain(archive['entries'], base['wal_start'], facts['read_history'],
+                                         seg_size=archive['seg_size'])
+        except ValueError as exc:
+            return _check('wal_chain', 'unknown', 'cannot read the archive: %s' % exc,
+                          'inspect wal/ by hand'), None
+        chain['base_backup'], chain['base_finished_at'] = base['name'], base.get('finished_at')
+        if not chain['problem']:
+            break
+        broken = broken or (base, chain)
     if chain['problem']:
+        newest = local_bases[-1]
         return _check('wal_chain', 'breached', chain['problem'],
-                      'recovery from %s stops at the first gap: take a new base backup now, then look for the '
-                      'missing files (S3 mirror, pg_wal, the server log of archive_command)' % oldest['name'],
-                      base_backup=oldest['name'], missing=chain['missing'], missing_count=chain['missing_count']), chain
-    return _check('wal_chain', 'ok', detail, base_backup=oldest['name'], missing_count=0), chain
+                      'recovery from %s, the newest base backup, stops at the first gap: take a new base backup '
+                      'now, then look for the missing files (S3 mirror, pg_wal, the server log of archive_command)'
+                      % newest['name'], base_backup=newest['name'], missing=chain['missing'],
+                      missing_count=chain['missing_count']), chain
+    detail = 'continuous from %s (base backup %s) to %s, %s segment(s), timeline %s' % (
+        chain['from'], chain['base_backup'], chain['to'], chain['segments'], chain['timeline'])
+    if broken is None:
+        return _check('wal_chain', 'ok', detail, base_backup=chain['base_backup'], missing_count=0), chain
+    older = [b['name'] for b in local_bases if b['name'] != chain['base_backup']
+             and (b.get('finished_at') or '') < (chain['base_finished_at'] or '')]
+    warning = ('WAL gap before base backup %s (%s): the older base backup(s) %s cannot be recovered past it, so '
+               'point-in-time recovery reaches back only to %s. Nothing to do at once (retention removes them in '
+               'time); find out why archiving missed WAL (the S3 mirror, the server log of archive_command)'
+               % (chain['base_backup'], broken[1]['problem'], ', '.join(older), chain['base_finished_at']))
+    return _check('wal_chain', 'ok', '%s; %s' % (detail, warning), base_backup=chain['base_backup'],
+                  warning=warning, gap=broken[1]['missing'], missing=broken[1]['missing'],
+                  missing_count=broken[1]['missing_count'], unusable_base_backups=older), chain
 
 
 def _server_archiving_healthy(server):

@@ -191,6 +191,32 @@ def test_wal_with_a_gap_does_not_count_as_recovery_point():
     assert check(result, 'backup_age')['basis'] == 'backup %s' % backups[1]['name']
 
 
+def test_a_gap_before_the_newest_base_backup_shortens_the_window_and_only_warns():
+    """A missing segment before the newest base backup used to keep the check failed until every older base
+    backup expired, although the newest one restores fine."""
+    backups, _archive = pitr_set()
+    newer = make_meta('modulo_base_20261124_024000', '2026-11-24T02:40:00Z', finished_at='2026-11-24T02:41:00Z',
+                      kind='physical', wal_start=seg(1, 7), wal_stop=seg(1, 7), duration_s=60.0)
+    archive = archive_of([seg(1, n) for n in (3, 4, 5, 7, 8, 9)], NOW - datetime.timedelta(minutes=1))
+    result = health.evaluate(facts(backups + [newer], archive=archive, server=healthy_server()), now=NOW)
+    chain = check(result, 'wal_chain')
+    assert chain['status'] == 'ok' and not chain['breached'], chain
+    assert chain['base_backup'] == newer['name'] and chain['gap'] == [seg(1, 6)]
+    assert chain['unusable_base_backups'] == [backups[-1]['name']]
+    assert 'WAL gap before base backup %s' % newer['name'] in chain['warning'] and seg(1, 6) in chain['warning']
+    assert 'reaches back only to 2026-11-24T02:41:00Z' in chain['warning']
+    assert result['wal_chain']['base_finished_at'] == newer['finished_at']
+    # the newest WAL counts again: the chain from the newer base backup is whole
+    assert check(result, 'backup_age')['basis'] == 'archived WAL %s' % seg(1, 9)
+    assert result['ok'] is True
+
+    # A gap after the newest base backup is still a failure, named from that base backup.
+    archive = archive_of([seg(1, n) for n in (3, 4, 5, 7, 9)], NOW - datetime.timedelta(minutes=1))
+    result = health.evaluate(facts(backups + [newer], archive=archive, server=healthy_server()), now=NOW)
+    chain = check(result, 'wal_chain')
+    assert chain['breached'] and chain['missing'] == [seg(1, 8)] and chain['base_backup'] == newer['name']
+
+
 def test_duration_and_growth_thresholds_per_kind():
     backups = daily(2)
     backups[-1]['size_bytes'] = 1600
