@@ -497,14 +497,19 @@ def plan_settings(state, current, archive_command=None, archive_timeout=60):
             'restart_settings': restart, 'before': before, 'after': after, 'warnings': warnings}
 
 
-def apply_settings(conn, statements, log=None):
-    """Run the ALTER SYSTEM statements (each on its own: they cannot share a transaction), then reload."""
-    for _name, sql in statements:
+def apply_settings(conn, statements, log=None, applied=None):
+    """Run the ALTER SYSTEM statements (each on its own: they cannot share a transaction), then reload.
+
+    ``applied(name)`` is called after each statement that succeeded.
+    """
+    for name, sql in statements:
         try:
             psql_query(conn, sql, db='postgres', log=log)
         except PgError as exc:
             raise ArchivingError('%s failed: %s (ALTER SYSTEM needs a superuser, or a role granted '
                                  'ALTER SYSTEM on these parameters)' % (sql.split(' = ')[0], exc))
+        if applied is not None:
+            applied(name)
     if statements:
         psql_query(conn, 'SELECT pg_reload_conf()', db='postgres', log=log)
 
@@ -763,29 +768,40 @@ def run(conn, params, result, s3=None, check_mode=False, log=None, warn=None, co
     # The warnings are about the restart still to come: none when this run makes it.
     for message in plan['warnings'] if control is None else []:
         warn(message)
-    result['files_changed'] = [p[0] for p in file_plans] + \
+    planned_files = [p[0] for p in file_plans] + \
         ([walcommand.bytecode_dir(command_path)] if stale_bytecode else []) + [a['path'] for a in repo_plan] + \
         ([os.path.join(walarchive.wal_dir(repo), walarchive.INFO_FILE)] if seed else [])
-    result['settings_changed'] = plan['changed']
     result['restart_required'] = plan['restart_required']
     result['diff'] = {'before': dict(plan['before']), 'after': dict(plan['after'])}
-    result['changed'] = bool(result['files_changed'] or result['settings_changed'])
+    if check_mode:
+        result['files_changed'], result['settings_changed'] = planned_files, plan['changed']
+        result['changed'] = bool(planned_files or plan['changed'])
+    else:
+        # What was done, as it is done: a run that fails half way reports only what it really changed.
+        def did(files=(), settings=()):
+            result['files_changed'].extend(files)
+            result['settings_changed'].extend(settings)
+            result['changed'] = bool(result['files_changed'] or result['settings_changed'])
 
-    if not check_mode:
         # Files first: archive_command must never name a command, config or wal/ that is not there yet.
         # The library (walcommand.files() lists it first) and its bytecode come before the launcher
         # that imports them, since the archiver may start the command at any moment.
         for path, content, mode, _action in file_plans:
             if path == command_path and stale_bytecode:
                 _bytecode(command_path, write=True, log=log)
+                did([walcommand.bytecode_dir(command_path)])
                 stale_bytecode = False
             write_file(path, content, mode)
+            did([path])
         if stale_bytecode:
             _bytecode(command_path, write=True, log=log)
-        apply_repository(repo_plan)
+            did([walcommand.bytecode_dir(command_path)])
+        for action in repo_plan:
+            apply_repository([action])
+            did([action['path']])
         if seed:
-            seed_archive_info(repo, sysid, seg_size, owner)
-        apply_settings(conn, plan['statements'], log=log)
+            did([seed_archive_info(repo, sysid, seg_size, owner)])
+        apply_settings(conn, plan['statements'], log=log, applied=lambda name: did(settings=[name]))
         if present and 'archive_command' in plan['changed'] and \
                 normalize('archive_mode', current['archive_mode']['setting']) != 'off':
             wait_for_setting(conn, 'archive_command', plan['after']['archive_command'], log=log)

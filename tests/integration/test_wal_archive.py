@@ -186,6 +186,26 @@ def test_configure_restart_verify_idempotent_then_absent(new_cluster, backup_roo
     assert os.path.exists(command_path) and os.path.exists(config_path)
 
 
+def test_a_run_that_fails_half_way_reports_only_what_it_did(new_cluster, sandbox_base, command_dir, ansible,
+                                                            tmpfs_at):
+    """The command's files are written, then the repository cannot be made (a read-only file system): the
+    result lists those files only. It used to report every planned file, the repository and archive.json
+    among them, although they were never created."""
+    cluster = new_cluster()
+    mount = os.path.join(sandbox_base, 'ro-%s' % uuid.uuid4().hex[:6])
+    tmpfs_at(mount)
+    os.chmod(mount, 0o755)   # the server's user may traverse it: only the read-only mount stands in the way
+    tmpfs_at.remount(mount, readonly=True)
+    repo = os.path.join(mount, 'repo')
+    res = ansible.task('modulo.pgbackup.wal_archive', module_args(cluster, repo, command_dir, verify=False))
+    assert res.get('failed') is True, res
+    written = res['files_changed']
+    assert written and all(p.startswith(command_dir) for p in written), res['msg']
+    assert res['changed'] is True and res['settings_changed'] == []
+    assert all(os.path.exists(p) for p in written)
+    assert show(cluster, 'archive_mode') == 'off'
+
+
 def test_refuses_an_archive_of_another_cluster(new_cluster, backup_root, command_dir, ansible):
     cluster = new_cluster()
     os.makedirs(os.path.join(backup_root, 'wal'), 0o700)
