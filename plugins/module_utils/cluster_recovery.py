@@ -68,10 +68,9 @@ class ClusterRecovery(object):
     def __init__(self, conn, pgdata, bindir, os_user, unit=None, method='auto', timeout_s=3600, log=None):
         self.conn, self.bindir, self.os_user, self.timeout_s, self.log = conn, bindir, os_user, timeout_s, log
         self.layout = self._layout(pgdata)
-        stem = os.path.basename(self.pgdata)
+        # The recovered server logs where the live one did (liveserver.server_log_of), read from this run's offset.
         self.control = liveserver.choose(
-            self.layout, method=method, unit=unit, bindir=bindir, os_user=os_user, timeout=timeout_s, log=log,
-            logfile=os.path.join(os.path.dirname(self.pgdata), 'pitr-%s.log' % stem))
+            self.layout, method=method, unit=unit, bindir=bindir, os_user=os_user, timeout=timeout_s, log=log)
 
     def _layout(self, pgdata):
         try:

@@ -93,14 +93,37 @@ def config_outside(layout):
     return os.path.dirname(os.path.abspath(layout['config_file'])) != os.path.abspath(layout['data_directory'])
 
 
-def systemd_unit_of(pgdata, proc='/proc'):
-    """The systemd service the postmaster of ``pgdata`` runs in, from its cgroup; None when there is none."""
+def _postmaster_pid(pgdata):
     try:
         with open(os.path.join(pgdata, 'postmaster.pid')) as handle:
-            pid = int(handle.readline().strip())
+            return int(handle.readline().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def server_log_of(pgdata, proc='/proc'):
+    """The file the running postmaster of ``pgdata`` writes its output to (its stderr), or None.
+
+    A restart through pg_ctl must send the server's output where it went before (Debian's
+    /var/log/postgresql/..., an operator's own -l file), not to a new file nobody looks at.
+    """
+    pid = _postmaster_pid(pgdata)
+    if pid is None:
+        return None
+    try:
+        target = os.readlink(os.path.join(proc, str(pid), 'fd', '2'))
+    except OSError:
+        return None
+    return target if target.startswith('/') and os.path.isfile(target) else None
+
+
+def systemd_unit_of(pgdata, proc='/proc'):
+    """The systemd service the postmaster of ``pgdata`` runs in, from its cgroup; None when there is none."""
+    pid = _postmaster_pid(pgdata)
+    try:
         with open(os.path.join(proc, str(pid), 'cgroup')) as handle:
             lines = handle.read().splitlines()
-    except (OSError, ValueError):
+    except (OSError, TypeError):
         return None
     for line in lines:
         unit = line.rsplit('/', 1)[-1]
@@ -293,7 +316,12 @@ def choose(layout, method='auto', unit=None, bindir=None, os_user='postgres', lo
         return PgCtlCluster(debian['version'], debian['name'], os_user, log=log)
     if not bindir:
         raise LiveServerError('pg_ctl needs pg_bindir')
-    return PgCtl(bindir, pgdata, os_user, logfile or default_logfile(pgdata),
+    if not logfile:
+        debian_log = ('/var/log/postgresql/postgresql-%s-%s.log' % (debian['version'], debian['name'])
+                      if debian else None)
+        logfile = server_log_of(pgdata) or (debian_log if debian_log and os.path.isfile(debian_log) else None) \
+            or default_logfile(pgdata)
+    return PgCtl(bindir, pgdata, os_user, logfile,
                  config_file=layout['config_file'] if config_outside(layout) else None, timeout=timeout, log=log)
 
 
@@ -311,7 +339,8 @@ def wait_accepting(conn, timeout_s):
 
 
 def default_logfile(pgdata):
-    """Where pg_ctl sends the output of a server it starts: beside the data directory, as initdb suggests."""
+    """Where pg_ctl sends the output of a server whose own log is unknown: beside the data directory, as
+    initdb suggests."""
     return os.path.join(os.path.dirname(os.path.abspath(pgdata.rstrip('/'))), 'server.log')
 
 

@@ -173,11 +173,10 @@ def test_cluster_mode_into_a_wal_gap_names_the_gap_and_rolls_back_by_itself(worl
 
 def test_cluster_mode_whose_server_cannot_start_gives_the_server_log_and_rolls_back(world):
     """Without the base backup's first segment the restored server never reaches a consistent state and
-    pg_ctl start fails, saying only "Examine the log output": the message carries the log's tail and path,
-    and the old directory is back in service."""
+    pg_ctl start fails, saying only "Examine the log output": the message carries the log's tail and path
+    (the server's own log, where it wrote before the recovery), and the old directory is back in service."""
     res = cluster_mode_pitr_without(world, world['base']['wal_start'])
-    msg, pgdata = res['msg'], world['cluster'].pgdata
-    logfile = os.path.join(os.path.dirname(pgdata), 'pitr-%s.log' % os.path.basename(pgdata))
+    msg, logfile = res['msg'], world['cluster'].log
     assert msg.startswith('the restored server did not come up: '), msg
     assert 'server log (%s): ' % logfile in msg
     assert '%s is not in the archive' % world['base']['wal_start'] in msg     # the cause, in the server's log

@@ -203,3 +203,24 @@ def test_wal_archive_absent_whose_restart_fails_says_what_the_server_runs_with(p
             handle.writelines(lines)
         subprocess.run(['pg_ctlcluster', '--skip-systemctl-redirect', '15', host.cluster, 'start'], check=True)
     assert host.psql('SHOW archive_mode') == 'off'     # the change the message promised, finished by hand
+
+
+def test_a_restart_through_pg_ctl_keeps_the_servers_own_log(prod):
+    """pg_ctl on a Debian cluster: the restarted server writes to /var/log/postgresql/... as before, not to a
+    server.log beside the data directory."""
+    host = prod.host
+    own_log = '/var/log/postgresql/postgresql-15-%s.log' % host.cluster
+    host.psql('ALTER SYSTEM SET archive_mode = off')
+    subprocess.run(['pg_ctlcluster', '--skip-systemctl-redirect', '15', host.cluster, 'restart'], check=True)
+    try:
+        res = prod.task('modulo.pgbackup.wal_archive', {'restart': True, 'verify': True, 'service_control': 'pg_ctl'})
+        assert res.get('failed') is not True, res.get('msg')
+        assert res['restarted'] is True and res['service_control'] == 'pg_ctl on %s' % host.pgdata
+        assert any(' -l %s ' % own_log in c for c in res['executed_commands']), res['executed_commands']
+        with open(os.path.join(host.pgdata, 'postmaster.pid')) as handle:
+            pid = handle.readline().strip()
+        assert os.readlink('/proc/%s/fd/2' % pid) == own_log
+        assert not os.path.exists(os.path.join(os.path.dirname(host.pgdata), 'server.log'))
+    finally:
+        host.psql("ALTER SYSTEM SET archive_command = '/bin/true'")
+        host.psql('SELECT pg_reload_conf()')
