@@ -1,7 +1,9 @@
 # -*- coding: utf-8 -*-
 """backup_info: listing, selection, verification and health on real backups."""
 
+import json
 import os
+import re
 import time
 
 from test_restore import _flip_byte, backup
@@ -61,3 +63,23 @@ def test_empty_repository(ansible, backup_root, conn_args):
     res = info(ansible, conn_args, backup_root)
     assert not res.get('failed')
     assert res['backups'] == [] and res['latest'] is None and res['health']['ok'] is False
+
+
+def test_list_backups_playbook_shows_the_cluster_the_verification_and_why_health_fails(
+        ansible, pg, modulo_db, backup_root, conn_args):
+    res = ansible.task('modulo.pgbackup.pg_backup', dict(conn_args, backup_root=backup_root, db=modulo_db))
+    assert not res.get('failed'), res.get('msg')
+    base_meta = dict(res['backup']['meta'], name='modulo_base_20200101_000000', type='physical', database=None,
+                     format='tar', file='modulo_base_20200101_000000')
+    with open(os.path.join(backup_root, 'base', 'modulo_base_20200101_000000.meta'), 'w') as handle:
+        json.dump(base_meta, handle)
+    os.makedirs(os.path.join(backup_root, 'base', 'modulo_base_20200101_000000'))
+    extra = dict(pg.connection_vars(), pgbackup_backup_root=backup_root, pgbackup_s3_bucket='', verify=True)
+    proc = ansible.playbook('list-backups.yml', extra_vars=extra)
+    out = proc.stdout
+    assert '(cluster)' in out and 'None' not in out.split('Backups, oldest first')[1].split('TASK')[0]
+    name = res['backup']['meta']['name']
+    assert re.search(r'%s\s+%s .* ok' % (name, modulo_db), out), out[-3000:]
+    # The health verdict says which check failed and why (no drill has run in this repository).
+    assert 'NOT OK (' in out and 'restore_drill' in out and 'playbooks/restore-drill.yml' in out
+    assert proc.returncode != 0 and 'failed verification' in out     # the base backup has no files
