@@ -138,7 +138,7 @@ class S3Store(object):
         self._call('upload %s' % self.uri(relpath), lambda: self.client.upload_file(
             local_path, self.bucket, key, ExtraArgs=extra, Config=self.transfer))
         head = self._call('check %s' % self.uri(relpath),
-                           lambda: self.client.head_object(Bucket=self.bucket, Key=key, ChecksumMode='ENABLED'))
+                          lambda: self.client.head_object(Bucket=self.bucket, Key=key, ChecksumMode='ENABLED'))
         size = os.path.getsize(local_path)
         stored = head.get('ChecksumSHA256') or ''
         expected = base64.b64encode(binascii.unhexlify(sha256)).decode('ascii')
@@ -217,11 +217,11 @@ class S3Store(object):
                     target = os.path.join(tmp, key[len(base_key):])
                     fsutil.ensure_dir(os.path.dirname(target))
                     self._call('download s3://%s/%s' % (self.bucket, key),
-                                lambda: self.client.download_file(self.bucket, key, target, Config=self.transfer))
+                               lambda: self.client.download_file(self.bucket, key, target, Config=self.transfer))
             else:
                 self._call('download %s' % self.uri(relpath),
-                            lambda: self.client.download_file(self.bucket, self.key(relpath), tmp,
-                                                              Config=self.transfer))
+                           lambda: self.client.download_file(self.bucket, self.key(relpath), tmp,
+                                                             Config=self.transfer))
             fsutil.chmod_tree(tmp)
             digest = fsutil.sha256_path(tmp)
             if meta.get('sha256') and digest != meta['sha256']:
