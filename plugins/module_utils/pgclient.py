@@ -132,20 +132,14 @@ class ReadOnlyConnection(Connection):
 
 
 class CommandLog(object):
-    """Collects the external commands a module ran, for its ``executed_commands``."""
+    """Collects the external commands a module ran, for its ``executed_commands``: each an argv list, as it was
+    run (no shell quoting to undo; the YAML callback shows one argument a line)."""
 
     def __init__(self):
         self.commands = []
 
     def add(self, argv):
-        self.commands.append(' '.join(_quote(a) for a in argv))
-
-
-def _quote(arg):
-    arg = str(arg)
-    if re.match(r'^[\w@%+=:,./-]+\Z', arg):
-        return arg
-    return "'" + arg.replace("'", "'\"'\"'") + "'"
+        self.commands.append([str(a) for a in argv])
 
 
 def clean_stderr(text, limit=2000):

@@ -169,10 +169,12 @@ health:
            "checks": [{"check": "backup_age", "status": "ok", "breached": false, "value_s": 95, "limit_s": 3600,
                        "detail": "newest recoverable point 95 s ago (archived WAL 000000010000000000000042), RPO 60 min"}]}
 executed_commands:
-  description: External commands run.
+  description:
+    - External commands run.
+    - Each is the argv list of one program, as it was run.
   returned: always
   type: list
-  elements: str
+  elements: list
 '''
 
 from ansible.module_utils.basic import AnsibleModule

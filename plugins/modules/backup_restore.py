@@ -206,10 +206,12 @@ backup:
   returned: always
   type: dict
 executed_commands:
-  description: External commands run; passwords are never part of them.
+  description:
+    - External commands run; passwords are never part of them.
+    - Each is the argv list of one program, as it was run.
   returned: always
   type: list
-  elements: str
+  elements: list
 '''
 
 import os

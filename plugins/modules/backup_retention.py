@@ -181,10 +181,12 @@ report_path:
   type: str
   sample: /var/backups/postgresql/logs/retention_report_20261125_021500.json
 executed_commands:
-  description: External commands run (none; retention works on files and S3 objects).
+  description:
+    - External commands run (none; retention works on files and S3 objects).
+    - Each is the argv list of one program, as it was run.
   returned: always
   type: list
-  elements: str
+  elements: list
 '''
 
 import os

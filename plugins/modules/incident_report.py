@@ -120,10 +120,12 @@ report_path:
   returned: always
   type: str
 executed_commands:
-  description: External commands run (none).
+  description:
+    - External commands run (none).
+    - Each is the argv list of one program, as it was run.
   returned: always
   type: list
-  elements: str
+  elements: list
 '''
 
 import copy

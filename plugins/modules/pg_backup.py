@@ -174,11 +174,13 @@ thresholds:
   type: list
   elements: dict
 executed_commands:
-  description: External commands run, in order; passwords are never part of them.
+  description:
+    - External commands run, in order; passwords are never part of them.
+    - Each is the argv list of one program, as it was run.
   returned: always
   type: list
-  elements: str
-  sample: ["/usr/lib/postgresql/15/bin/pg_dump --snapshot=00000003-00000002-1 --format=plain --dbname=modulodb"]
+  elements: list
+  sample: [["/usr/lib/postgresql/15/bin/pg_dump", "--snapshot=00000003-00000002-1", "--format=plain", "--dbname=modulodb"]]
 '''
 
 import os

@@ -252,10 +252,12 @@ plan:
   returned: check mode
   type: dict
 executed_commands:
-  description: External commands run; passwords are never part of them.
+  description:
+    - External commands run; passwords are never part of them.
+    - Each is the argv list of one program, as it was run.
   returned: always
   type: list
-  elements: str
+  elements: list
 '''
 
 from ansible.module_utils.basic import AnsibleModule

@@ -104,10 +104,12 @@ rows:
   elements: list
   sample: [["12345", "modulo_app"]]
 executed_commands:
-  description: The C(psql) command line run (the SQL of O(query) included; O(script) and O(secret_env) are not).
+  description:
+    - The C(psql) command line run (the SQL of O(query) included; O(script) and O(secret_env) are not).
+    - Each is the argv list of one program, as it was run.
   returned: always
   type: list
-  elements: str
+  elements: list
 '''
 
 from ansible.module_utils.basic import AnsibleModule

@@ -243,11 +243,13 @@ os_user:
   type: str
   sample: root
 executed_commands:
-  description: External commands run, in order (C(psql) with the SQL it ran); passwords are never part of them.
+  description:
+    - External commands run, in order (C(psql) with the SQL it ran); passwords are never part of them.
+    - Each is the argv list of one program, as it was run.
   returned: always
   type: list
-  elements: str
-  sample: ["/usr/lib/postgresql/15/bin/psql -X -q -A -t ... -c 'ALTER SYSTEM SET archive_mode = '\"'\"'on'\"'\"''"]
+  elements: list
+  sample: [["/usr/lib/postgresql/15/bin/psql", "-X", "-q", "-A", "-t", "..."]]
 '''
 
 import os

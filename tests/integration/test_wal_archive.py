@@ -99,7 +99,7 @@ def test_configure_restart_verify_idempotent_then_absent(new_cluster, backup_roo
     assert any('restart' in w for w in res.get('warnings', [])), res.get('warnings')
     assert res['archive_command'] == '/usr/bin/python3 -S %s push --config %s %%p %%f' % (command_path, config_path)
     assert res['restore_command'] == '/usr/bin/python3 -S %s fetch --config %s %%f %%p' % (command_path, config_path)
-    assert any('ALTER SYSTEM SET archive_mode' in c for c in res['executed_commands'])
+    assert any('ALTER SYSTEM SET archive_mode' in ' '.join(c) for c in res['executed_commands'])
     assert os.stat(command_path).st_mode & 0o7777 == 0o755
     assert os.stat(config_path).st_mode & 0o7777 == 0o644
     # The launcher's library, compiled by the system Python that runs it.

@@ -129,7 +129,7 @@ def test_cluster_pitr_through_pg_ctl_passes_the_configuration_in_etc(prod, archi
     res = prod.task('modulo.pgbackup.backup_restore', {
         'mode': 'cluster', 'target': 'latest', 'confirm': host.pgdata, 'service_control': 'pg_ctl'})
     assert res.get('failed') is not True, res.get('msg')
-    assert any('-c config_file=%s/postgresql.conf' % host.confdir in c for c in res['executed_commands']), \
+    assert any('-c config_file=%s/postgresql.conf' % host.confdir in ' '.join(c) for c in res['executed_commands']), \
         res['executed_commands']
     assert int(host.psql('SELECT count(*) FROM journal', db='modulodb')) == 150
     assert host.lsclusters()[3] == 'online'

@@ -42,7 +42,7 @@ def test_pg_backup_creates_a_repository_every_later_step_can_use(prod):
     assert not os.path.exists(prod.backup_root)
     res = backup(prod)
     assert res['changed'] is True
-    assert res['executed_commands'][0].startswith('runuser -u postgres -- '), res['executed_commands']
+    assert res['executed_commands'][0][:4] == ['runuser', '-u', 'postgres', '--'], res['executed_commands']
     assert res['backup']['meta']['table_rows'] == rows(prod.host, 'modulodb')
     assert_owned_by_postgres(prod.backup_root)
     assert stat.S_IMODE(os.stat(os.path.dirname(prod.backup_root)).st_mode) & 0o005   # the parent stays traversable
@@ -168,7 +168,7 @@ def test_a_module_run_as_postgres_itself_needs_no_root(prod):
     backup(prod)
     res = prod.task('modulo.pgbackup.pg_backup', {'db': 'modulodb'}, ansible_become_user='postgres')
     assert res.get('failed') is not True, res.get('msg')
-    assert res['executed_commands'][0].startswith('/usr/lib/postgresql/15/bin/psql'), res['executed_commands']
+    assert res['executed_commands'][0][0] == '/usr/lib/postgresql/15/bin/psql', res['executed_commands']
     assert_owned_by_postgres(prod.backup_root)
 
 
@@ -216,7 +216,7 @@ def test_a_restart_through_pg_ctl_keeps_the_servers_own_log(prod):
         res = prod.task('modulo.pgbackup.wal_archive', {'restart': True, 'verify': True, 'service_control': 'pg_ctl'})
         assert res.get('failed') is not True, res.get('msg')
         assert res['restarted'] is True and res['service_control'] == 'pg_ctl on %s' % host.pgdata
-        assert any(' -l %s ' % own_log in c for c in res['executed_commands']), res['executed_commands']
+        assert any(' -l %s ' % own_log in ' '.join(c) for c in res['executed_commands']), res['executed_commands']
         with open(os.path.join(host.pgdata, 'postmaster.pid')) as handle:
             pid = handle.readline().strip()
         assert os.readlink('/proc/%s/fd/2' % pid) == own_log

@@ -2,7 +2,6 @@
 """pgclient pieces that need no server: parsing, quoting, error advice, finding the binaries."""
 
 import os
-import shlex
 import stat
 
 import pytest
@@ -53,25 +52,14 @@ def test_command_log_quotes_so_a_shell_reads_back_the_same_argv():
     log = pgclient.CommandLog()
     log.add(argv)
     log.add(['true'])
-    assert len(log.commands) == 2
-    assert shlex.split(log.commands[0]) == argv
-    assert log.commands[1] == 'true'
-    # safe words stay readable
-    assert log.commands[0].startswith(PG15_BIN + '/psql -X -F ')
-    assert " '' " in log.commands[0]
-    assert "'$HOME'" in log.commands[0]
+    # argv lists as they were run: nothing to unquote, every character as it is
+    assert log.commands == [argv, ['true']]
 
 
 def test_command_log_stringifies_numbers():
     log = pgclient.CommandLog()
     log.add(['pg_dump', '--jobs', 4])
-    assert log.commands == ['pg_dump --jobs 4']
-
-
-def test_command_log_quotes_a_trailing_newline():
-    log = pgclient.CommandLog()
-    log.add(['psql', '-d', 'modulodb\n'])
-    assert shlex.split(log.commands[0]) == ['psql', '-d', 'modulodb\n']
+    assert log.commands == [['pg_dump', '--jobs', '4']]
 
 
 # --- Connection / error advice ------------------------------------------------------------------

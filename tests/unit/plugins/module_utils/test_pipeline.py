@@ -60,8 +60,7 @@ def test_real_compression_pipeline_round_trip(tmp_path):
     packed = str(tmp_path / 'src.zst')
     log = CommandLog()
     pipeline.run([['cat'], compression.compress_argv('zstd', 3)], stdin_path=src, stdout_path=packed, log=log)
-    assert len(log.commands) == 2 and log.commands[0] == 'cat'
-    assert log.commands[1].startswith(compression.compress_argv('zstd', 3)[0])
+    assert log.commands == [['cat'], compression.compress_argv('zstd', 3)]
     back = str(tmp_path / 'back')
     pipeline.run([compression.decompress_argv('zstd', packed)], stdout_path=back)
     with open(back, 'rb') as handle:
