@@ -64,7 +64,7 @@ def plan(repo, db, fmt, codec, level, prefix, pg_dump_major, now=None, encrypted
     native = native_compression(fmt, codec, pg_dump_major)
     filename = name + repository.dump_suffix(fmt, codec, native) + (encryption.SUFFIX if encrypted else '')
     return {'name': name, 'file': filename, 'path': repo.path('full', filename),
-            'meta_path': repo.meta_path('full', name), 'database': db, 'format': fmt,
+            'meta_path': repo.meta_path('full', filename), 'database': db, 'format': fmt,
             'compression': codec, 'compression_level': level, 'native_compression': native,
             'started': now, 'prefix': prefix, 'pg_dump_major': pg_dump_major, 'encrypted': encrypted}
 
@@ -80,9 +80,7 @@ def unused_plan(repo, planned, attempts=3):
         fresh = plan(repo, planned['database'], planned['format'], planned['compression'],
                      planned['compression_level'], planned['prefix'], planned['pg_dump_major'],
                      now=repository.utcnow(), encrypted=planned.get('encrypted', False))
-        taken = (fresh['path'], fresh['meta_path'], repo.path('full', fresh['name'] + '.globals.sql'),
-                 repo.path('full', fresh['name'] + '.globals.sql' + encryption.SUFFIX))
-        if not any(os.path.lexists(path) for path in taken):
+        if not repo.name_in_use('full', fresh['name']):
             break
         if attempt < attempts - 1:
             time.sleep(max(0.05, 1.0 - (time.time() % 1.0)))

@@ -64,7 +64,8 @@ def resolve_backup(repo, selector, database=None, s3=None):
             raise RestoreError('backup file %s does not exist' % path)
         base = os.path.basename(path.rstrip('/'))
         stem = re.sub(r'(\.sql|\.dump|\.dir)(\.gz|\.zst|\.lz4)?(\.age)?$', '', base)
-        meta_file = os.path.join(os.path.dirname(path), stem + '.meta')
+        meta_files = [os.path.join(os.path.dirname(path), repository.meta_name(n)) for n in (base, stem)]
+        meta_file = next((f for f in meta_files if os.path.exists(f)), meta_files[0])
         if not os.path.exists(meta_file):
             raise RestoreError('backup file %s has no .meta next to it (%s): it is incomplete or was not '
                                'written by modulo.pgbackup, so it is not trusted for a restore' % (path, meta_file))
@@ -86,7 +87,7 @@ def resolve_backup(repo, selector, database=None, s3=None):
 
 
 def _stem(path):
-    return os.path.basename(path)[:-len('.meta')]
+    return repository.backup_of_meta(os.path.basename(path))
 
 
 def _refuse_past_damaged(damaged, chosen):

@@ -27,6 +27,7 @@ PREFIX_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9-]*\Z')
 # format -> base suffix of the dump; compression -> extra suffix when compressed outside pg_dump
 FORMAT_SUFFIX = {'plain': '.sql', 'custom': '.dump', 'directory': '.dir'}
 COMPRESSION_SUFFIX = {'gzip': '.gz', 'zstd': '.zst', 'lz4': '.lz4', 'none': ''}
+META_SUFFIX = '.meta'
 
 
 class RepositoryError(Exception):
@@ -124,8 +125,16 @@ class Repository(object):
                                   'user, mode 0700): run the play with become: true, or as that user'
                                   % (self.root, osuser.current_user()))
 
-    def meta_path(self, kind_dir, name):
-        return self.path(kind_dir, name + '.meta')
+    def meta_path(self, kind_dir, filename):
+        """Where the ``.meta`` of the backup file (or directory) ``filename`` is written."""
+        return self.path(kind_dir, meta_name(filename))
+
+    def name_in_use(self, kind_dir, name):
+        """True when a file of backup ``name`` exists in ``kind_dir``, in any format, under either ``.meta`` name."""
+        try:
+            return any(_stem(n) == name for n in os.listdir(self.path(kind_dir)))
+        except OSError:
+            return False
 
     def lock(self, operation, wait_s=0):
         return fsutil.RepositoryLock(self.root, operation, wait_s=wait_s)
@@ -142,9 +151,9 @@ class Repository(object):
             self.check_readable()
             return entries, problems
         names = sorted(os.listdir(directory))
-        metas = set(n[:-5] for n in names if n.endswith('.meta') and not n.startswith(fsutil.TMP_PREFIX))
+        metas = meta_files_by_backup(n for n in names if not n.startswith(fsutil.TMP_PREFIX))
         for name in sorted(metas):
-            meta_file = os.path.join(directory, name + '.meta')
+            meta_file = os.path.join(directory, metas[name][0])
             try:
                 with open(meta_file) as handle:
                     meta = json.load(handle)
@@ -164,7 +173,7 @@ class Repository(object):
                                  'problem': 'temporary file of an interrupted run (not a backup)'})
                 continue
             stem = _stem(name)
-            if not name.endswith('.meta') and stem not in metas:
+            if not name.endswith(META_SUFFIX) and stem not in metas:
                 problems.append({'path': os.path.join(directory, name),
                                  'problem': 'no .meta: incomplete or foreign file, never used for restore'})
         entries.sort(key=lambda m: (m.get('started_at') or '', m.get('name') or ''))
@@ -189,6 +198,34 @@ def with_s3(local, s3, kind_dir):
 def _stem(filename):
     match = re.match(r'^([A-Za-z0-9][A-Za-z0-9-]*_(?:full|base)_\d{8}_\d{6})', filename)
     return match.group(1) if match else filename
+
+
+def meta_name(filename):
+    """The runbook's name for a backup's metadata: the backup file's (or directory's) name plus ``.meta``,
+    ``modulo_full_20261124_020000.sql.gz.meta``, ``modulo_base_20261124_020000.meta``."""
+    return filename + META_SUFFIX
+
+
+def backup_of_meta(meta_filename):
+    """The backup name a ``.meta`` file belongs to, for the runbook's name and for the name earlier releases
+    wrote (``modulo_full_20261124_020000.meta``, the backup name plus ``.meta``), or None for another file."""
+    if not meta_filename.endswith(META_SUFFIX) or meta_filename.startswith('.'):
+        return None
+    return _stem(meta_filename[:-len(META_SUFFIX)])
+
+
+def meta_files_by_backup(filenames):
+    """``{backup name: [.meta file names]}``, the runbook's name first when a backup has both names (the
+    older one is read only when it is the only one; retention and S3 remove both)."""
+    found = {}
+    for filename in filenames:
+        name = backup_of_meta(filename)
+        if name is not None:
+            found.setdefault(name, []).append(filename)
+    for files in found.values():
+        # The runbook's name is the longer one (``.sql.gz.meta`` against ``.meta``).
+        files.sort(key=lambda f: (-len(f), f))
+    return found
 
 
 def is_complete(meta):

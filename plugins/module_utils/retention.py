@@ -207,16 +207,20 @@ def _temp(out, unit, now):
 def _collect_backups(out, units, load_meta, sub):
     """Backups of ``full/`` or ``base/``: dicts with meta, time, the .meta unit and data units."""
     kind = 'logical' if sub == 'full' else 'physical'
-    names = {}
     others = []
+    meta_units = {}
     for unit in units:
         name = unit['relpath'].split('/', 1)[1]
         if name.startswith(fsutil.TMP_PREFIX):
             others.append(('tmp', unit))
-        elif name.endswith('.meta') and not name.startswith('.'):
-            names[name[:-len('.meta')]] = {'meta_unit': unit, 'parts': []}
+        elif repository.backup_of_meta(name) is not None:
+            meta_units[name] = unit
         else:
             others.append(('data', unit))
+    names = {}
+    for name, files in repository.meta_files_by_backup(meta_units).items():
+        # A backup with both .meta names is read from the runbook's; the other goes (or stays) with it.
+        names[name] = {'meta_unit': meta_units[files[0]], 'parts': [(meta_units[f], 'meta') for f in files[1:]]}
     backups = {}
     for name, entry in sorted(names.items()):
         try:

@@ -17,7 +17,7 @@ import importlib.util
 import json
 import os
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import fsutil, walarchive
+from ansible_collections.modulo.pgbackup.plugins.module_utils import fsutil, repository, walarchive
 
 # boto3 is imported by the first S3Store, not here: importing it takes a fifth of a second, every
 # module imports this file, and most runs never touch S3.
@@ -186,15 +186,16 @@ class S3Store(object):
         return json.loads(body.decode('utf-8'))
 
     def list_metas(self, kind_dir='full'):
+        """The ``.meta`` of every backup in ``kind_dir``, one per backup (the runbook's name when there are two)."""
         metas = []
-        for key in self.list_keys(kind_dir + '/'):
-            if key.endswith('.meta'):
-                meta = self.read_json(key)
-                relpath = key[len(self.prefix):]
-                meta['s3_uri'] = 's3://%s/%s' % (self.bucket, self.key(os.path.join(
-                    os.path.dirname(relpath), meta.get('file', meta.get('name', '')))))
-                meta['location'] = 's3'
-                metas.append(meta)
+        base = self.key(kind_dir + '/')
+        names = dict((key[len(base):], key) for key in self.list_keys(kind_dir + '/')
+                     if key.startswith(base) and '/' not in key[len(base):])
+        for files in repository.meta_files_by_backup(names).values():
+            meta = self.read_json(names[files[0]])
+            meta['s3_uri'] = self.uri(os.path.join(kind_dir, meta.get('file', meta.get('name', ''))))
+            meta['location'] = 's3'
+            metas.append(meta)
         metas.sort(key=lambda m: (m.get('started_at') or '', m.get('name') or ''))
         return metas
 
@@ -234,7 +235,7 @@ class S3Store(object):
         meta_local = dict(meta)
         for key in ('s3_uri', 'location', 'path', 'meta_path'):
             meta_local.pop(key, None)
-        meta_file = os.path.join(root, kind_dir, meta['name'] + '.meta')
+        meta_file = os.path.join(root, kind_dir, repository.meta_name(filename))
         if not os.path.exists(meta_file):
             fsutil.write_json_atomic(meta_file, meta_local)
         return final

@@ -138,7 +138,7 @@ deleted:
   returned: always
   type: list
   elements: dict
-  sample: [{"path": "/var/backups/postgresql/full/modulo_full_20261101_020000.meta", "kind": "meta",
+  sample: [{"path": "/var/backups/postgresql/full/modulo_full_20261101_020000.sql.gz.meta", "kind": "meta",
             "reason": "complete backup 23.0 days old (more than 7 days)", "size_bytes": 812,
             "backup": "modulo_full_20261101_020000", "location": "local"}]
 kept:

@@ -27,7 +27,7 @@ def take(pg, db, root, when):
 
 
 def meta_path(root, meta):
-    return os.path.join(root, 'full', meta['name'] + '.meta')
+    return os.path.join(root, 'full', meta['file'] + '.meta')
 
 
 def task(ansible, module, conn_args, root, **args):
@@ -111,7 +111,7 @@ def test_skewed_clock_ages_come_from_the_meta_and_a_future_backup_is_flagged(
     gone = sorted(set(d['backup'] for d in res['deleted'] if d.get('backup')))
     assert gone == [expired['name']], res['deleted']
     left = sorted(n for n in os.listdir(os.path.join(backup_root, 'full')) if n.endswith('.meta'))
-    assert left == sorted([recent['name'] + '.meta', future['name'] + '.meta'])
+    assert left == sorted([recent['file'] + '.meta', future['file'] + '.meta'])
 
     res = task(ansible, 'backup_info', conn_args, backup_root)
     assert not res.get('failed'), res.get('msg')

@@ -134,5 +134,5 @@ def test_s3_down_during_a_backup_keeps_the_local_backup_and_the_next_one_uploads
     res = ansible.task('modulo.pgbackup.pg_backup', args)
     assert not res.get('failed'), res.get('msg')
     uploaded = res['backup']['meta']['name']
-    assert 'full/%s.meta' % uploaded in endpoint.keys('full/')
+    assert 'full/%s.meta' % res['backup']['meta']['file'] in endpoint.keys('full/')
     assert [e['name'] for e in repository.Repository(backup_root).scan('full')[0]] == [name, uploaded]

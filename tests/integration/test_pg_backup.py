@@ -29,7 +29,7 @@ def test_plain_gzip_backup_is_the_runbooks_file(ansible, pg, modulo_db, backup_r
     # gzip -t passes, as the runbook's troubleshooting step expects
     subprocess.run(['gzip', '-t', path], check=True)
     # .meta contract fields
-    with open(os.path.join(backup_root, 'full', meta['name'] + '.meta')) as handle:
+    with open(os.path.join(backup_root, 'full', meta['file'] + '.meta')) as handle:
         on_disk = json.load(handle)
     for field in ('format_version', 'name', 'type', 'database', 'format', 'compression', 'started_at',
                   'finished_at', 'duration_s', 'size_bytes', 'sha256', 'server_version',

@@ -86,7 +86,7 @@ def assert_no_new_backup(root, before, killed=False):
     for name, state in before.items():
         assert after.get(name) == state, 'existing backup file %s changed' % name
     entries, _problems = repository.Repository(root).scan('full')
-    before_metas = sorted(n[:-5] for n in before if n.endswith('.meta'))
+    before_metas = sorted(repository.backup_of_meta(n) for n in before if n.endswith('.meta'))
     assert sorted(e['name'] for e in entries) == before_metas
 
 
@@ -465,7 +465,7 @@ def test_second_backup_with_lock_wait_runs_after_the_first(ansible, pg, modulo_d
     after = snapshot(backup_root)
     for name, state in before.items():
         assert after[name] == state
-    assert meta['name'] + '.meta' in after
+    assert meta['file'] + '.meta' in after
     assert_secret_hidden(res, backup_root, secret)
 
 

@@ -116,7 +116,7 @@ def test_corrupt_or_truncated_backup_changes_nothing(ansible, pg, modulo_db, bac
         from ansible_collections.modulo.pgbackup.plugins.module_utils import fsutil
         with open(taken['path'], 'r+b') as handle:
             handle.truncate(os.path.getsize(taken['path']) // 2)
-        meta_path = os.path.join(backup_root, 'full', taken['meta']['name'] + '.meta')
+        meta_path = os.path.join(backup_root, 'full', taken['meta']['file'] + '.meta')
         with open(meta_path) as handle:
             meta = json.load(handle)
         meta['sha256'] = fsutil.sha256_file(taken['path'])
@@ -151,7 +151,7 @@ def test_no_backup_and_unknown_name(ansible, pg, backup_root, conn_args):
 
 def test_file_without_meta_is_not_trusted(ansible, pg, modulo_db, backup_root, conn_args):
     taken = backup(ansible, conn_args, backup_root, modulo_db)
-    os.unlink(os.path.join(backup_root, 'full', taken['meta']['name'] + '.meta'))
+    os.unlink(os.path.join(backup_root, 'full', taken['meta']['file'] + '.meta'))
     res = restore(ansible, conn_args, backup_root, backup=taken['path'], target_db='never_created')
     assert res.get('failed') and 'no .meta' in res['msg']
     assert pg.psql("SELECT count(*) FROM pg_database WHERE datname = 'never_created'") == '0'

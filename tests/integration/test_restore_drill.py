@@ -109,7 +109,7 @@ def fault_repo(world):
 def rewrite_sha(repo, meta, path):
     with open(path, 'rb') as handle:
         digest = hashlib.sha256(handle.read()).hexdigest()
-    meta_path = os.path.join(repo, 'full', meta['name'] + '.meta')
+    meta_path = os.path.join(repo, 'full', meta['file'] + '.meta')
     with open(meta_path) as handle:
         doc = json.load(handle)
     doc['sha256'] = digest
@@ -294,7 +294,7 @@ def test_backup_only_in_s3_is_fetched_and_checked(world, s3_bucket):
     store = S3Store(s3_bucket['name'], endpoint_url=s3_bucket['url'], region='us-east-1')
     meta = world['logical']
     store.upload_backup(world['repo'], backup_file(world['repo'], meta),
-                        os.path.join(world['repo'], 'full', meta['name'] + '.meta'))
+                        os.path.join(world['repo'], 'full', meta['file'] + '.meta'))
     repo = make_repo(os.path.join(world['base'], 'drill-s3-%s' % uuid.uuid4().hex[:8]))
     res = drill(world, repo=repo, s3_bucket=s3_bucket['name'], s3_endpoint_url=s3_bucket['url'],
                 aws_region='us-east-1')

@@ -8,6 +8,7 @@ still replay its whole PITR window.
 """
 
 import datetime
+import glob
 import json
 import os
 import pwd
@@ -37,7 +38,7 @@ def chown_like_root_of(repo, path):
 
 
 def set_age(repo, kind_dir, backup, days, **changes):
-    path = os.path.join(repo, kind_dir, backup + '.meta')
+    path, = glob.glob(os.path.join(repo, kind_dir, backup + '*.meta'))
     with open(path) as handle:
         meta = json.load(handle)
     finished = now() - datetime.timedelta(days=days)
@@ -108,13 +109,13 @@ def test_thirty_days_of_backups_and_wal_local_and_s3(ansible, new_cluster, backu
     # An older logical backup (real dump bytes, copied) and the real one marked 20 days old;
     # a newer run that failed must not count toward min_full.
     old_name = 'modulo_full_%s' % (now() - datetime.timedelta(days=30)).strftime('%Y%m%d_%H%M%S')
-    for suffix in ('.sql.gz', '.globals.sql', '.meta'):
+    for suffix in ('.sql.gz', '.globals.sql', '.sql.gz.meta'):
         shutil.copy2(os.path.join(repo, 'full', logical['name'] + suffix), os.path.join(repo, 'full', old_name + suffix))
     set_age(repo, 'full', old_name, 30, name=old_name, file=old_name + '.sql.gz',
             globals=dict(logical['globals'], file=old_name + '.globals.sql'))
     set_age(repo, 'full', logical['name'], 20)
     failed_name = 'modulo_full_%s' % (now() - datetime.timedelta(days=1)).strftime('%Y%m%d_%H%M%S')
-    with open(os.path.join(repo, 'full', failed_name + '.meta'), 'w') as handle:
+    with open(os.path.join(repo, 'full', failed_name + '.sql.gz.meta'), 'w') as handle:
         json.dump(dict(logical, name=failed_name, file=failed_name + '.sql.gz', status='failed',
                        finished_at=iso(now() - datetime.timedelta(days=1))), handle)
     # WAL before B's start was archived 26 days ago; B's own window 20 days ago (older than wal_days,
@@ -142,7 +143,7 @@ def test_thirty_days_of_backups_and_wal_local_and_s3(ansible, new_cluster, backu
     mirror(repo, s3_bucket)
     assert s3_files(s3_bucket) == files_of(repo)
 
-    expected = {'base/%s.meta' % base_a['name'], 'base/%s' % base_a['name'], 'full/%s.meta' % old_name,
+    expected = {'base/%s.meta' % base_a['name'], 'base/%s' % base_a['name'], 'full/%s.sql.gz.meta' % old_name,
                 'full/%s.sql.gz' % old_name, 'full/%s.globals.sql' % old_name, old_report} | expected_wal
     s3_args = {'s3_bucket': s3_bucket['name'], 's3_endpoint_url': s3_bucket['url'], 'aws_region': 'us-east-1'}
     args = dict(backup_root=repo, **s3_args)
@@ -160,8 +161,8 @@ def test_thirty_days_of_backups_and_wal_local_and_s3(ansible, new_cluster, backu
     assert files_of(repo) == before_local and s3_files(s3_bucket) == before_s3
     assert os.path.exists(os.path.join(repo, stale_tmp)) and not dry.get('report_path')
     kept = dict((i['relpath'], i['reason']) for i in dry['kept'] if i['location'] == 'local')
-    assert 'min_full' in kept['full/%s.meta' % logical['name']]
-    assert 'does not count toward min_full' in kept['full/%s.meta' % failed_name]
+    assert 'min_full' in kept['full/%s.sql.gz.meta' % logical['name']]
+    assert 'does not count toward min_full' in kept['full/%s.sql.gz.meta' % failed_name]
     assert base_b['name'] in kept[b_dir + '/']
 
     # --- the real run ----------------------------------------------------------------------------

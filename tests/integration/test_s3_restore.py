@@ -2,6 +2,7 @@
 """Listing and restoring backups that live only in S3 (real moto_server on loopback)."""
 
 import datetime
+import json
 import os
 import shutil
 import time
@@ -39,9 +40,53 @@ def test_restore_from_s3_when_local_copy_is_gone(ansible, pg, modulo_db, backup_
         assert table_rows(pg, target) == table_rows(pg, modulo_db)
         # fetched into the local repository, checksum-verified, with its .meta
         assert os.path.exists(os.path.join(backup_root, 'full', name + '.dump.zst'))
-        assert os.path.exists(os.path.join(backup_root, 'full', name + '.meta'))
+        assert os.path.exists(os.path.join(backup_root, 'full', name + '.dump.zst.meta'))
     finally:
         pg.psql('DROP DATABASE IF EXISTS %s WITH (FORCE)' % target)
+
+
+def test_s3_meta_under_the_older_name_or_both_names_lists_once_and_restores(
+        ansible, pg, modulo_db, backup_root, conn_args, s3_bucket):
+    """A mirror written by earlier releases names the .meta after the backup (modulo_full_X.meta)."""
+    res = ansible.task('modulo.pgbackup.pg_backup', dict(conn_args, backup_root=backup_root, db=modulo_db,
+                                                         **s3_args(s3_bucket)))
+    assert not res.get('failed'), res.get('msg')
+    meta = res['backup']['meta']
+    client, bucket = s3_bucket['client'], s3_bucket['name']
+    new_key = 'database-backups/full/%s.meta' % meta['file']
+    old_key = 'database-backups/full/%s.meta' % meta['name']
+    assert meta['file'].endswith('.sql.gz')
+    client.copy_object(Bucket=bucket, Key=old_key, CopySource={'Bucket': bucket, 'Key': new_key})
+    shutil.rmtree(backup_root)
+    info = ansible.task('modulo.pgbackup.backup_info', dict(conn_args, backup_root=backup_root, **s3_args(s3_bucket)))
+    assert [(b['name'], b['location']) for b in info['backups']] == [(meta['name'], 's3')]
+
+    client.delete_object(Bucket=bucket, Key=new_key)
+    target = modulo_db + '_old_meta'
+    try:
+        res = ansible.task('modulo.pgbackup.backup_restore', dict(conn_args, backup_root=backup_root,
+                                                                  target_db=target, **s3_args(s3_bucket)))
+        assert not res.get('failed'), res.get('msg')
+        assert table_rows(pg, target) == table_rows(pg, modulo_db)
+        # the local copy is written under the runbook's name
+        assert sorted(n for n in os.listdir(os.path.join(backup_root, 'full')) if n.endswith('.meta')) == [
+            meta['file'] + '.meta']
+    finally:
+        pg.psql('DROP DATABASE IF EXISTS %s WITH (FORCE)' % target)
+
+    # retention removes both names from the mirror (here 30 days old), the .meta objects before the data
+    aged = json.loads(client.get_object(Bucket=bucket, Key=old_key)['Body'].read())
+    month_ago = (datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=30)).strftime('%Y-%m-%dT%H:%M:%SZ')
+    aged.update(started_at=month_ago, finished_at=month_ago)
+    for key in (old_key, new_key):
+        client.put_object(Bucket=bucket, Key=key, Body=json.dumps(aged).encode())
+    res = ansible.task('modulo.pgbackup.backup_retention', dict(backup_root=backup_root, min_full=0,
+                                                                **s3_args(s3_bucket)))
+    assert not res.get('failed'), res.get('msg')
+    gone = [d['relpath'] for d in res['deleted'] if d['location'] == 's3' and d.get('backup') == meta['name']]
+    assert gone[:2] == ['full/%s.meta' % meta['file'], 'full/%s.meta' % meta['name']], gone
+    left = client.list_objects_v2(Bucket=bucket, Prefix='database-backups/full/').get('Contents', [])
+    assert not [o['Key'] for o in left if meta['name'] in o['Key']]
 
 
 def test_damaged_s3_copy_is_refused(ansible, pg, modulo_db, backup_root, conn_args, s3_bucket):
@@ -68,6 +113,10 @@ def test_pitr_target_is_checked_against_the_s3_copy_of_the_archive(ansible, new_
     res = ansible.task('modulo.pgbackup.pg_backup', args_for(cluster, repo, type='physical', wait_archive=60,
                                                              upload=False))
     assert not res.get('failed'), res.get('msg')
+    # S3 keeps whole seconds of an object's time: the target before the newest WAL is a second before the
+    # change that WAL holds, and two seconds after the base backup ended.
+    time.sleep(2.0)
+    changed = datetime.datetime.now(datetime.timezone.utc)
     cluster.psql('CREATE DATABASE shop')
     wait_archived(cluster, repo)
     archived = datetime.datetime.now(datetime.timezone.utc)
@@ -81,5 +130,5 @@ def test_pitr_target_is_checked_against_the_s3_copy_of_the_archive(ansible, new_
 
     late = plan(archived + datetime.timedelta(seconds=2))
     assert late.get('failed') is True and 'is after the newest archived WAL' in late['msg'], late.get('msg')
-    early = plan(archived - datetime.timedelta(seconds=1))
+    early = plan(changed - datetime.timedelta(seconds=1))
     assert not early.get('failed'), early.get('msg')

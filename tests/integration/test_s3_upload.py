@@ -58,7 +58,7 @@ def _local_files(backup_root, res):
         files.append(path)
     if (meta.get('globals') or {}).get('file'):
         files.append(os.path.join(backup_root, 'full', meta['globals']['file']))
-    files.append(os.path.join(backup_root, 'full', meta['name'] + '.meta'))
+    files.append(os.path.join(backup_root, 'full', meta['file'] + '.meta'))
     return files
 
 
@@ -77,7 +77,7 @@ def assert_mirrored(bucket, backup_root, res):
         local_sha = _sha256_file(path)
         assert head['Metadata']['sha256'] == local_sha, key
         assert _sha256_object(client, name, key) == local_sha, key
-    meta_key = PREFIX + 'full/%s.meta' % meta['name']
+    meta_key = PREFIX + 'full/%s.meta' % meta['file']
     remote_meta = json.loads(client.get_object(Bucket=name, Key=meta_key)['Body'].read())
     assert remote_meta['status'] == 'complete'
     assert remote_meta['sha256'] == meta['sha256'] and remote_meta['name'] == meta['name']
@@ -91,7 +91,7 @@ def assert_mirrored(bucket, backup_root, res):
 def assert_local_backup_complete(res):
     meta = res['backup']['meta']
     path = res['backup']['path']
-    meta_file = os.path.join(os.path.dirname(path), meta['name'] + '.meta')
+    meta_file = os.path.join(os.path.dirname(path), meta['file'] + '.meta')
     with open(meta_file) as handle:
         on_disk = json.load(handle)
     assert on_disk['status'] == 'complete'

@@ -539,7 +539,7 @@ def test_nightly_backup_playbook_creates_a_complete_backup(ansible, pg, modulo_d
     dumps = glob.glob(os.path.join(backup_root, 'full', 'modulo_full_*.sql.gz'))
     assert len(dumps) == 1
     name = os.path.basename(dumps[0])[:-len('.sql.gz')]
-    with open(os.path.join(backup_root, 'full', name + '.meta')) as handle:
+    with open(dumps[0] + '.meta') as handle:
         meta = json.load(handle)
     assert meta['status'] == 'complete'
     assert meta['name'] == name

@@ -18,14 +18,15 @@ def make_meta(name, started_at, finished_at=None, status='complete', database='m
     return meta
 
 
-def write_backup(directory, meta, data=b'-- dump\n', with_meta=True):
-    """Write a data file and (optionally) its .meta the way a finished backup looks."""
+def write_backup(directory, meta, data=b'-- dump\n', with_meta=True, legacy_meta_name=False):
+    """Write a data file and (optionally) its .meta the way a finished backup looks: named as the runbook
+    names it (the backup file's name + .meta), or as earlier releases did (the backup name + .meta)."""
     if not os.path.isdir(directory):
         os.makedirs(directory)
     data_path = os.path.join(directory, meta['file'])
     with open(data_path, 'wb') as handle:
         handle.write(data)
     if with_meta:
-        with open(os.path.join(directory, meta['name'] + '.meta'), 'w') as handle:
+        with open(os.path.join(directory, (meta['name'] if legacy_meta_name else meta['file']) + '.meta'), 'w') as handle:
             json.dump(meta, handle)
     return data_path

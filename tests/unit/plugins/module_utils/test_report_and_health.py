@@ -111,7 +111,7 @@ def gz_backup(repo, name='modulo_full_20261124_020000', started='2026-11-24T02:0
     meta = make_meta(name, started)
     path = write_backup(repo.path('full'), meta, data=payload)
     meta['sha256'] = fsutil.sha256_path(path)
-    fsutil.write_json_atomic(repo.meta_path('full', name), meta, overwrite=True)
+    fsutil.write_json_atomic(repo.meta_path('full', meta['file']), meta, overwrite=True)
     return path
 
 

@@ -103,7 +103,7 @@ def test_native_compression_and_plan(tmp_path):
     assert plan['name'] == 'modulo_full_20261124_020000'
     assert plan['file'] == 'modulo_full_20261124_020000.sql.gz'
     assert plan['path'] == os.path.join(str(tmp_path), 'full', 'modulo_full_20261124_020000.sql.gz')
-    assert plan['meta_path'] == os.path.join(str(tmp_path), 'full', 'modulo_full_20261124_020000.meta')
+    assert plan['meta_path'] == os.path.join(str(tmp_path), 'full', 'modulo_full_20261124_020000.sql.gz.meta')
     assert plan['compression_level'] == 6
     custom = logical_backup.plan(repo, 'modulodb', 'custom', 'zstd', 19, 'modulo', 15, now=now)
     assert custom['file'] == 'modulo_full_20261124_020000.dump.zst' and custom['native_compression'] is False
@@ -201,7 +201,7 @@ def test_scan_lists_oldest_first_and_reports_orphans_tmp_and_bad_metas(repo):
         'modulo_full_20261124_020000', 'modulo_full_20261125_020000']
     first = entries[0]
     assert first['path'] == os.path.join(full, 'modulo_full_20261122_020000.sql.gz')
-    assert first['meta_path'] == os.path.join(full, 'modulo_full_20261122_020000.meta')
+    assert first['meta_path'] == os.path.join(full, 'modulo_full_20261122_020000.sql.gz.meta')
     assert first['location'] == 'local'
 
     by_path = dict((p['path'], p['problem']) for p in problems)
@@ -266,3 +266,60 @@ def test_is_complete():
     assert repository.is_complete({'status': 'complete'})
     assert not repository.is_complete({'status': 'running'})
     assert not repository.is_complete({})
+
+
+# --- the .meta's name: the runbook's (<backup file name>.meta), and the one earlier releases wrote ----------
+
+def test_meta_is_named_after_the_backup_file_for_every_format(tmp_path):
+    repo = repository.Repository(str(tmp_path))
+    now = datetime.datetime(2026, 11, 24, 2, 0, 0, tzinfo=UTC)
+    for fmt, codec, major, meta_file in (('plain', 'gzip', 15, 'modulo_full_20261124_020000.sql.gz.meta'),
+                                         ('custom', 'zstd', 16, 'modulo_full_20261124_020000.dump.meta'),
+                                         ('plain', 'zstd', 15, 'modulo_full_20261124_020000.sql.zst.meta'),
+                                         ('directory', 'gzip', 15, 'modulo_full_20261124_020000.dir.meta')):
+        plan = logical_backup.plan(repo, 'modulodb', fmt, codec, None, 'modulo', major, now=now)
+        assert os.path.basename(plan['meta_path']) == meta_file == plan['file'] + '.meta'
+    encrypted = logical_backup.plan(repo, 'modulodb', 'custom', 'zstd', None, 'modulo', 16, now=now, encrypted=True)
+    assert os.path.basename(encrypted['meta_path']) == 'modulo_full_20261124_020000.dump.age.meta'
+    assert repo.meta_path('base', 'modulo_base_20261124_020000') == repo.path('base', 'modulo_base_20261124_020000.meta')
+
+
+def test_backup_of_meta_reads_both_names_and_nothing_else():
+    assert repository.backup_of_meta('modulo_full_20261124_020000.sql.gz.meta') == 'modulo_full_20261124_020000'
+    assert repository.backup_of_meta('modulo_full_20261124_020000.dump.age.meta') == 'modulo_full_20261124_020000'
+    assert repository.backup_of_meta('modulo_full_20261124_020000.meta') == 'modulo_full_20261124_020000'
+    assert repository.backup_of_meta('modulo_base_20261124_020000.meta') == 'modulo_base_20261124_020000'
+    assert repository.backup_of_meta('modulo_full_20261124_020000.sql.gz') is None
+    assert repository.backup_of_meta('.lock-backup') is None
+
+
+def test_scan_reads_a_meta_under_either_name_and_one_entry_when_both_exist(repo):
+    full = repo.path('full')
+    new = write_backup(full, make_meta('modulo_full_20261122_020000', '2026-11-22T02:00:00Z'))
+    old = write_backup(full, make_meta('modulo_full_20261123_020000', '2026-11-23T02:00:00Z'), legacy_meta_name=True)
+    both = make_meta('modulo_full_20261124_020000', '2026-11-24T02:00:00Z', size_bytes=1)
+    write_backup(full, both, legacy_meta_name=True)
+    both['size_bytes'] = 2  # the runbook-named copy is the one read
+    write_backup(full, both)
+
+    entries, problems = repo.scan('full')
+    assert problems == []
+    assert [(e['name'], os.path.basename(e['meta_path'])) for e in entries] == [
+        ('modulo_full_20261122_020000', 'modulo_full_20261122_020000.sql.gz.meta'),
+        ('modulo_full_20261123_020000', 'modulo_full_20261123_020000.meta'),
+        ('modulo_full_20261124_020000', 'modulo_full_20261124_020000.sql.gz.meta')]
+    assert [e['path'] for e in entries[:2]] == [new, old]
+    assert entries[2]['size_bytes'] == 2
+
+
+def test_name_in_use_sees_a_backup_of_any_format_under_either_meta_name(repo):
+    full = repo.path('full')
+    write_backup(full, make_meta('modulo_full_20261122_020000', '2026-11-22T02:00:00Z', file_suffix='.dump'))
+    assert repo.name_in_use('full', 'modulo_full_20261122_020000')
+    assert not repo.name_in_use('full', 'modulo_full_20261122_020001')
+    os.unlink(os.path.join(full, 'modulo_full_20261122_020000.dump'))
+    os.unlink(os.path.join(full, 'modulo_full_20261122_020000.dump.meta'))
+    with open(os.path.join(full, 'modulo_full_20261122_020000.meta'), 'w') as handle:
+        handle.write('{}')
+    assert repo.name_in_use('full', 'modulo_full_20261122_020000')
+    assert not repository.Repository(repo.path('missing')).name_in_use('full', 'modulo_full_20261122_020000')

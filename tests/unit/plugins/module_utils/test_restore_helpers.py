@@ -1,6 +1,7 @@
 # -*- coding: utf-8 -*-
 """logical_restore helpers that need no server: names, row comparison, finding the backup."""
 
+import glob
 import json
 import os
 
@@ -141,7 +142,7 @@ def test_resolve_by_path_without_meta_is_refused(repo):
         logical_restore.resolve_backup(repo, orphan)
     message = str(info.value)
     assert 'has no .meta next to it' in message
-    assert repo.meta_path('full', 'modulo_full_20261125_020000') in message
+    assert repo.path('full', 'modulo_full_20261125_020000.sql.gz.meta') in message
     assert 'not trusted' in message
 
 
@@ -174,7 +175,7 @@ def test_resolve_directory_format_by_path(repo):
 
 
 def damage_meta(repo, name):
-    path = repo.path('full', name + '.meta')
+    path, = glob.glob(repo.path('full', name + '*.meta'))
     with open(path, 'r+b') as handle:
         handle.write(b'z')              # '{' -> 'z': the .meta is no longer JSON
     return path
@@ -198,3 +199,11 @@ def test_a_damaged_meta_older_than_latest_does_not_block_it(repo):
     populate(repo)
     damage_meta(repo, 'modulo_full_20261122_020000')
     assert logical_restore.resolve_backup(repo, 'latest')['name'] == 'modulo_full_20261123_030000'
+
+
+def test_resolve_by_path_reads_a_meta_under_the_older_name(repo):
+    legacy = write_backup(repo.path('full'), make_meta('modulo_full_20261101_020000', '2026-11-01T02:00:00Z'),
+                          legacy_meta_name=True)
+    found = logical_restore.resolve_backup(repo, legacy)
+    assert found['name'] == 'modulo_full_20261101_020000' and found['path'] == legacy
+    assert logical_restore.resolve_backup(repo, 'modulo_full_20261101_020000')['path'] == legacy

@@ -132,10 +132,10 @@ def test_logical_backups_go_after_full_days_by_meta_date_meta_first(repo):
         items = [i for i in result['deleted'] if i['backup'] == name]
         # .meta first (a half-deleted backup never looks complete), then the dump, then its globals
         assert [i['kind'] for i in items] == ['meta', 'logical_backup', 'globals']
-        assert items[0]['relpath'] == 'full/%s.meta' % name
+        assert items[0]['relpath'] == 'full/%s.sql.gz.meta' % name
     assert result['freed_bytes'] == sum(i['size_bytes'] for i in result['deleted']) > 0
     kept = dict((i['relpath'], i['reason']) for i in result['kept'])
-    assert '6.0 days old (keep 7 days)' in kept['full/%s.meta' % names[6]]
+    assert '6.0 days old (keep 7 days)' in kept['full/%s.sql.gz.meta' % names[6]]
     # the plan itself deletes nothing (check mode is the plan)
     assert all(os.path.exists(i['path']) for i in result['deleted'])
     done, errors = retention.apply_local(repo, result)
@@ -154,9 +154,9 @@ def test_min_full_keeps_an_old_backup_when_the_newer_ones_failed(repo):
     gone = set(i.get('backup') for i in result['deleted'])
     assert gone == {older, failed_old}
     reasons = dict((i['relpath'], i['reason']) for i in result['kept'])
-    assert 'min_full' in reasons['full/%s.meta' % old]
+    assert 'min_full' in reasons['full/%s.sql.gz.meta' % old]
     for name in failed_young:
-        assert 'does not count toward min_full' in reasons['full/%s.meta' % name]
+        assert 'does not count toward min_full' in reasons['full/%s.sql.gz.meta' % name]
     assert 'status failed' in [i for i in result['deleted'] if i['backup'] == failed_old][0]['reason']
 
 
@@ -398,4 +398,27 @@ def test_a_meta_that_cannot_be_removed_keeps_its_data(repo, monkeypatch):
     assert done == []
     assert len(errors) == 3 and 'Permission denied' in errors[0]['error']
     assert 'skipped' in errors[1]['error']
-    assert os.path.exists(data) and os.path.exists(repo.path('full', name + '.meta'))
+    assert os.path.exists(data) and os.path.exists(repo.path('full', name + '.sql.gz.meta'))
+
+
+def test_a_meta_under_the_older_name_or_both_names_goes_first_and_whole(repo):
+    legacy_when, both_when = ago(20), ago(21)
+    legacy = make_meta('modulo_full_%s' % stamp(legacy_when), iso(legacy_when))
+    write_backup(repo.path('full'), legacy, legacy_meta_name=True)
+    both = make_meta('modulo_full_%s' % stamp(both_when), iso(both_when))
+    write_backup(repo.path('full'), both, legacy_meta_name=True)
+    write_backup(repo.path('full'), both)
+    logical(repo, 1, globals_file=False)
+    result = run(repo)
+    assert unclassified(result) == set()
+    by_backup = {}
+    for item in result['deleted']:
+        by_backup.setdefault(item['backup'], []).append((item['kind'], item['relpath']))
+    assert by_backup[legacy['name']] == [('meta', 'full/%s.meta' % legacy['name']),
+                                         ('logical_backup', 'full/%s' % legacy['file'])]
+    # Every .meta before the data: the backup never looks complete with its data half gone.
+    assert by_backup[both['name']] == [('meta', 'full/%s.meta' % both['file']), ('meta', 'full/%s.meta' % both['name']),
+                                       ('logical_backup', 'full/%s' % both['file'])]
+    done, errors = retention.apply_local(repo, result)
+    assert errors == [] and len(done) == 5
+    assert len(os.listdir(repo.path('full'))) == 2
