@@ -11,13 +11,24 @@ PYTEST_WORKERS ?= 2
 # Molecule's sandboxes (one per scenario) live here; the server runs as postgres, which must reach it.
 export PGBACKUP_MOLECULE_DIR ?= /var/tmp/modulo-pgbackup-molecule-$(shell id -u)-$(notdir $(CURDIR))
 
-.PHONY: bootstrap demo demo-clean test unit integration molecule molecule-default molecule-production production faults sanity units integration-targets lint clean bench bench-smoke
+.PHONY: bootstrap collection demo demo-clean test unit integration molecule molecule-default molecule-production production faults sanity units integration-targets lint clean bench bench-smoke
 BENCH_SCALE ?= 100
 # The benchmark's clusters run as postgres: they need a directory it can reach.
 BENCH_WORKDIR ?= /var/tmp
 
 bootstrap:
 	@./scripts/bootstrap.sh
+
+# The collection as users get it: `ansible-galaxy collection build` of this tree (dist/), installed
+# offline into a collections path of its own. The Molecule scenarios run from that install, not
+# from the working tree (the symlink in .collections/ that `make demo` and the other tests use).
+VERSION := $(shell sed -n 's/^version: *//p' galaxy.yml)
+BUILT_COLLECTIONS := $(CURDIR)/.cache/collections-built
+collection: bootstrap
+	@rm -rf dist "$(BUILT_COLLECTIONS)"
+	ansible-galaxy collection build --output-path dist .
+	ANSIBLE_COLLECTIONS_PATH="$(BUILT_COLLECTIONS)" ansible-galaxy collection install --offline \
+	  -p "$(BUILT_COLLECTIONS)" dist/modulo-pgbackup-$(VERSION).tar.gz
 
 demo: bootstrap
 	@./scripts/demo.sh
@@ -28,7 +39,7 @@ demo-clean:
 	@rm -rf $(SANDBOX)
 	@echo "sandbox removed"
 
-test: bootstrap unit integration faults production molecule-default molecule-production bench-smoke sanity units integration-targets lint
+test: bootstrap collection unit integration faults production molecule-default molecule-production bench-smoke sanity units integration-targets lint
 
 unit: bootstrap
 	cd tests && $(PY) -m pytest -q -p no:cacheprovider unit
@@ -37,11 +48,11 @@ integration: bootstrap
 	cd tests && $(PY) -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) integration
 
 # Every Molecule scenario under molecule/ (create, converge, idempotence, verify, destroy).
-molecule: bootstrap
-	molecule test --all
+molecule: collection
+	PGBACKUP_COLLECTIONS_PATH="$(BUILT_COLLECTIONS)" molecule test --all
 
-molecule-default: bootstrap
-	molecule test --scenario-name default
+molecule-default: collection
+	PGBACKUP_COLLECTIONS_PATH="$(BUILT_COLLECTIONS)" molecule test --scenario-name default
 
 # The production shape: the controller reaches a Debian-layout database host over ssh as a deploy user
 # with sudo, built on this machine by tools/prodhost.py (a user, a sudoers file, an sshd on loopback, a
@@ -49,10 +60,10 @@ molecule-default: bootstrap
 production: bootstrap
 	cd tests && $(PY) -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadfile -rs production
 
-molecule-production: bootstrap
+molecule-production: collection
 	@if [ "$$(id -u)" != 0 ]; then \
 	  echo "molecule-production: skipped, it needs root (tools/prodhost.py builds a user, an sshd and a cluster)"; \
-	else molecule test --scenario-name production; fi
+	else PGBACKUP_COLLECTIONS_PATH="$(BUILT_COLLECTIONS)" molecule test --scenario-name production; fi
 
 # The fault-injection suite: one file per kind of fault; a file's cases share their cluster, so files
 # (not single tests) are spread over the workers.
@@ -88,4 +99,4 @@ bench-smoke: bootstrap
 	$(PY) bench/bench.py check "$$out"/*.json
 
 clean: demo-clean
-	rm -rf $(VENV) .collections tests/output
+	rm -rf $(VENV) .collections tests/output dist

@@ -90,7 +90,8 @@ def survey_of(template):
 
 def test_every_playbook_has_a_template():
     templated = {os.path.basename(t['playbook']) for t in TEMPLATES.values()}
-    playbooks = {os.path.basename(p) for p in glob.glob(os.path.join(ROOT, 'playbooks', '*.yml'))}
+    playbooks = {os.path.basename(p) for p in glob.glob(os.path.join(ROOT, 'playbooks', '*.yml'))
+                 if not os.path.islink(p)}   # playbooks/<name_with_underscores>.yml: collection names
     assert playbooks - set(NO_TEMPLATE) <= templated
     # The runbook's emergency recovery and health checks are templated under their contract names.
     assert {'emergency-recovery.yml', 'health-check.yml'} <= templated
@@ -198,8 +199,11 @@ def argument_spec_options(playbook):
         with open(path) as handle:
             plays = yaml.safe_load(handle)
         for play in plays:
-            for role in play.get('roles', []):
-                name = (role['role'] if isinstance(role, dict) else role).split('.')[-1]
+            roles = [r['role'] if isinstance(r, dict) else r for r in play.get('roles', [])]
+            roles += [t['ansible.builtin.include_role']['name'] for t in play.get('tasks', [])
+                      if 'ansible.builtin.include_role' in t]
+            for role in roles:
+                name = role.split('.')[-1]
                 with open(os.path.join(ROOT, 'roles', name, 'meta', 'argument_specs.yml')) as handle:
                     options.update(yaml.safe_load(handle)['argument_specs']['main']['options'])
     return options
@@ -295,6 +299,43 @@ def test_drill_schedule_from_today():
     assert runs == first_sundays(start, 12)
 
 
+def test_health_check_schedule_runs_every_hour_at_half_past():
+    rule = evaluate(schedule_for('modulo.pgbackup health check')['rrule'])
+    after = datetime.datetime(2027, 3, 28, 0, 45, tzinfo=UTC)
+    runs, when = [], after
+    for _run in range(30):
+        when = rule.after(when)
+        runs.append(when.astimezone(UTC))
+    assert runs == [datetime.datetime(2027, 3, 28, 1, 30, tzinfo=UTC) + datetime.timedelta(hours=i) for i in range(30)]
+
+
+def play_groups(playbook):
+    """The inventory groups the plays of ``playbook`` target (hosts: patterns, split on ':')."""
+    with open(os.path.join(ROOT, playbook)) as handle:
+        plays = yaml.safe_load(handle)
+    groups = set()
+    for play in plays:
+        for part in str(play.get('hosts', '')).split(':'):
+            part = part.lstrip('!&')
+            if part and part not in ('all', 'localhost'):
+                groups.add(part)
+    return groups
+
+
+def controller_groups():
+    return {str(g['name']) for g in CONFIG['controller_groups'] if g['inventory'] == 'Modulo PostgreSQL'}
+
+
+def test_the_controller_inventory_has_every_group_the_templated_plays_target():
+    targeted = set()
+    for template in TEMPLATES.values():
+        targeted |= play_groups(template['playbook'])
+    assert {'postgres', 'modulo_app'} <= targeted
+    assert targeted <= controller_groups(), 'groups missing from 30_inventories.yml: %s' % (
+        targeted - controller_groups())
+    assert all(t['inventory'] == 'Modulo PostgreSQL' for t in TEMPLATES.values())
+
+
 def test_nightly_schedule_gives_every_day_at_0200_utc():
     rule = evaluate(schedule_for('modulo.pgbackup nightly backup')['rrule'])
     after = datetime.datetime(2027, 3, 27, 12, 0, tzinfo=UTC)        # across Europe's DST change
@@ -362,6 +403,19 @@ class Controller(object):
     def __init__(self, workdir, inventory):
         self.workdir = workdir
         self.inventory = inventory
+        self.collections = self.sync_project(workdir)
+
+    @staticmethod
+    def sync_project(workdir):
+        """What an AWX project sync does with collections/requirements.yml: install them for the jobs."""
+        path = os.path.join(workdir, 'requirements_collections')
+        proc = subprocess.run([os.path.join(harness.VENV_BIN, 'ansible-galaxy'), 'collection', 'install', '--offline',
+                               '-r', 'collections/requirements.yml', '-p', path], cwd=ROOT,
+                              env=dict(os.environ, ANSIBLE_COLLECTIONS_PATH=path), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, universal_newlines=True, check=False)
+        assert proc.returncode == 0, proc.stdout
+        assert os.path.isfile(os.path.join(path, 'ansible_collections', 'modulo', 'pgbackup', 'MANIFEST.json'))
+        return path
 
     def launch(self, template, answers=None, artifacts=None, job_tags=None):
         extravars = {q['variable']: q['default'] for q in survey_of(template) if 'default' in q}
@@ -372,11 +426,13 @@ class Controller(object):
         private = os.path.join(self.workdir, 'job-%s' % uuid.uuid4().hex[:8])
         os.makedirs(private)
         env = harness.AnsibleRunner(private).env()
+        envvars = {k: env[k] for k in ('ANSIBLE_CONFIG', 'PATH', 'ANSIBLE_NOCOLOR', 'ANSIBLE_LOCAL_TEMP',
+                                       'ANSIBLE_REMOTE_TEMP')}
+        # As AWX runs a job: the collection from the project sync's install, not the working tree's link.
+        envvars['ANSIBLE_COLLECTIONS_PATH'] = self.collections
         result = ansible_runner.run(
             private_data_dir=private, playbook=playbook_path(template), inventory=self.inventory,
-            extravars=extravars, tags=job_tags or template.get('job_tags'), quiet=True,
-            envvars={k: env[k] for k in ('ANSIBLE_CONFIG', 'PATH', 'ANSIBLE_NOCOLOR', 'ANSIBLE_LOCAL_TEMP',
-                                         'ANSIBLE_REMOTE_TEMP')})
+            extravars=extravars, tags=job_tags or template.get('job_tags'), quiet=True, envvars=envvars)
         stats = [e for e in result.events if e.get('event') == 'playbook_on_stats']
         result.artifact_data = stats[-1]['event_data'].get('artifact_data', {}) if stats else {}
         result.output = result.stdout.read()
@@ -410,10 +466,14 @@ def world(sandbox_base):
                      % (app_cli, pidfile, app_port, os.path.join(workdir, 'app.log'), cluster.port),
             'stop': app_stop, 'status': '%s status --pidfile %s' % (app_cli, pidfile)}],
             'app_services_health_urls': ['http://127.0.0.1:%d/health' % app_port]}
+        # The controller inventory's groups, and only those: a group the test made up would hide one
+        # missing from extensions/awx/controller/30_inventories.yml.
+        members = {'postgres': {'localhost': None}, 'backup_scheduler': {'localhost': None},
+                   'modulo_app': {'modulo-app-awx': app}}
+        assert set(members) <= controller_groups()
         with open(inventory, 'w') as handle:
-            yaml.safe_dump({'all': {'vars': variables, 'children': {
-                'postgres': {'hosts': {'localhost': None}}, 'backup_scheduler': {'hosts': {'localhost': None}},
-                'modulo_app': {'hosts': {'modulo-app-awx': app}}}}}, handle)
+            yaml.safe_dump({'all': {'vars': variables, 'children': dict(
+                (group, {'hosts': members.get(group) or {}}) for group in sorted(controller_groups()))}}, handle)
         controller = Controller(workdir, inventory)
         nightly = controller.launch(TEMPLATES['modulo.pgbackup nightly backup'])
         yield {'cluster': cluster, 'repo': repo, 'controller': controller, 'nightly': nightly}
