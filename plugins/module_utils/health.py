@@ -186,10 +186,36 @@ def server_facts(conn, pgdata=None, log=None):
     return facts
 
 
-def gather(repo, backups, conn=None, pgdata=None, log=None, s3=None):
-    """Every fact ``evaluate`` needs; ``conn`` None skips the live-server facts, ``s3`` (settings) the mirror."""
+def _drill_order(name):
+    return DRILL_REPORT_RE.match(name).group(1), name
+
+
+def newest_drill(repo, store=None):
+    """(path or s3:// URI, report) of the newest drill report, in ``restore-tests/`` here or in the S3 mirror.
+
+    A drill host apart from production restores from S3 and leaves its report in the mirror only
+    (pg_restore_drill uploads it): the database host's health check reads it there.
+    """
+    path, doc = _newest_json(repo.path('restore-tests'), DRILL_REPORT_RE)
+    if store is None:
+        return path, doc
+    base = store.key('restore-tests/')
+    names = [k[len(base):] for k in store.list_keys('restore-tests/') if k.startswith(base)]
+    names = sorted((n for n in names if DRILL_REPORT_RE.match(n)), key=_drill_order, reverse=True)
+    for name in names:
+        if path and _drill_order(os.path.basename(path)) >= _drill_order(name):
+            break
+        remote = store.read_json(store.key('restore-tests/' + name))
+        if isinstance(remote, dict):
+            return store.uri('restore-tests/' + name), remote
+    return path, doc
+
+
+def gather(repo, backups, conn=None, pgdata=None, log=None, s3=None, store=None):
+    """Every fact ``evaluate`` needs; ``conn`` None skips the live-server facts, ``s3`` (settings) the mirror's
+    WAL and ``store`` (an S3Store) its drill reports."""
     facts = {'repository': repo.root, 'backups': backups, 'backup_runs': last_backup_runs(repo)}
-    facts['drill_path'], facts['drill'] = _newest_json(repo.path('restore-tests'), DRILL_REPORT_RE)
+    facts['drill_path'], facts['drill'] = newest_drill(repo, store)
     try:
         facts['archive'] = archive_facts(repo, walarchive.s3_archive(s3))
         facts['read_history'] = facts['archive'].pop('read_history')

@@ -80,6 +80,21 @@ def normalize_prefix(prefix):
     return prefix + '/' if prefix else ''
 
 
+def cluster_prefix(prefix, host, per_host=True):
+    """The key prefix of one cluster's backups and WAL in a bucket a fleet shares: ``prefix`` (empty or
+    None: the default), then the inventory host name, so that each cluster keeps its own ``archive.json``,
+    WAL, base and logical backups and retention ages each cluster apart. ``per_host=False`` is the
+    runbook's single-host layout, ``prefix`` alone."""
+    base = normalize_prefix(prefix or None)
+    if not per_host:
+        return base
+    host = str(host or '').strip()
+    if not host or '/' in host or host in ('.', '..'):
+        raise ValueError('cannot make an S3 prefix of the host name %r: give each cluster pgbackup_s3_prefix '
+                         'of its own and set pgbackup_s3_prefix_per_host: false' % (host,))
+    return base + host + '/'
+
+
 class S3Store(object):
     def __init__(self, bucket, prefix=None, region=None, endpoint_url=None, sse=True):
         if not HAS_BOTO3:

@@ -227,7 +227,11 @@ def main():
     except PgError as exc:
         module.fail_json(msg=str(exc), **result)
     # Health looks at every kind: a logical-only listing must not hide the base backups PITR relies on.
-    facts = health.gather(repo, everything, conn=conn, pgdata=p['pgdata'], log=log, s3=common.s3_settings(p))
+    try:
+        facts = health.gather(repo, everything, conn=conn, pgdata=p['pgdata'], log=log, s3=common.s3_settings(p),
+                              store=s3)
+    except (S3Error, ValueError) as exc:
+        module.fail_json(msg='cannot read the restore drill reports in S3: %s' % exc, **result)
     result['health'] = health.evaluate(facts, limits)
     result['recovery_window'] = catalog.recovery_window(everything, repo.root, chain=result['health']['wal_chain'])
     result['health']['summary'] = health.summary(result['health'])

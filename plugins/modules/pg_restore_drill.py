@@ -247,6 +247,14 @@ report_copies:
   returned: when a report was written
   type: list
   elements: str
+report_s3_uri:
+  description:
+    - With S3 configured, where the report was copied in the mirror (C(restore-tests/) under O(s3_prefix)), so that
+      the health check of the database host finds a drill run on another machine; null without S3 or when the
+      copy failed (a warning says so).
+  returned: when a report was written
+  type: str
+  sample: s3://modulo-backups/database-backups/db1/restore-tests/monthly_drill_20261206_040000.json
 plan:
   description: In check mode, what the drill would do.
   returned: check mode
@@ -259,6 +267,8 @@ executed_commands:
   type: list
   elements: list
 '''
+
+import os
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -323,7 +333,16 @@ def main():
             paths = drill.write_report(repo, report, p['report_dir'])
     except (repository.RepositoryError, LockBusy, OSError) as exc:
         module.fail_json(msg='restore drill could not run or write its report: %s' % exc, **result)
-    result.update(changed=True, report=report, report_path=paths[0], report_copies=paths)
+    result.update(changed=True, report=report, report_path=paths[0], report_copies=paths, report_s3_uri=None)
+    if runner.s3 is not None:
+        # A drill host apart from production keeps nothing the database host's health check could
+        # read: the report goes to the mirror, where backup_info finds it.
+        try:
+            result['report_s3_uri'] = runner.s3.upload_file(
+                paths[0], 'restore-tests/' + os.path.basename(paths[0]))
+        except (S3Error, OSError) as exc:
+            module.warn('the drill report could not be copied to S3 (%s): health checks that read the '
+                        'mirror will not see this drill; copy %s there by hand' % (exc, paths[0]))
     if report['status'] != 'passed':
         failed = drill.failed_checks(report) or ['drill']
         module.fail_json(msg='restore drill FAILED (%s): %s; report %s' % (

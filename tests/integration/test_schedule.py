@@ -574,6 +574,7 @@ def test_nightly_backup_playbook_uploads_to_s3_only_when_a_bucket_is_set(ansible
     proc = ansible.playbook('nightly-backup.yml', extra_vars=dict(base, pgbackup_s3_bucket=s3_bucket['name']))
     assert proc.returncode == 0, proc.stdout[-5000:]
     newest = sorted(glob.glob(os.path.join(backup_root, 'full', 'modulo_full_*.sql.gz')))[-1]
-    key = 'database-backups/full/' + os.path.basename(newest)
+    # one prefix per inventory host (here localhost), so a fleet can share the bucket
+    key = 'database-backups/localhost/full/' + os.path.basename(newest)
     assert key in _s3_keys(s3_bucket)
     assert 's3://%s/%s' % (s3_bucket['name'], key) in proc.stdout

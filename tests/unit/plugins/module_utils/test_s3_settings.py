@@ -19,6 +19,37 @@ def test_normalize_prefix(prefix, expected):
     assert s3store.normalize_prefix(prefix) == expected
 
 
+@pytest.mark.parametrize('prefix, host, per_host, expected', [
+    ('', 'db1', True, 'database-backups/db1/'),
+    (None, 'db1.example.com', True, 'database-backups/db1.example.com/'),
+    ('/prod/pg', 'db2', True, 'prod/pg/db2/'),
+    ('prod/', 'db2', False, 'prod/'),
+    ('', 'db2', False, 'database-backups/'),
+])
+def test_cluster_prefix_gives_each_inventory_host_its_own_prefix(prefix, host, per_host, expected):
+    assert s3store.cluster_prefix(prefix, host, per_host) == expected
+
+
+@pytest.mark.parametrize('host', ['', None, 'a/b', '..'])
+def test_cluster_prefix_refuses_a_host_name_that_is_no_key_part(host):
+    with pytest.raises(ValueError) as info:
+        s3store.cluster_prefix('database-backups/', host)
+    assert 'pgbackup_s3_prefix_per_host: false' in str(info.value)
+
+
+def test_the_s3_prefix_filter_takes_inventory_booleans_and_explains_a_bad_host():
+    from ansible.errors import AnsibleFilterError
+    from ansible_collections.modulo.pgbackup.plugins.filter.s3_prefix import FilterModule
+    s3_prefix = FilterModule().filters()['s3_prefix']
+    assert s3_prefix('', 'db3') == 'database-backups/db3/'
+    assert s3_prefix('database-backups/', 'db3', 'false') == 'database-backups/'
+    with pytest.raises(AnsibleFilterError) as info:
+        s3_prefix('database-backups/', 'db3', 'maybe')
+    assert 'modulo.pgbackup.s3_prefix' in str(info.value)
+    with pytest.raises(AnsibleFilterError):
+        s3_prefix('database-backups/', 'a/b')
+
+
 @pytest.mark.skipif(not s3store.HAS_BOTO3, reason='boto3 is not installed in this Python')
 def test_s3store_keys_mirror_the_local_layout():
     store = s3store.S3Store('modulo-backups', prefix='/prod/', region='eu-west-1',
