@@ -25,6 +25,8 @@ CLI:  prodhost.py up DIR [--id ID]   |   prodhost.py down DIR   |   prodhost.py 
 """
 
 import argparse
+import contextlib
+import fcntl
 import json
 import os
 import pwd
@@ -143,6 +145,18 @@ def run(argv, check=True, **kwargs):
     return proc.stdout.decode('utf-8', 'replace')
 
 
+@contextlib.contextmanager
+def machine_lock():
+    """One host at a time is built or removed on this machine: useradd/userdel lock /etc/passwd and fail
+    (rather than wait) when another is at it, and pg_createcluster reads the clusters that exist."""
+    with open('/run/lock/modulo-pgbackup-prodhost.lock', 'a') as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def missing_requirements():
     """What this machine lacks to build the host; empty when it can."""
     if os.geteuid() != 0:
@@ -218,10 +232,11 @@ class ProdHost(object):
         self.pg_port, self.ssh_port = free_port(), free_port()
         self.save()
         try:
-            self._user()
-            self._sshd()
-            self._cluster()
-            self._standin()
+            with machine_lock():
+                self._user()
+                self._sshd()
+                self._cluster()
+                self._standin()
         except BaseException:
             self.down()
             raise
@@ -299,6 +314,10 @@ class ProdHost(object):
 
     def down(self):
         """Remove everything ``up`` made; every step runs even when an earlier one fails."""
+        with machine_lock():
+            self._down()
+
+    def _down(self):
         if self.sshd_pid:
             run(['kill', str(self.sshd_pid)], check=False)
         if os.path.isdir(self.confdir):
