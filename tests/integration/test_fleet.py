@@ -7,6 +7,7 @@ base and logical backups stay apart; the broken host fails alone; list-backups.y
 end with one table for the fleet.
 """
 
+import datetime
 import json
 import os
 import re
@@ -100,6 +101,20 @@ def test_a_fleet_is_backed_up_in_one_run_each_cluster_apart_and_a_broken_host_fa
         assert meta['table_rows'] == {'public.%s_orders' % host: 100 * int(host[-1])}
         local = os.listdir(os.path.join(fleet['hosts'][host]['pgbackup_backup_root'], 'full'))
         assert os.path.basename(metas[-1]) in local
+
+    # Retention per cluster: db3's logical backup, 30 days old in its prefix, goes; the neighbours' stay.
+    client = bucket['client']
+    db3_meta = [k for k in keys(bucket, PREFIX + 'db3/full/') if k.endswith('.sql.gz.meta')][0]
+    aged = json.loads(client.get_object(Bucket=bucket['name'], Key=db3_meta)['Body'].read())
+    month_ago = (datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=30)).strftime('%Y-%m-%dT%H:%M:%SZ')
+    aged.update(started_at=month_ago, finished_at=month_ago)
+    client.put_object(Bucket=bucket['name'], Key=db3_meta, Body=json.dumps(aged).encode())
+    neighbours = dict((h, keys(bucket, PREFIX + h + '/full/')) for h in ('db1', 'db2'))
+    proc = ansible.playbook('cleanup.yml', inventory=fleet['inventory'], env=env,
+                            extra_vars={'pgbackup_retention_min_full': 0})
+    assert all(recap(proc.stdout)[h]['failed'] == 0 for h in HOSTS), proc.stdout[-4000:]
+    assert not [k for k in keys(bucket, PREFIX + 'db3/full/') if k.startswith(db3_meta[:-len('.sql.gz.meta')])]
+    assert dict((h, keys(bucket, PREFIX + h + '/full/')) for h in ('db1', 'db2')) == neighbours
 
     # One table for the fleet, the broken host named in it.
     proc = ansible.playbook('list-backups.yml', inventory=fleet['inventory'], env=env)
