@@ -11,7 +11,7 @@ PYTEST_WORKERS ?= 2
 # Molecule's sandboxes (one per scenario) live here; the server runs as postgres, which must reach it.
 export PGBACKUP_MOLECULE_DIR ?= /var/tmp/modulo-pgbackup-molecule-$(shell id -u)-$(notdir $(CURDIR))
 
-.PHONY: bootstrap collection demo demo-clean test unit integration molecule molecule-default molecule-production production faults sanity units integration-targets lint clean bench bench-smoke
+.PHONY: bootstrap collection demo demo-clean test unit system molecule molecule-default molecule-production production faults sanity units integration-targets lint clean bench bench-smoke
 BENCH_SCALE ?= 100
 # The benchmark's clusters run as postgres: they need a directory it can reach.
 BENCH_WORKDIR ?= /var/tmp
@@ -39,13 +39,15 @@ demo-clean:
 	@rm -rf $(SANDBOX)
 	@echo "sandbox removed"
 
-test: bootstrap collection unit integration faults production molecule-default molecule-production bench-smoke sanity units integration-targets lint
+test: bootstrap collection unit system faults production molecule-default molecule-production bench-smoke sanity units integration-targets lint
 
 unit: bootstrap
 	cd tests && $(PY) -m pytest -q -p no:cacheprovider unit
 
-integration: bootstrap
-	cd tests && $(PY) -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) integration
+# The system tests: modules and playbooks through ansible-playbook against real PostgreSQL 15 and a
+# loopback S3 (tests/integration/ holds only ansible-test's targets).
+system: bootstrap
+	cd tests && $(PY) -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) system
 
 # Every Molecule scenario under molecule/ (create, converge, idempotence, verify, destroy).
 molecule: collection

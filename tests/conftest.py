@@ -20,8 +20,8 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'tools'))
 sys.path.insert(0, os.path.join(ROOT, '.collections'))
-# tests/faults imports the helpers of tests/integration (one harness, not a copy).
-sys.path.insert(0, os.path.join(ROOT, 'tests', 'integration'))
+# tests/faults imports the helpers of tests/system (one harness, not a copy).
+sys.path.insert(0, os.path.join(ROOT, 'tests', 'system'))
 
 import pgsandbox  # noqa: E402
 import prodhost  # noqa: E402

@@ -1,6 +1,6 @@
 # -*- coding: utf-8 -*-
 """A backup interrupted half way: pg_basebackup killed, or the server restarted under pg_dump or
-pg_basebackup (pg_dump killed is tests/integration/test_pg_backup_faults.py::test_pg_dump_killed_half_way).
+pg_basebackup (pg_dump killed is tests/system/test_pg_backup_faults.py::test_pg_dump_killed_half_way).
 
 Each time the task fails naming the program and the cause, nothing that looks like a backup is
 left, the earlier backups are intact, and the next backup works.

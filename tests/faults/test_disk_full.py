@@ -1,6 +1,6 @@
 # -*- coding: utf-8 -*-
 """The repository's disk fills up while the archiver pushes WAL (the backup side is
-tests/integration/test_pg_backup_faults.py::test_disk_full_during_dump).
+tests/system/test_pg_backup_faults.py::test_disk_full_during_dump).
 
 A full archive disk must never cost WAL: the push fails, PostgreSQL keeps the segment in
 pg_wal with its .ready file and retries; once space is freed the archive catches up with no gap.

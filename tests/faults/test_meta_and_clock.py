@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 """A damaged ``.meta`` and a repository whose clock was wrong (files and ``.meta`` from the future).
 
-A flipped byte in a backup file is tests/integration/test_restore.py::test_corrupt_or_truncated_backup_
+A flipped byte in a backup file is tests/system/test_restore.py::test_corrupt_or_truncated_backup_
 changes_nothing (restore), test_restore_drill.py::test_flipped_byte_fails_on_the_checksum (drill) and
 test_s3_restore.py::test_damaged_s3_copy_is_refused (S3 copy).
 """
