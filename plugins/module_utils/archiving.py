@@ -31,7 +31,7 @@ import shlex
 import subprocess
 import time
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import encryption, liveserver, osuser, walarchive, walcommand
+from ansible_collections.modulo.pgbackup.plugins.module_utils import encryption, errors, liveserver, osuser, walarchive, walcommand
 from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import PgError, psql_query, quote_literal
 
 DEFAULT_COMMAND_PATH = '/usr/local/lib/modulo-pgbackup/pgbackup-wal'
@@ -50,7 +50,7 @@ _TRUE = ('on', 'true', 'yes', '1')
 _FALSE = ('off', 'false', 'no', '0')
 
 
-class ArchivingError(Exception):
+class ArchivingError(errors.PgBackupError):
     """Configuration refused or verification failed; ``str()`` is meant for the operator."""
 
 

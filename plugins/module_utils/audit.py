@@ -104,38 +104,29 @@ def append(repo, record):
     return None
 
 
-def bind(module, backup_root, operation, target, db_user=None, details=None):
-    """Audit the module's run: its exit_json/fail_json append the line first.
+class Auditor(object):
+    """The audit of one module run: ``record`` is called by the module's exit_json or fail_json
+    (module_base.PgBackupModule), once, with the result about to be returned.
 
-    Check mode changes nothing and is not audited.  ``target`` may be a
-    callable of the result, for targets only known at the end (the backup
-    picked as latest).
+    ``target`` may be a callable of the result, for targets only known at the end (the backup picked
+    as latest).
     """
-    if module.check_mode or not backup_root:
-        return
-    started = time.time()
-    exit_json, fail_json = module.exit_json, module.fail_json
 
-    def record(ok, kwargs):
+    def __init__(self, backup_root, operation, target, db_user=None, details=None):
+        self.backup_root = backup_root
+        self.operation = operation
+        self.target = target
+        self.db_user = db_user
+        self.details = details
+        self.started = time.time()
+
+    def record(self, ok, result):
+        """Append the line; returns None or a warning for the module to give (never an exception)."""
         try:
-            repo = repository.Repository(backup_root)
-            name = target(kwargs) if callable(target) else target
-            warning = append(repo, line(operation, name, ok, started, result=kwargs,
-                                        error=None if ok else kwargs.get('msg'), db_user=db_user,
-                                        details=details))
+            repo = repository.Repository(self.backup_root)
+            name = self.target(result) if callable(self.target) else self.target
+            return append(repo, line(self.operation, name, ok, self.started, result=result,
+                                     error=None if ok else result.get('msg'), db_user=self.db_user,
+                                     details=self.details))
         except (repository.RepositoryError, OSError, ValueError) as exc:
-            warning = 'audit log not written: %s' % exc
-        if warning:
-            module.warn(warning)
-
-    def audited_exit(**kwargs):
-        record(True, kwargs)
-        exit_json(**kwargs)
-
-    def audited_fail(msg, **kwargs):
-        kwargs['msg'] = msg
-        record(False, kwargs)
-        fail_json(**kwargs)
-
-    module.exit_json = audited_exit
-    module.fail_json = audited_fail
+            return 'audit log not written: %s' % exc

@@ -27,6 +27,8 @@ from ansible_collections.modulo.pgbackup.plugins.module_utils import (
     encryption, fsutil, liveserver, osuser, pitr, repository, scratch)
 from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import PgError, psql_query
 
+from ansible_collections.modulo.pgbackup.plugins.module_utils import errors
+
 CONFIG_FILES = ('postgresql.conf', 'pg_hba.conf', 'pg_ident.conf', 'postgresql.auto.conf')
 # Room beyond the unpacked base backup: WAL replayed into pg_wal, the new timeline's first segments.
 ROOM_MARGIN = 1.1
@@ -34,7 +36,7 @@ ERRORS = (PgError, pitr.PitrError, scratch.ScratchError, liveserver.LiveServerEr
           OSError)
 
 
-class ClusterRecoveryError(Exception):
+class ClusterRecoveryError(errors.PgBackupError):
     """The recovery failed; ``state`` says what was touched and where things are now."""
 
     def __init__(self, message, state):

@@ -13,7 +13,7 @@ __metaclass__ = type
 import os
 import shutil
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import encryption, walarchive
+from ansible_collections.modulo.pgbackup.plugins.module_utils import encryption, errors, walarchive
 
 CODECS = ('gzip', 'zstd', 'lz4', 'none')
 # gzip and zstd as the WAL archive command has them (one range for a codec, whatever compresses).
@@ -22,7 +22,7 @@ LEVEL_RANGE = dict(walarchive.LEVEL_RANGE, lz4=(1, 12))
 DEBIAN_PACKAGE = {'gzip': 'gzip', 'zstd': 'zstd', 'lz4': 'lz4'}
 
 
-class CompressionError(Exception):
+class CompressionError(errors.PgBackupError):
     pass
 
 

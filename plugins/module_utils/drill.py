@@ -44,7 +44,7 @@ import subprocess
 import time
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import (
-    compression, encryption, fsutil, logical_restore, osuser, pipeline, pitr, repository, scratch)
+    compression, encryption, errors, fsutil, logical_restore, osuser, pipeline, pitr, repository, scratch)
 from ansible_collections.modulo.pgbackup.plugins.module_utils.logical_backup import database_rows
 from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import (
     Connection, PgError, quote_ident)
@@ -56,7 +56,7 @@ DEFAULT_RTO_S = 1800
 DEFAULT_RPO_S = 3600
 
 
-class DrillError(Exception):
+class DrillError(errors.PgBackupError):
     """A drill step failed; ``check`` names the check it fails."""
 
     def __init__(self, message, check=None):

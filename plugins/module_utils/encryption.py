@@ -27,13 +27,15 @@ import shutil
 import subprocess
 import tempfile
 
+from ansible_collections.modulo.pgbackup.plugins.module_utils import errors
+
 SUFFIX = '.age'
 METHOD = 'age'
 KEY_ENV = 'MODULO_PGBACKUP_ENCRYPTION_KEY'
 SECRET_PREFIX = 'AGE-SECRET-KEY-1'
 
 
-class EncryptionError(Exception):
+class EncryptionError(errors.PgBackupError):
     pass
 
 

@@ -20,7 +20,7 @@ import os
 import shutil
 import time
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import osuser
+from ansible_collections.modulo.pgbackup.plugins.module_utils import errors, osuser
 
 TMP_PREFIX = '.tmp-'
 DIR_MODE = 0o700
@@ -28,7 +28,7 @@ FILE_MODE = 0o600
 _CHUNK = 1024 * 1024
 
 
-class LockBusy(Exception):
+class LockBusy(errors.PgBackupError):
     pass
 
 

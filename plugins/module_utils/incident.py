@@ -20,7 +20,7 @@ import os
 import re
 import socket
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import fsutil
+from ansible_collections.modulo.pgbackup.plugins.module_utils import errors, fsutil
 
 STEPS = ('assess', 'stop', 'restore', 'verify', 'start')
 STATUSES = ('ok', 'failed')
@@ -29,7 +29,7 @@ DEFAULT_RTO_S = 30 * 60
 REPORT_PREFIX = 'incident_'
 
 
-class IncidentError(Exception):
+class IncidentError(errors.PgBackupError):
     pass
 
 

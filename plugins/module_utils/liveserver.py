@@ -30,7 +30,7 @@ import shutil
 import subprocess
 import time
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import osuser
+from ansible_collections.modulo.pgbackup.plugins.module_utils import errors, osuser
 from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import PgError, psql_query
 
 METHODS = ('auto', 'systemd', 'pg_ctlcluster', 'pg_ctl')
@@ -38,7 +38,7 @@ DEBIAN_CONF_RE = re.compile(r'^/etc/postgresql/(?P<version>[0-9.]+)/(?P<name>[^/
 DATA_DIRECTORY_RE = re.compile(r"^\s*data_directory\s*=?\s*'(?P<path>[^']*)'", re.M)
 
 
-class LiveServerError(Exception):
+class LiveServerError(errors.PgBackupError):
     pass
 
 

@@ -19,7 +19,7 @@ import os
 import re
 import time
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import compression, encryption, fsutil, pipeline, repository
+from ansible_collections.modulo.pgbackup.plugins.module_utils import compression, encryption, errors, fsutil, pipeline, repository
 from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import (
     PgError, PsqlSession, psql_query, quote_ident, server_facts)
 
@@ -35,7 +35,7 @@ ORDER BY 1, 2
 """
 
 
-class BackupError(Exception):
+class BackupError(errors.PgBackupError):
     pass
 
 

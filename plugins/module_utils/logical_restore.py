@@ -17,7 +17,7 @@ import os
 import re
 import time
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import compression, encryption, fsutil, pipeline, repository
+from ansible_collections.modulo.pgbackup.plugins.module_utils import compression, encryption, errors, fsutil, pipeline, repository
 from ansible_collections.modulo.pgbackup.plugins.module_utils.logical_backup import database_rows
 from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import (
     PgError, psql_query, quote_ident, quote_literal)
@@ -26,7 +26,7 @@ DBNAME_RE = re.compile(r'^[A-Za-z_][A-Za-z0-9_-]{0,62}\Z')
 SYSTEM_DBS = ('postgres', 'template0', 'template1')
 
 
-class RestoreError(Exception):
+class RestoreError(errors.PgBackupError):
     pass
 
 

@@ -21,8 +21,10 @@ import grp
 import os
 import pwd
 
+from ansible_collections.modulo.pgbackup.plugins.module_utils import errors
 
-class OsUserError(Exception):
+
+class OsUserError(errors.PgBackupError):
     pass
 
 

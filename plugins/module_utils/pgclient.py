@@ -22,13 +22,13 @@ import os
 import re
 import subprocess
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import osuser
+from ansible_collections.modulo.pgbackup.plugins.module_utils import errors, osuser
 
 DEFAULT_BINDIRS = ('/usr/lib/postgresql/15/bin', '/usr/pgsql-15/bin', '/usr/local/pgsql/bin')
 FIELD_SEP = '\x1f'
 
 
-class PgError(Exception):
+class PgError(errors.PgBackupError):
     """A PostgreSQL client program failed; ``str()`` is safe to show to users."""
 
 

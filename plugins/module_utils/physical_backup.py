@@ -19,14 +19,14 @@ import re
 import subprocess
 import time
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import compression, encryption, fsutil, pipeline, repository, walarchive
+from ansible_collections.modulo.pgbackup.plugins.module_utils import compression, encryption, errors, fsutil, pipeline, repository, walarchive
 from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import psql_query, server_facts
 
 START_RE = re.compile(r'write-ahead log start point: ([0-9A-F]+/[0-9A-F]+) on timeline (\d+)')
 END_RE = re.compile(r'write-ahead log end point: ([0-9A-F]+/[0-9A-F]+)')
 
 
-class PhysicalBackupError(Exception):
+class PhysicalBackupError(errors.PgBackupError):
     pass
 
 

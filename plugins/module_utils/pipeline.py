@@ -16,10 +16,10 @@ import signal
 import subprocess
 import tempfile
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import fsutil
+from ansible_collections.modulo.pgbackup.plugins.module_utils import errors, fsutil
 
 
-class PipelineError(Exception):
+class PipelineError(errors.PgBackupError):
     def __init__(self, message, stage=None, returncode=None, stderr=''):
         super(PipelineError, self).__init__(message)
         self.stage = stage

@@ -24,10 +24,12 @@ from ansible_collections.modulo.pgbackup.plugins.module_utils import (
     fsutil, logical_restore, osuser, pipeline, repository, scratch, walarchive, walchain)
 from ansible_collections.modulo.pgbackup.plugins.module_utils.logical_backup import database_rows
 
+from ansible_collections.modulo.pgbackup.plugins.module_utils import errors
+
 LSN_RE = re.compile(r'^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}\Z')
 
 
-class PitrError(Exception):
+class PitrError(errors.PgBackupError):
     pass
 
 

@@ -16,7 +16,7 @@ import json
 import os
 import re
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import fsutil, osuser
+from ansible_collections.modulo.pgbackup.plugins.module_utils import errors, fsutil, osuser
 
 FORMAT_VERSION = 1
 SUBDIRS = ('full', 'base', 'wal', 'logs', 'restore-tests')
@@ -30,7 +30,7 @@ COMPRESSION_SUFFIX = {'gzip': '.gz', 'zstd': '.zst', 'lz4': '.lz4', 'none': ''}
 META_SUFFIX = '.meta'
 
 
-class RepositoryError(Exception):
+class RepositoryError(errors.PgBackupError):
     pass
 
 

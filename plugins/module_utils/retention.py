@@ -53,7 +53,7 @@ import os
 import re
 import shutil
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import fsutil, repository, walarchive
+from ansible_collections.modulo.pgbackup.plugins.module_utils import errors, fsutil, repository, walarchive
 
 DAY = datetime.timedelta(days=1)
 TMP_MAX_AGE = DAY
@@ -73,7 +73,7 @@ KEPT_LOG_RE = re.compile(r'^(?:incident_[A-Za-z0-9][A-Za-z0-9_.-]*\.json|dr_simu
 DATE_RE = re.compile(r'^\d{8}\Z')
 
 
-class RetentionError(Exception):
+class RetentionError(errors.PgBackupError):
     pass
 
 

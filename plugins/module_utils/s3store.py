@@ -17,14 +17,14 @@ import importlib.util
 import json
 import os
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import fsutil, repository, walarchive
+from ansible_collections.modulo.pgbackup.plugins.module_utils import errors, fsutil, repository, walarchive
 
 # boto3 is imported by the first S3Store, not here: importing it takes a fifth of a second, every
 # module imports this file, and most runs never touch S3.
 HAS_BOTO3 = importlib.util.find_spec('boto3') is not None
 
 
-class _BotoNotLoaded(Exception):
+class _BotoNotLoaded(errors.PgBackupError):
     """Stands for botocore's exception classes until boto3 is loaded; never raised."""
 
 
@@ -61,7 +61,7 @@ CONNECT_TIMEOUT_S = 5
 READ_TIMEOUT_S = 60
 
 
-class S3Error(Exception):
+class S3Error(errors.PgBackupError):
     pass
 
 

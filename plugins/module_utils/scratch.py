@@ -24,8 +24,10 @@ from ansible_collections.modulo.pgbackup.plugins.module_utils import (
     compression, encryption, fsutil, liveserver, osuser, pipeline, untar, walarchive, walcommand)
 from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import Connection, psql_query
 
+from ansible_collections.modulo.pgbackup.plugins.module_utils import errors
 
-class ScratchError(Exception):
+
+class ScratchError(errors.PgBackupError):
     pass
 
 

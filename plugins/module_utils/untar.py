@@ -28,6 +28,8 @@ import posixpath
 import queue
 import threading
 
+from ansible_collections.modulo.pgbackup.plugins.module_utils import errors
+
 BLOCK = 512
 # Items the writer may lag behind; each holds at most one decompressed chunk (1 MB).
 QUEUE_DEPTH = 16
@@ -43,7 +45,7 @@ TYPE_NAMES = {b'1': 'hard link', b'3': 'character device', b'4': 'block device',
               b'K': 'GNU long link name', b'S': 'GNU sparse file'}
 
 
-class UntarError(Exception):
+class UntarError(errors.PgBackupError):
     pass
 
 

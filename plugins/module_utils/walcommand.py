@@ -28,7 +28,7 @@ import os
 import shlex
 import subprocess
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import fsutil, walarchive
+from ansible_collections.modulo.pgbackup.plugins.module_utils import errors, fsutil, walarchive
 
 SYSTEM_PYTHON = '/usr/bin/python3'
 # -S: no site-packages at start-up.  The command needs the standard library only (walarchive adds
@@ -65,7 +65,7 @@ sys.stdout.write('' if current else cfile)
 '''
 
 
-class WalCommandError(Exception):
+class WalCommandError(errors.PgBackupError):
     """The command could not be installed; ``str()`` is meant for the operator."""
 
 

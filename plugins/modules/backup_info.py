@@ -177,15 +177,15 @@ executed_commands:
   elements: list
 '''
 
-from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import catalog, common, encryption, health, repository
-from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import CommandLog, Connection, PgError, find_bindir
+from ansible_collections.modulo.pgbackup.plugins.module_utils.module_base import PgBackupModule
+from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import Connection, PgError, find_bindir
 from ansible_collections.modulo.pgbackup.plugins.module_utils.s3store import S3Error
 
 
 def main():
-    module = AnsibleModule(
+    module = PgBackupModule(
         argument_spec=common.full_argspec(
             with_encryption=True,
             select=dict(type='str', default='all'),
@@ -204,9 +204,9 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
-    log = CommandLog()
-    result = dict(changed=False, backups=[], latest=None, problems=[], recovery_window=None,
-                  executed_commands=log.commands)
+    log = module.command_log
+    result = module.result
+    result.update(backups=[], latest=None, problems=[], recovery_window=None)
     try:
         limits = health.thresholds(**dict((k, p[k]) for k in health.DEFAULTS))
     except ValueError as exc:

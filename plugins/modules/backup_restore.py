@@ -217,13 +217,12 @@ executed_commands:
 import os
 import time
 
-from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import (
-    audit, cluster_recovery, common, encryption, liveserver, logical_restore, osuser, pitr, repository, scratch,
-    walarchive)
+    cluster_recovery, common, encryption, liveserver, logical_restore, osuser, pitr, repository, scratch, walarchive)
+from ansible_collections.modulo.pgbackup.plugins.module_utils.module_base import PgBackupModule
 from ansible_collections.modulo.pgbackup.plugins.module_utils.fsutil import LockBusy
-from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import CommandLog, Connection, PgError
+from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import Connection, PgError
 from ansible_collections.modulo.pgbackup.plugins.module_utils.s3store import S3Error
 
 PITR_OPTIONS = ('target_time', 'target_xid', 'target_lsn', 'target_name', 'target')
@@ -363,7 +362,7 @@ def point_in_time(module, p, log, result):
 
 
 def main():
-    module = AnsibleModule(
+    module = PgBackupModule(
         argument_spec=common.full_argspec(
             with_encryption=True,
             backup=dict(type='str', default='latest'),
@@ -388,10 +387,11 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
-    log = CommandLog()
-    result = dict(changed=False, backup=None, executed_commands=log.commands)
+    log = module.command_log
+    result = module.result
+    result.update(backup=None)
     pitr_requested = any(p[name] for name in PITR_OPTIONS) or p['mode'] == 'cluster'
-    audit.bind(module, p['backup_root'], 'pitr' if pitr_requested else 'restore',
+    module.audit(p['backup_root'], 'pitr' if pitr_requested else 'restore',
                (p['pgdata'] or 'cluster') if p['mode'] == 'cluster' else p['target_db'], db_user=p['login_user'],
                details={'requested_backup': p['backup'], 'mode': p['mode']})
     if pitr_requested:

@@ -192,9 +192,9 @@ executed_commands:
 import os
 import socket
 
-from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import audit, common, fsutil, repository, retention, retention_s3
+from ansible_collections.modulo.pgbackup.plugins.module_utils import common, fsutil, repository, retention, retention_s3
+from ansible_collections.modulo.pgbackup.plugins.module_utils.module_base import PgBackupModule
 from ansible_collections.modulo.pgbackup.plugins.module_utils.fsutil import LockBusy
 from ansible_collections.modulo.pgbackup.plugins.module_utils.s3store import S3Error
 
@@ -227,7 +227,7 @@ def _write_report(repo, started, result):
 
 
 def main():
-    module = AnsibleModule(
+    module = PgBackupModule(
         argument_spec=common.full_argspec(
             full_days=dict(type='int', default=7),
             wal_days=dict(type='int', default=14),
@@ -244,7 +244,7 @@ def main():
     p = module.params
     result = dict(changed=False, deleted=[], kept=[], unclassified=[], retention_warnings=[], errors=[], freed_bytes=0,
                   executed_commands=[])
-    audit.bind(module, p['backup_root'], 'retention', p['backup_root'],
+    module.audit(p['backup_root'], 'retention', p['backup_root'],
                details={'s3_bucket': p.get('s3_bucket') or None})
     try:
         local_policy, s3_policy, warnings = _policies(p)

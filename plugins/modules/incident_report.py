@@ -130,9 +130,9 @@ executed_commands:
 
 import copy
 
-from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import audit, common, incident, repository
+from ansible_collections.modulo.pgbackup.plugins.module_utils import common, incident, repository
+from ansible_collections.modulo.pgbackup.plugins.module_utils.module_base import PgBackupModule
 
 
 def main():
@@ -151,9 +151,9 @@ def main():
         rollback=dict(type='str'),
         rto_target_s=dict(type='int', default=incident.DEFAULT_RTO_S),
     )
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    module = PgBackupModule(argument_spec=argument_spec, supports_check_mode=True)
     p = module.params
-    audit.bind(module, p['backup_root'], 'emergency_recovery', p['incident_id'],
+    module.audit(p['backup_root'], 'emergency_recovery', p['incident_id'],
                details={'step': p['step'], 'step_status': p['status'], 'operator': p['operator']})
     finished = p['finished_at'] or incident.iso(incident.utcnow())
     fields = dict(details=p['details'], error=p['error'], operator=p['operator'], backup=p['backup'],

@@ -186,13 +186,13 @@ executed_commands:
 import os
 import time
 
-from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import audit, common, encryption, logical_backup, physical_backup, repository
+from ansible_collections.modulo.pgbackup.plugins.module_utils import common, encryption, logical_backup, physical_backup, repository
+from ansible_collections.modulo.pgbackup.plugins.module_utils.module_base import PgBackupModule
 from ansible_collections.modulo.pgbackup.plugins.module_utils import report as reports
 from ansible_collections.modulo.pgbackup.plugins.module_utils.compression import CompressionError
 from ansible_collections.modulo.pgbackup.plugins.module_utils.fsutil import LockBusy
-from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import CommandLog, Connection, PgError
+from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import Connection, PgError
 from ansible_collections.modulo.pgbackup.plugins.module_utils.s3store import S3Error
 
 
@@ -275,7 +275,7 @@ def physical(module, p, log, result):
 
 
 def main():
-    module = AnsibleModule(
+    module = PgBackupModule(
         argument_spec=common.full_argspec(
             with_encryption=True,
             db=dict(type='str', default='modulodb', aliases=['database']),
@@ -293,9 +293,10 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
-    log = CommandLog()
-    result = dict(changed=False, backup=None, executed_commands=log.commands)
-    audit.bind(module, p['backup_root'], 'backup', p['db'] if p['type'] == 'logical' else 'cluster',
+    log = module.command_log
+    result = module.result
+    result.update(backup=None)
+    module.audit(p['backup_root'], 'backup', p['db'] if p['type'] == 'logical' else 'cluster',
                db_user=p['login_user'], details={'type': p['type']})
     if p['type'] == 'physical':
         physical(module, p, log, result)

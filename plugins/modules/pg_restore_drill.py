@@ -270,16 +270,16 @@ executed_commands:
 
 import os
 
-from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import audit, common, drill, repository, verify
+from ansible_collections.modulo.pgbackup.plugins.module_utils import common, drill, repository, verify
+from ansible_collections.modulo.pgbackup.plugins.module_utils.module_base import PgBackupModule
 from ansible_collections.modulo.pgbackup.plugins.module_utils.fsutil import LockBusy
-from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import CommandLog, PgError
+from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import PgError
 from ansible_collections.modulo.pgbackup.plugins.module_utils.s3store import S3Error
 
 
 def main():
-    module = AnsibleModule(
+    module = PgBackupModule(
         argument_spec=common.full_argspec(
             with_encryption=True,
             mode=dict(type='str', default='drill', choices=['drill', 'verify']),
@@ -306,9 +306,9 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
-    log = CommandLog()
-    result = dict(changed=False, executed_commands=log.commands)
-    audit.bind(module, p['backup_root'], p['mode'], p['db'] if p['mode'] == 'verify' else p['backup'],
+    log = module.command_log
+    result = module.result
+    module.audit(p['backup_root'], p['mode'], p['db'] if p['mode'] == 'verify' else p['backup'],
                db_user=p['login_user'], details={'kind': p['kind']} if p['mode'] == 'drill' else None)
     if p['mode'] == 'verify':
         run_verify(module, log, result)

@@ -112,11 +112,11 @@ executed_commands:
   elements: list
 '''
 
-from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import common
+from ansible_collections.modulo.pgbackup.plugins.module_utils.module_base import PgBackupModule
 from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import (
-    CommandLog, Connection, PgError, ReadOnlyConnection, psql_query, psql_script)
+    Connection, PgError, ReadOnlyConnection, psql_query, psql_script)
 
 
 def main():
@@ -132,11 +132,12 @@ def main():
         changes=dict(type='bool', default=True),
         backup_root=dict(type='path'),
     )
-    module = AnsibleModule(argument_spec=spec, required_one_of=[('query', 'script')],
+    module = PgBackupModule(argument_spec=spec, required_one_of=[('query', 'script')],
                            mutually_exclusive=[('query', 'script')], supports_check_mode=True)
     p = module.params
-    log = CommandLog()
-    result = dict(changed=False, rows=[], executed_commands=log.commands)
+    log = module.command_log
+    result = module.result
+    result.update(rows=[])
     if module.check_mode and not p['read_only']:
         result['changed'] = p['changes']
         module.exit_json(msg='check mode: nothing run (not read_only)', **result)

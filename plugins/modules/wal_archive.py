@@ -254,10 +254,10 @@ executed_commands:
 
 import os
 
-from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import archiving, audit, common, liveserver
-from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import CommandLog, Connection, PgError
+from ansible_collections.modulo.pgbackup.plugins.module_utils import archiving, common, liveserver
+from ansible_collections.modulo.pgbackup.plugins.module_utils.module_base import PgBackupModule
+from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import Connection, PgError
 
 
 def _control(conn, p, log):
@@ -272,7 +272,7 @@ def _control(conn, p, log):
 
 
 def main():
-    module = AnsibleModule(
+    module = PgBackupModule(
         argument_spec=common.full_argspec(
             with_encryption=True,
             state=dict(type='str', default='present', choices=['present', 'absent']),
@@ -290,9 +290,9 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
-    log = CommandLog()
-    result = dict(changed=False, executed_commands=log.commands)
-    audit.bind(module, p['backup_root'], 'wal_archive_%s' % p['state'], 'cluster', db_user=p['login_user'])
+    log = module.command_log
+    result = module.result
+    module.audit(p['backup_root'], 'wal_archive_%s' % p['state'], 'cluster', db_user=p['login_user'])
     if p['archive_timeout'] < 0 or p['verify_timeout'] < 1:
         module.fail_json(msg='archive_timeout must be 0 or more and verify_timeout 1 or more', **result)
     command_path = os.path.abspath(p['command_path'])

@@ -1,6 +1,7 @@
 # -*- coding: utf-8 -*-
 """audit: one JSON line per operation, 0600, never a secret, never hiding the operation's result."""
 
+import contextlib
 import json
 import os
 import stat
@@ -8,31 +9,24 @@ import threading
 
 import pytest
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import audit
+from ansible.module_utils.testing import patch_module_args
+
+from ansible_collections.modulo.pgbackup.plugins.module_utils import audit, repository, walarchive
+from ansible_collections.modulo.pgbackup.plugins.module_utils.module_base import PgBackupModule
 
 
-class Exited(Exception):
-    pass
+@contextlib.contextmanager
+def real_module(check_mode=False):
+    """A real PgBackupModule, as a module's main() makes it (exit_json and fail_json raise SystemExit)."""
+    with patch_module_args({'_ansible_check_mode': True} if check_mode else {}):
+        yield PgBackupModule(argument_spec={}, supports_check_mode=True)
 
 
-class ModuleStandIn(object):
-    """The three AnsibleModule methods bind() wraps, recording instead of exiting the process."""
-
-    def __init__(self, check_mode=False):
-        self.check_mode = check_mode
-        self.warnings = []
-        self.exited = None
-
-    def exit_json(self, **kwargs):
-        self.exited = ('exit', kwargs)
-        raise Exited()
-
-    def fail_json(self, msg, **kwargs):
-        self.exited = ('fail', dict(kwargs, msg=msg))
-        raise Exited()
-
-    def warn(self, text):
-        self.warnings.append(text)
+def finish(capsys, method, *args, **result):
+    """Exit ``method`` (a bound exit_json or fail_json) and return the JSON it printed."""
+    with pytest.raises(SystemExit):
+        method(*args, **result)
+    return json.loads(capsys.readouterr().out)
 
 
 def lines(repo):
@@ -40,18 +34,18 @@ def lines(repo):
         return [json.loads(line) for line in handle]
 
 
-def test_a_successful_and_a_failed_operation(repo):
-    module = ModuleStandIn()
-    audit.bind(module, repo.root, 'backup', 'modulodb', db_user='backup', details={'type': 'logical'})
-    with pytest.raises(Exited):
-        module.exit_json(changed=True, backup={'path': '/x/modulo_full_20261124_020000.sql.gz',
-                                               'meta': {'name': 'modulo_full_20261124_020000'}},
-                         login_password='never-in-the-log')
-    assert module.exited[0] == 'exit' and module.exited[1]['changed'] is True  # the result itself is untouched
-    module = ModuleStandIn()
-    audit.bind(module, repo.root, 'restore', lambda result: result.get('target_db') or 'unknown')
-    with pytest.raises(Exited):
-        module.fail_json(msg='target database modulodb exists: set confirm=modulodb', target_db='modulodb')
+def test_a_successful_and_a_failed_operation(repo, capsys):
+    with real_module() as module:
+        module.audit(repo.root, 'backup', 'modulodb', db_user='backup', details={'type': 'logical'})
+        out = finish(capsys, module.exit_json, changed=True, login_password='never-in-the-log',
+                     backup={'path': '/x/modulo_full_20261124_020000.sql.gz',
+                             'meta': {'name': 'modulo_full_20261124_020000'}})
+    assert out['changed'] is True and out['backup']['meta']['name'] == 'modulo_full_20261124_020000'
+    with real_module() as module:
+        module.audit(repo.root, 'restore', lambda result: result.get('target_db') or 'unknown')
+        out = finish(capsys, module.fail_json, 'target database modulodb exists: set confirm=modulodb',
+                     target_db='modulodb')
+    assert out['failed'] is True and 'set confirm' in out['msg']
     first, second = lines(repo)
     assert first['operation'] == 'backup' and first['result'] == 'success' and first['target'] == 'modulodb'
     assert first['backup'] == 'modulo_full_20261124_020000' and first['type'] == 'logical'
@@ -63,33 +57,52 @@ def test_a_successful_and_a_failed_operation(repo):
     assert stat.S_IMODE(os.stat(repo.path('logs', audit.AUDIT_FILE)).st_mode) == 0o600
 
 
-def test_check_mode_is_not_audited(repo):
-    module = ModuleStandIn(check_mode=True)
-    audit.bind(module, repo.root, 'retention', repo.root)
-    with pytest.raises(Exited):
-        module.exit_json(changed=True, deleted=[{'relpath': 'full/x'}])
+def test_check_mode_is_not_audited(repo, capsys):
+    with real_module(check_mode=True) as module:
+        module.audit(repo.root, 'retention', repo.root)
+        finish(capsys, module.exit_json, changed=True, deleted=[{'relpath': 'full/x'}])
     assert not os.path.exists(repo.path('logs', audit.AUDIT_FILE))
 
 
-def test_retention_lists_what_it_deleted(repo):
-    module = ModuleStandIn()
-    audit.bind(module, repo.root, 'retention', repo.root)
-    with pytest.raises(Exited):
-        module.exit_json(changed=True, deleted=[{'relpath': 'full/a.meta'}, {'relpath': 'full/a.sql.gz'}],
-                         freed_bytes=123)
+def test_retention_lists_what_it_deleted(repo, capsys):
+    with real_module() as module:
+        module.audit(repo.root, 'retention', repo.root)
+        finish(capsys, module.exit_json, changed=True, freed_bytes=123,
+               deleted=[{'relpath': 'full/a.meta'}, {'relpath': 'full/a.sql.gz'}])
     record = lines(repo)[0]
     assert record['deleted'] == 2 and record['deleted_paths'] == ['full/a.meta', 'full/a.sql.gz']
     assert record['freed_bytes'] == 123
 
 
-def test_an_unwritable_log_is_a_warning_not_a_lost_result(repo):
+def test_an_unwritable_log_is_a_warning_not_a_lost_result(repo, capsys):
     os.makedirs(repo.path('logs', audit.AUDIT_FILE))  # a directory where the file should be
-    module = ModuleStandIn()
-    audit.bind(module, repo.root, 'backup', 'modulodb')
-    with pytest.raises(Exited):
-        module.exit_json(changed=True)
-    assert module.exited[0] == 'exit'
-    assert module.warnings and 'audit line could not be written' in module.warnings[0]
+    with real_module() as module:
+        module.audit(repo.root, 'backup', 'modulodb')
+        out = finish(capsys, module.exit_json, changed=True)
+    assert out['changed'] is True
+    assert 'audit line could not be written' in json.dumps(out['warnings'])
+
+
+def test_an_explained_error_fails_with_the_result_so_far_and_is_audited_once(repo, capsys):
+    def fail_inside(module, error, prefix=''):
+        with module.errors_fail(prefix):
+            raise error
+
+    with real_module() as module:
+        module.audit(repo.root, 'backup', 'modulodb')
+        module.command_log.add(['pg_dump', '--dbname=modulodb'])
+        out = finish(capsys, fail_inside, module, repository.RepositoryError('backup_root /x is not writable'),
+                     'backup failed: ')
+    assert out['failed'] is True and out['msg'] == 'backup failed: backup_root /x is not writable'
+    assert out['executed_commands'] == [['pg_dump', '--dbname=modulodb']]
+    assert [r['result'] for r in lines(repo)] == ['failed']
+    with real_module() as module:
+        out = finish(capsys, fail_inside, module, walarchive.WalArchiveError('segment X differs from the archived one'))
+    assert out['msg'] == 'segment X differs from the archived one'
+    # anything else is a bug, not a message for the operator: it is not turned into a tidy failure
+    with real_module() as module:
+        with pytest.raises(KeyError):
+            fail_inside(module, KeyError('x'))
 
 
 def test_concurrent_appends_never_mix_lines(repo):
