@@ -392,8 +392,8 @@ def main():
     result.update(backup=None)
     pitr_requested = any(p[name] for name in PITR_OPTIONS) or p['mode'] == 'cluster'
     module.audit(p['backup_root'], 'pitr' if pitr_requested else 'restore',
-               (p['pgdata'] or 'cluster') if p['mode'] == 'cluster' else p['target_db'], db_user=p['login_user'],
-               details={'requested_backup': p['backup'], 'mode': p['mode']})
+                 (p['pgdata'] or 'cluster') if p['mode'] == 'cluster' else p['target_db'], db_user=p['login_user'],
+                 details={'requested_backup': p['backup'], 'mode': p['mode']})
     if pitr_requested:
         point_in_time(module, p, log, result)
     else:

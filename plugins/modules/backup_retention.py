@@ -245,7 +245,7 @@ def main():
     result = dict(changed=False, deleted=[], kept=[], unclassified=[], retention_warnings=[], errors=[], freed_bytes=0,
                   executed_commands=[])
     module.audit(p['backup_root'], 'retention', p['backup_root'],
-               details={'s3_bucket': p.get('s3_bucket') or None})
+                 details={'s3_bucket': p.get('s3_bucket') or None})
     try:
         local_policy, s3_policy, warnings = _policies(p)
     except retention.RetentionError as exc:

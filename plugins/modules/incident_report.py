@@ -154,7 +154,7 @@ def main():
     module = PgBackupModule(argument_spec=argument_spec, supports_check_mode=True)
     p = module.params
     module.audit(p['backup_root'], 'emergency_recovery', p['incident_id'],
-               details={'step': p['step'], 'step_status': p['status'], 'operator': p['operator']})
+                 details={'step': p['step'], 'step_status': p['status'], 'operator': p['operator']})
     finished = p['finished_at'] or incident.iso(incident.utcnow())
     fields = dict(details=p['details'], error=p['error'], operator=p['operator'], backup=p['backup'],
                   recovered_to=p['recovered_to'], target=p['target'], rollback=p['rollback'])

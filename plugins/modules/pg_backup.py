@@ -297,7 +297,7 @@ def main():
     result = module.result
     result.update(backup=None)
     module.audit(p['backup_root'], 'backup', p['db'] if p['type'] == 'logical' else 'cluster',
-               db_user=p['login_user'], details={'type': p['type']})
+                 db_user=p['login_user'], details={'type': p['type']})
     if p['type'] == 'physical':
         physical(module, p, log, result)
     if p['compression'] is None:

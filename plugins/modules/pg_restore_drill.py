@@ -309,7 +309,7 @@ def main():
     log = module.command_log
     result = module.result
     module.audit(p['backup_root'], p['mode'], p['db'] if p['mode'] == 'verify' else p['backup'],
-               db_user=p['login_user'], details={'kind': p['kind']} if p['mode'] == 'drill' else None)
+                 db_user=p['login_user'], details={'kind': p['kind']} if p['mode'] == 'drill' else None)
     if p['mode'] == 'verify':
         run_verify(module, log, result)
     try:

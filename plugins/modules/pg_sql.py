@@ -133,7 +133,7 @@ def main():
         backup_root=dict(type='path'),
     )
     module = PgBackupModule(argument_spec=spec, required_one_of=[('query', 'script')],
-                           mutually_exclusive=[('query', 'script')], supports_check_mode=True)
+                            mutually_exclusive=[('query', 'script')], supports_check_mode=True)
     p = module.params
     log = module.command_log
     result = module.result
