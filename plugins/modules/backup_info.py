@@ -179,9 +179,8 @@ executed_commands:
 
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import catalog, common, encryption, health, repository
-from ansible_collections.modulo.pgbackup.plugins.module_utils.module_base import PgBackupModule
+from ansible_collections.modulo.pgbackup.plugins.module_utils.module_base import EXPLAINED_ERRORS, PgBackupModule
 from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import Connection, PgError, find_bindir
-from ansible_collections.modulo.pgbackup.plugins.module_utils.s3store import S3Error
 
 
 def main():
@@ -215,7 +214,7 @@ def main():
         repo = repository.Repository(p['backup_root'], p['pg_os_user'])
         s3 = common.s3_store(p)
         everything, problems = catalog.list_backups(repo, kinds=('logical', 'physical'), s3=s3)
-    except (repository.RepositoryError, S3Error, OSError) as exc:
+    except EXPLAINED_ERRORS + (OSError,) as exc:
         module.fail_json(msg='cannot list backups: %s' % exc, **result)
     if p['db']:
         # A base backup holds every database of its cluster: it stays whatever db is asked for.
@@ -230,7 +229,7 @@ def main():
     try:
         facts = health.gather(repo, everything, conn=conn, pgdata=p['pgdata'], log=log, s3=common.s3_settings(p),
                               store=s3)
-    except (S3Error, ValueError) as exc:
+    except EXPLAINED_ERRORS + (ValueError,) as exc:
         module.fail_json(msg='cannot read the restore drill reports in S3: %s' % exc, **result)
     result['health'] = health.evaluate(facts, limits)
     result['recovery_window'] = catalog.recovery_window(everything, repo.root, chain=result['health']['wal_chain'])

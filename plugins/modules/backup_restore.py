@@ -219,16 +219,12 @@ import time
 
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import (
-    cluster_recovery, common, encryption, liveserver, logical_restore, osuser, pitr, repository, scratch, walarchive)
-from ansible_collections.modulo.pgbackup.plugins.module_utils.module_base import PgBackupModule
-from ansible_collections.modulo.pgbackup.plugins.module_utils.fsutil import LockBusy
-from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import Connection, PgError
-from ansible_collections.modulo.pgbackup.plugins.module_utils.s3store import S3Error
+    cluster_recovery, common, encryption, logical_restore, pitr, repository, walarchive)
+from ansible_collections.modulo.pgbackup.plugins.module_utils.module_base import EXPLAINED_ERRORS, PgBackupModule
+from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import Connection
 
 PITR_OPTIONS = ('target_time', 'target_xid', 'target_lsn', 'target_name', 'target')
-ERRORS = (logical_restore.RestoreError, repository.RepositoryError, PgError, S3Error, LockBusy,
-          pitr.PitrError, scratch.ScratchError, encryption.EncryptionError, liveserver.LiveServerError,
-          osuser.OsUserError)
+ERRORS = EXPLAINED_ERRORS
 
 
 def logical(module, p, log, result):
@@ -240,7 +236,7 @@ def logical(module, p, log, result):
         meta = logical_restore.resolve_backup(repo, p['backup'], database=p['db'], s3=s3)
         result['backup'] = meta
         state = logical_restore.database_state(conn, p['target_db'], log=log)
-    except (logical_restore.RestoreError, repository.RepositoryError, PgError, S3Error, OSError, ValueError) as exc:
+    except ERRORS + (OSError, ValueError) as exc:
         module.fail_json(msg=str(exc), **result)
 
     if state and p['confirm'] != p['target_db']:
@@ -304,7 +300,7 @@ def point_in_time(module, p, log, result):
             if problems:
                 raise pitr.PitrError('cannot replace the data directory %s: %s. Nothing was changed: the server was '
                                      'not stopped' % (cluster.pgdata, '; '.join(problems)))
-    except (ERRORS + (OSError, ValueError)) as exc:
+    except ERRORS + (OSError, ValueError) as exc:
         module.fail_json(msg=str(exc), **result)
 
     planned = dict(base_backup=base['name'], target=description, mode=p['mode'])

@@ -194,9 +194,7 @@ import socket
 
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import common, fsutil, repository, retention, retention_s3
-from ansible_collections.modulo.pgbackup.plugins.module_utils.module_base import PgBackupModule
-from ansible_collections.modulo.pgbackup.plugins.module_utils.fsutil import LockBusy
-from ansible_collections.modulo.pgbackup.plugins.module_utils.s3store import S3Error
+from ansible_collections.modulo.pgbackup.plugins.module_utils.module_base import EXPLAINED_ERRORS, PgBackupModule
 
 POLICY = ('full_days', 'wal_days', 'report_days', 'min_full')
 
@@ -278,7 +276,7 @@ def main():
                 result['kept'].extend(retention_s3.strip_internal(planned['kept']))
                 result['unclassified'].extend(planned['unclassified'])
                 warnings.extend(planned['warnings'])
-    except (repository.RepositoryError, retention.RetentionError, S3Error, LockBusy, OSError) as exc:
+    except EXPLAINED_ERRORS + (OSError,) as exc:
         module.fail_json(msg='retention failed, %d item(s) deleted before the error: %s' % (
             len(result['deleted']), exc), **result)
     result['retention_warnings'] = warnings

@@ -132,7 +132,7 @@ import copy
 
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import common, incident, repository
-from ansible_collections.modulo.pgbackup.plugins.module_utils.module_base import PgBackupModule
+from ansible_collections.modulo.pgbackup.plugins.module_utils.module_base import EXPLAINED_ERRORS, PgBackupModule
 
 
 def main():
@@ -168,7 +168,7 @@ def main():
             repo.ensure()
             path, report = incident.record(repo.path('logs'), p['incident_id'], p['step'], p['status'],
                                            p['started_at'], finished, rto_target_s=p['rto_target_s'], **fields)
-    except (incident.IncidentError, repository.RepositoryError) as exc:
+    except EXPLAINED_ERRORS as exc:
         module.fail_json(msg=str(exc), changed=False, executed_commands=[])
     except OSError as exc:
         module.fail_json(msg='cannot write the incident report under %s: %s (is the repository writable?)'

@@ -188,11 +188,9 @@ import time
 
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import common, encryption, logical_backup, physical_backup, repository
-from ansible_collections.modulo.pgbackup.plugins.module_utils.module_base import PgBackupModule
+from ansible_collections.modulo.pgbackup.plugins.module_utils.module_base import EXPLAINED_ERRORS, PgBackupModule
 from ansible_collections.modulo.pgbackup.plugins.module_utils import report as reports
-from ansible_collections.modulo.pgbackup.plugins.module_utils.compression import CompressionError
-from ansible_collections.modulo.pgbackup.plugins.module_utils.fsutil import LockBusy
-from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import Connection, PgError
+from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import Connection
 from ansible_collections.modulo.pgbackup.plugins.module_utils.s3store import S3Error
 
 
@@ -234,8 +232,7 @@ def physical(module, p, log, result):
             result.update(skipped_reason=str(exc), msg='no base backup taken: WAL archiving is not configured')
             module.exit_json(**result)
         module.fail_json(msg=str(exc), **result)
-    except (PgError, repository.RepositoryError, physical_backup.PhysicalBackupError, S3Error,
-            encryption.EncryptionError) as exc:
+    except EXPLAINED_ERRORS as exc:
         module.fail_json(msg=str(exc), **result)
     if module.check_mode:
         result.update(changed=True, backup=dict(path=plan['path'], meta=None,
@@ -262,8 +259,7 @@ def physical(module, p, log, result):
             result['backup'] = backup
             if s3:
                 backup['s3_uri'], _objects = s3.upload_backup(repo.root, plan['path'], plan['meta_path'])
-    except (PgError, physical_backup.PhysicalBackupError, LockBusy, S3Error, OSError,
-            encryption.EncryptionError) as exc:
+    except EXPLAINED_ERRORS + (OSError,) as exc:
         _fail_with_report(module, repo, started, result, exc, plan['name'])
     result['thresholds'] = checks
     result['report_path'], _report = reports.write_backup_report(
@@ -313,8 +309,7 @@ def main():
         plan = logical_backup.plan(repo, p['db'], p['format'], p['compression'], p['compression_level'],
                                    p['name_prefix'], logical_backup.pg_dump_major(conn), encrypted=keys.enabled)
         s3 = common.s3_store(p) if p['upload'] else None
-    except (PgError, repository.RepositoryError, logical_backup.BackupError, CompressionError, S3Error,
-            encryption.EncryptionError) as exc:
+    except EXPLAINED_ERRORS as exc:
         module.fail_json(msg=str(exc), **result)
 
     planned = dict(path=plan['path'], meta=None, s3_uri=s3.uri('full/' + plan['file']) if s3 else None)
@@ -347,8 +342,7 @@ def main():
                 backup['s3_uri'], _objects = s3.upload_backup(
                     repo.root, plan['path'], plan['meta_path'],
                     extra_paths=[repo.path('full', globals_file)] if globals_file else [])
-    except (PgError, logical_backup.BackupError, LockBusy, S3Error, CompressionError, OSError,
-            encryption.EncryptionError) as exc:
+    except EXPLAINED_ERRORS + (OSError,) as exc:
         _fail_with_report(module, repo, started, result, exc, plan['name'])
 
     result['thresholds'] = checks

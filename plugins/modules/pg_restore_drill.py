@@ -272,10 +272,7 @@ import os
 
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import common, drill, repository, verify
-from ansible_collections.modulo.pgbackup.plugins.module_utils.module_base import PgBackupModule
-from ansible_collections.modulo.pgbackup.plugins.module_utils.fsutil import LockBusy
-from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import PgError
-from ansible_collections.modulo.pgbackup.plugins.module_utils.s3store import S3Error
+from ansible_collections.modulo.pgbackup.plugins.module_utils.module_base import EXPLAINED_ERRORS, PgBackupModule
 
 
 def main():
@@ -315,13 +312,13 @@ def main():
     try:
         repo = repository.Repository(p['backup_root'], p['pg_os_user'])
         runner = drill.Drill(p, repo, s3=common.s3_store(p), s3_settings=common.s3_settings(p), log=log)
-    except (repository.RepositoryError, PgError, S3Error) as exc:
+    except EXPLAINED_ERRORS as exc:
         module.fail_json(msg=str(exc), **result)
 
     if module.check_mode:
         try:
             result['plan'] = runner.plan()
-        except (drill.DrillError, repository.RepositoryError, S3Error, OSError) as exc:
+        except EXPLAINED_ERRORS + (OSError,) as exc:
             module.fail_json(msg='the drill would fail: %s' % exc, **result)
         module.exit_json(msg='would restore %s (%s) into a scratch cluster and check it'
                          % (result['plan']['backup'], p['kind']), **result)
@@ -331,7 +328,7 @@ def main():
         with repo.lock('restore-drill'):
             report = runner.run()
             paths = drill.write_report(repo, report, p['report_dir'])
-    except (repository.RepositoryError, LockBusy, OSError) as exc:
+    except EXPLAINED_ERRORS + (OSError,) as exc:
         module.fail_json(msg='restore drill could not run or write its report: %s' % exc, **result)
     result.update(changed=True, report=report, report_path=paths[0], report_copies=paths, report_s3_uri=None)
     if runner.s3 is not None:
@@ -340,7 +337,7 @@ def main():
         try:
             result['report_s3_uri'] = runner.s3.upload_file(
                 paths[0], 'restore-tests/' + os.path.basename(paths[0]))
-        except (S3Error, OSError) as exc:
+        except EXPLAINED_ERRORS + (OSError,) as exc:
             module.warn('the drill report could not be copied to S3 (%s): health checks that read the '
                         'mirror will not see this drill; copy %s there by hand' % (exc, paths[0]))
     if report['status'] != 'passed':
@@ -360,7 +357,7 @@ def run_verify(module, log, result):
     try:
         repo = repository.Repository(p['backup_root'], p['pg_os_user'])
         runner = verify.Verify(p, repo, s3=common.s3_store(p), log=log)
-    except (repository.RepositoryError, PgError, S3Error) as exc:
+    except EXPLAINED_ERRORS as exc:
         module.fail_json(msg=str(exc), **result)
     report = runner.run()
     result['report'] = report
@@ -368,7 +365,7 @@ def run_verify(module, log, result):
         try:
             repo.ensure()
             path = verify.write_report(repo, report)
-        except (repository.RepositoryError, OSError) as exc:
+        except EXPLAINED_ERRORS + (OSError,) as exc:
             module.fail_json(msg='verify could not write its report: %s' % exc, **result)
         result.update(report_path=path, report_copies=[path])
     where = result.get('report_path', 'not written in check mode')

@@ -256,8 +256,8 @@ import os
 
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import archiving, common, liveserver
-from ansible_collections.modulo.pgbackup.plugins.module_utils.module_base import PgBackupModule
-from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import Connection, PgError
+from ansible_collections.modulo.pgbackup.plugins.module_utils.module_base import EXPLAINED_ERRORS, PgBackupModule
+from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import Connection
 
 
 def _control(conn, p, log):
@@ -304,7 +304,7 @@ def main():
         control = _control(conn, p, log) if p['restart'] else None
         archiving.run(conn, p, result, s3=s3, check_mode=module.check_mode, log=log, warn=module.warn,
                       control=control)
-    except (archiving.ArchivingError, PgError, liveserver.LiveServerError) as exc:
+    except EXPLAINED_ERRORS as exc:
         result.pop('diff', None)
         module.fail_json(msg=str(exc), **result)
     except OSError as exc:
