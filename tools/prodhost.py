@@ -288,8 +288,16 @@ class ProdHost(object):
                 if time.time() > deadline:
                     raise HostError('sshd did not listen on port %d: %s' % (self.ssh_port, self._tail('sshd.log')))
                 time.sleep(0.1)
-        with open(os.path.join(self.dir, 'sshd.pid')) as handle:
-            self.sshd_pid = int(handle.read().strip())
+        # sshd listens before it has written its pid file: wait for the number too.
+        while True:
+            try:
+                with open(os.path.join(self.dir, 'sshd.pid')) as handle:
+                    self.sshd_pid = int(handle.read().strip())
+                break
+            except (OSError, ValueError):
+                if time.time() > deadline:
+                    raise HostError('sshd wrote no pid file: %s' % self._tail('sshd.log'))
+                time.sleep(0.05)
         with open(hostkey + '.pub') as handle:
             key_type, key = handle.read().split()[:2]
         with open(self.known_hosts, 'w') as handle:
