@@ -74,13 +74,17 @@ def test_retention_lists_what_it_deleted(repo, capsys):
     assert record['freed_bytes'] == 123
 
 
-def test_an_unwritable_log_is_a_warning_not_a_lost_result(repo, capsys):
+def test_an_unwritable_log_is_a_warning_not_a_lost_result(repo, capsys, monkeypatch):
     os.makedirs(repo.path('logs', audit.AUDIT_FILE))  # a directory where the file should be
+    given = []
     with real_module() as module:
+        # How Ansible then shows a warning depends on what else the process loaded (controller code
+        # routes it differently): the test looks at the warning the module gives.
+        monkeypatch.setattr(module, 'warn', given.append)
         module.audit(repo.root, 'backup', 'modulodb')
         out = finish(capsys, module.exit_json, changed=True)
     assert out['changed'] is True
-    assert 'audit line could not be written' in json.dumps(out['warnings'])
+    assert len(given) == 1 and 'audit line could not be written' in given[0]
 
 
 def test_an_explained_error_fails_with_the_result_so_far_and_is_audited_once(repo, capsys):

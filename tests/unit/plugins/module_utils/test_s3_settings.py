@@ -37,19 +37,6 @@ def test_cluster_prefix_refuses_a_host_name_that_is_no_key_part(host):
     assert 'pgbackup_s3_prefix_per_host: false' in str(info.value)
 
 
-def test_the_s3_prefix_filter_takes_inventory_booleans_and_explains_a_bad_host():
-    from ansible.errors import AnsibleFilterError
-    from ansible_collections.modulo.pgbackup.plugins.filter.s3_prefix import FilterModule
-    s3_prefix = FilterModule().filters()['s3_prefix']
-    assert s3_prefix('', 'db3') == 'database-backups/db3/'
-    assert s3_prefix('database-backups/', 'db3', 'false') == 'database-backups/'
-    with pytest.raises(AnsibleFilterError) as info:
-        s3_prefix('database-backups/', 'db3', 'maybe')
-    assert 'modulo.pgbackup.s3_prefix' in str(info.value)
-    with pytest.raises(AnsibleFilterError):
-        s3_prefix('database-backups/', 'a/b')
-
-
 @pytest.mark.skipif(not s3store.HAS_BOTO3, reason='boto3 is not installed in this Python')
 def test_s3store_keys_mirror_the_local_layout():
     store = s3store.S3Store('modulo-backups', prefix='/prod/', region='eu-west-1',
