@@ -50,7 +50,6 @@ from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import (
     Connection, PgError, quote_ident)
 
 KINDS = ('logical', 'physical', 'pitr')
-REPORT_PREFIX = 'monthly_drill_'
 SOCKET_DIRS = ('/var/run/postgresql', '/run/postgresql', '/tmp')
 DEFAULT_RTO_S = 1800
 DEFAULT_RPO_S = 3600
@@ -197,8 +196,8 @@ def backup_summary(meta):
             'location': meta.get('location'), 'path': meta.get('path')}
 
 
-def report_name(started):
-    return '%s%s.json' % (REPORT_PREFIX, repository.stamp(started))
+def report_name(started, serial=1):
+    return repository.report_name(repository.DRILL_REPORT, started, serial)
 
 
 def write_report(repo, report, report_dir=None):
@@ -219,7 +218,7 @@ def write_report(repo, report, report_dir=None):
     serial = 1
     while any(os.path.lexists(os.path.join(d, name)) for d in directories):
         serial += 1
-        name = '%s_%d.json' % (report_name(repository.parse_iso(report['started_at']))[:-5], serial)
+        name = report_name(repository.parse_iso(report['started_at']), serial)
     paths = []
     for directory in directories:
         path = os.path.join(directory, name)

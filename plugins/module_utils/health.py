@@ -21,7 +21,6 @@ __metaclass__ = type
 import datetime
 import json
 import os
-import re
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import repository, walarchive, walchain
 from ansible_collections.modulo.pgbackup.plugins.module_utils import report as reports
@@ -37,8 +36,8 @@ DEFAULTS = {
 }
 # Room for the next backup: the newest one may grow by the runbook's 50 % before it is flagged.
 NEXT_BACKUP_FACTOR = 1.0 + reports.MAX_SIZE_GROWTH
-BACKUP_REPORT_RE = re.compile(r'^backup_report_(\d{8}_\d{6})(?:_\d+)?\.json\Z')
-DRILL_REPORT_RE = re.compile(r'^monthly_drill_(\d{8}_\d{6})(?:_\d+)?\.json\Z')
+BACKUP_REPORT_RE = repository.BACKUP_REPORT_RE
+DRILL_REPORT_RE = repository.DRILL_REPORT_RE
 HEALTH_FILE = 'health.json'
 
 

@@ -55,7 +55,7 @@ def write_backup_report(repo, started, status, backups=None, error=None, checks=
     }
     if extra:
         report.update(extra)
-    path = repo.path('logs', 'backup_report_%s.json' % repository.stamp(started))
+    path = repo.path('logs', repository.report_name(repository.BACKUP_REPORT, started))
     if os.path.exists(path):
         path = path[:-5] + '_%d.json' % os.getpid()
     fsutil.write_json_atomic(path, report)

@@ -29,6 +29,16 @@ FORMAT_SUFFIX = {'plain': '.sql', 'custom': '.dump', 'directory': '.dir'}
 COMPRESSION_SUFFIX = {'gzip': '.gz', 'zstd': '.zst', 'lz4': '.lz4', 'none': ''}
 META_SUFFIX = '.meta'
 
+# Reports: <kind>_[<subject>_]<YYYYMMDD_HHMMSS>[_<n>].json, in logs/ (drills in restore-tests/, with a copy
+# in logs/). Readers (health, retention) and writers (report, drill, verify, backup_retention) use these.
+BACKUP_REPORT, RETENTION_REPORT, DRILL_REPORT, VERIFY_REPORT = 'backup_report', 'retention_report', 'monthly_drill', 'verify'
+_REPORT_TAIL = r'_(?P<stamp>\d{8}_\d{6})(?:_\d+)?\.json\Z'
+BACKUP_REPORT_RE = re.compile('^' + BACKUP_REPORT + _REPORT_TAIL)
+DRILL_REPORT_RE = re.compile('^' + DRILL_REPORT + _REPORT_TAIL)
+# Everything retention ages in logs/ (verify reports carry the database: verify_<db>_<stamp>.json).
+LOG_REPORT_RE = re.compile(r'^(?:%s|%s|%s|%s_[A-Za-z0-9_-]+)' % (BACKUP_REPORT, RETENTION_REPORT, DRILL_REPORT,
+                                                                 VERIFY_REPORT) + _REPORT_TAIL)
+
 
 class RepositoryError(errors.PgBackupError):
     pass
@@ -63,6 +73,11 @@ def stamp(ts):
     if ts.tzinfo is not None:
         ts = ts.astimezone(datetime.timezone.utc)
     return ts.strftime(STAMP_FORMAT)
+
+
+def report_name(kind, ts, serial=1, subject=None):
+    """``monthly_drill_20261206_040000.json``; ``serial`` 2 and up for a second report of the same second."""
+    return '%s%s_%s%s.json' % (kind, '_' + subject if subject else '', stamp(ts), '_%d' % serial if serial > 1 else '')
 
 
 def dump_suffix(fmt, compression, native_compression):

@@ -59,12 +59,7 @@ DAY = datetime.timedelta(days=1)
 TMP_MAX_AGE = DAY
 BACKUP_DIRS = ('full', 'base')
 SCANNED_DIRS = ('full', 'base', 'wal', 'logs', 'restore-tests')
-REPORT_RES = {
-    # logs/ also holds the drill reports' copies and the verify results (verify_<db>_<stamp>.json).
-    'logs': re.compile(r'^(?:backup_report|retention_report|monthly_drill|verify_[A-Za-z0-9_-]+)_'
-                       r'(?P<stamp>\d{8}_\d{6})(?:_\d+)?\.json\Z'),
-    'restore-tests': re.compile(r'^monthly_drill_(?P<stamp>\d{8}_\d{6})(?:_\d+)?\.json\Z'),
-}
+REPORT_RES = {'logs': repository.LOG_REPORT_RE, 'restore-tests': repository.DRILL_REPORT_RE}
 # Files of logs/ that are rewritten in place, never aged out.
 KEPT_LOGS = {'health.json': 'the latest health check (playbooks/health-check.yml rewrites it)',
              'audit.log': 'the audit log: one line per operation, kept for compliance (rotate it with logrotate)'}

@@ -26,7 +26,6 @@ from ansible_collections.modulo.pgbackup.plugins.module_utils import drill, fsut
 from ansible_collections.modulo.pgbackup.plugins.module_utils.logical_backup import database_rows
 from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import PgError, ReadOnlyConnection, psql_query
 
-REPORT_PREFIX = 'verify_'
 DEFAULT_DB = 'modulodb'
 
 
@@ -48,7 +47,7 @@ def finish_report(report, finished=None):
 
 
 def report_name(db, started):
-    return '%s%s_%s.json' % (REPORT_PREFIX, db, repository.stamp(started))
+    return repository.report_name(repository.VERIFY_REPORT, started, subject=db)
 
 
 def write_report(repo, report):

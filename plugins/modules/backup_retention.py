@@ -217,7 +217,7 @@ def _write_report(repo, started, result):
         report[key] = result[key]
     report['warnings'] = result['retention_warnings']
     fsutil.ensure_dir(repo.path('logs'))
-    path = repo.path('logs', 'retention_report_%s.json' % repository.stamp(started))
+    path = repo.path('logs', repository.report_name(repository.RETENTION_REPORT, started))
     if os.path.exists(path):
         path = path[:-5] + '_%d.json' % os.getpid()
     fsutil.write_json_atomic(path, report)

@@ -323,3 +323,20 @@ def test_name_in_use_sees_a_backup_of_any_format_under_either_meta_name(repo):
         handle.write('{}')
     assert repo.name_in_use('full', 'modulo_full_20261122_020000')
     assert not repository.Repository(repo.path('missing')).name_in_use('full', 'modulo_full_20261122_020000')
+
+
+def test_every_report_name_written_is_read_back_by_the_readers_patterns():
+    """One place for report names: what report, drill, verify and retention write is what health and
+    retention look for."""
+    ts = datetime.datetime(2026, 12, 6, 4, 0, 0, tzinfo=UTC)
+    drill = repository.report_name(repository.DRILL_REPORT, ts)
+    assert drill == 'monthly_drill_20261206_040000.json'
+    assert repository.DRILL_REPORT_RE.match(drill).group('stamp') == '20261206_040000'
+    assert repository.DRILL_REPORT_RE.match(repository.report_name(repository.DRILL_REPORT, ts, 2))
+    backup = repository.report_name(repository.BACKUP_REPORT, ts)
+    assert repository.BACKUP_REPORT_RE.match(backup) and not repository.DRILL_REPORT_RE.match(backup)
+    verify = repository.report_name(repository.VERIFY_REPORT, ts, subject='modulodb')
+    assert verify == 'verify_modulodb_20261206_040000.json'
+    for name in (drill, backup, verify, repository.report_name(repository.RETENTION_REPORT, ts, 3)):
+        assert repository.LOG_REPORT_RE.match(name).group('stamp') == '20261206_040000', name
+    assert not repository.LOG_REPORT_RE.match('incident_20261206.json')
