@@ -154,6 +154,15 @@ def tmpfs_at():
         subprocess.run(['umount', '-l', path], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def flip_byte(path):
+    """Damage a file in its middle, one byte inverted: what a bad disk or a bad copy leaves."""
+    with open(path, 'r+b') as handle:
+        handle.seek(os.path.getsize(path) // 2)
+        byte = handle.read(1)
+        handle.seek(-1, os.SEEK_CUR)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+
+
 def table_rows(cluster, db):
     """Exact row counts of every user table, the way a DBA would check a restore."""
     out = cluster.psql("SELECT n.nspname || '.' || c.relname FROM pg_class c "

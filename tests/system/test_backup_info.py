@@ -6,7 +6,8 @@ import os
 import re
 import time
 
-from test_restore import _flip_byte, backup
+from conftest import flip_byte
+from test_restore import backup
 
 
 def info(ansible, conn_args, backup_root, **args):
@@ -41,7 +42,7 @@ def test_list_select_verify(ansible, pg, modulo_db, backup_root, conn_args):
     res = info(ansible, conn_args, backup_root, select=first['meta']['name'], verify=True)
     assert not res.get('failed') and res['verification'][0]['checksum_ok'] is True
 
-    _flip_byte(first['path'])
+    flip_byte(first['path'])
     res = info(ansible, conn_args, backup_root, select='all', verify=True)
     assert res.get('failed')
     assert first['meta']['name'] in res['msg'] and 'sha256' in res['msg']

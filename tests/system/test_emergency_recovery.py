@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from conftest import SCHEMA_SQL, table_rows
+from conftest import SCHEMA_SQL, flip_byte, table_rows
 from test_pitr import archiving_cluster, args_for, make_repo, wait_archived
 
 DB = 'modulodb'
@@ -129,14 +129,6 @@ def restored_matches_backup(shop, meta, restarted):
     newer = cluster.psql("SELECT count(*) FROM orders WHERE created_at >= timestamptz '%s' + interval '1 second' "
                          "AND created_at < '%s'" % (meta['finished_at'], restarted.isoformat()), db=DB)
     assert newer == '0'
-
-
-def flip_byte(path):
-    with open(path, 'r+b') as handle:
-        handle.seek(os.path.getsize(path) // 2)
-        byte = handle.read(1)
-        handle.seek(-1, os.SEEK_CUR)
-        handle.write(bytes([byte[0] ^ 0xFF]))
 
 
 def test_corrupt_latest_backup_leaves_the_application_stopped_then_recovery_after_the_fix(ansible, shop):

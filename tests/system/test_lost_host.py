@@ -18,7 +18,7 @@ from ansible_collections.modulo.pgbackup.plugins.module_utils import walarchive
 
 from conftest import SCHEMA_SQL
 from test_emergency_recovery import step, utc
-from test_pitr import SCRIPT, args_for, count, insert_batch, make_repo, wait_archived
+from test_pitr import args_for, count, insert_batch, make_repo, s3_archiving_cluster, wait_archived
 
 ENV = {'AWS_ACCESS_KEY_ID': 'testing', 'AWS_SECRET_ACCESS_KEY': 'testing'}
 
@@ -32,12 +32,7 @@ def s3_keys(bucket, prefix):
 def test_a_lost_host_is_rebuilt_from_s3_alone_to_a_point_in_time(ansible, new_cluster, backup_root, s3_bucket):
     repo = make_repo(backup_root)
     prefix = 'database-backups/db1/'
-    s3 = '--s3-bucket %s --s3-endpoint-url %s --aws-region us-east-1 --s3-prefix %s' % (
-        s3_bucket['name'], s3_bucket['url'], prefix)
-    cluster = new_cluster(settings={
-        'archive_mode': 'on', 'wal_level': 'replica',
-        'archive_command': "'AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing /usr/bin/python3 %s push "
-                           "--repo %s %s %%p %%f'" % (SCRIPT, repo, s3)})
+    cluster = s3_archiving_cluster(new_cluster, repo, s3_bucket, prefix)
     cluster.psql('CREATE DATABASE shop')
     cluster.psql('CREATE TABLE events (id int PRIMARY KEY, note text)', db='shop')
     insert_batch(cluster, 'shop', 1, 50)

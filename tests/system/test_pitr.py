@@ -35,6 +35,15 @@ def archiving_cluster(new_cluster, repo, extra=''):
     })
 
 
+def s3_archiving_cluster(new_cluster, repo, s3_bucket, prefix=None):
+    """A cluster archiving into ``repo`` and the loopback S3 bucket (under ``prefix`` when given)."""
+    s3 = '--s3-bucket %s --s3-endpoint-url %s --aws-region us-east-1' % (s3_bucket['name'], s3_bucket['url'])
+    return new_cluster(settings={
+        'archive_mode': 'on', 'wal_level': 'replica',
+        'archive_command': "'AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing /usr/bin/python3 %s push "
+                           "--repo %s %s%s %%p %%f'" % (SCRIPT, repo, s3, ' --s3-prefix %s' % prefix if prefix else '')})
+
+
 def wait_archived(cluster, repo, timeout=60):
     """Close the current segment and wait until the archive has it.
 
@@ -192,11 +201,7 @@ def test_cluster_mode_and_a_second_pitr_across_the_timeline_switch(ansible, hist
 
 def test_pitr_from_s3_base_and_s3_wal(ansible, new_cluster, backup_root, s3_bucket):
     repo = make_repo(backup_root)
-    s3 = '--s3-bucket %s --s3-endpoint-url %s --aws-region us-east-1' % (s3_bucket['name'], s3_bucket['url'])
-    cluster = new_cluster(settings={
-        'archive_mode': 'on', 'wal_level': 'replica',
-        'archive_command': "'AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing /usr/bin/python3 %s push "
-                           "--repo %s %s %%p %%f'" % (SCRIPT, repo, s3)})
+    cluster = s3_archiving_cluster(new_cluster, repo, s3_bucket)
     cluster.psql('CREATE DATABASE shop')
     cluster.psql('CREATE TABLE events (id int PRIMARY KEY, note text)', db='shop')
     insert_batch(cluster, 'shop', 1, 50)

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from conftest import table_digest, table_rows
+from conftest import flip_byte, table_digest, table_rows
 
 
 def backup(ansible, conn_args, backup_root, db, **extra):
@@ -90,22 +90,13 @@ def test_existing_database_needs_confirm_and_is_kept(ansible, pg, modulo_db, bac
             pg.psql('DROP DATABASE IF EXISTS "%s" WITH (FORCE)' % name)
 
 
-def _flip_byte(path):
-    size = os.path.getsize(path)
-    with open(path, 'r+b') as handle:
-        handle.seek(size // 2)
-        byte = handle.read(1)
-        handle.seek(size // 2)
-        handle.write(bytes([byte[0] ^ 0xFF]))
-
-
 def test_corrupt_or_truncated_backup_changes_nothing(ansible, pg, modulo_db, backup_root, conn_args):
     taken = backup(ansible, conn_args, backup_root, modulo_db)
     target = modulo_db + '_corrupt'
     pg.psql('CREATE DATABASE %s' % target)
     pg.psql('CREATE TABLE precious (v text); INSERT INTO precious VALUES (\'intact\')', db=target)
     try:
-        _flip_byte(taken['path'])
+        flip_byte(taken['path'])
         res = restore(ansible, conn_args, backup_root, target_db=target, confirm=target)
         assert res.get('failed')
         assert 'corrupt' in res['msg'] and 'sha256' in res['msg']

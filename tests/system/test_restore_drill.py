@@ -23,6 +23,7 @@ import pytest
 import pgsandbox
 from ansible_collections.modulo.pgbackup.plugins.module_utils import repository
 from ansible_collections.modulo.pgbackup.plugins.module_utils.drill import Drill, write_report
+from conftest import flip_byte
 from test_pitr import archiving_cluster, args_for, make_repo, wait_archived
 
 # ``conftest`` is ambiguous when tests/unit runs in the same session (tests/unit has its own):
@@ -204,13 +205,7 @@ def test_check_mode_restores_nothing(world):
 
 def test_flipped_byte_fails_on_the_checksum(world):
     repo = fault_repo(world)
-    path = backup_file(repo, world['logical'])
-    size = os.path.getsize(path)
-    with open(path, 'r+b') as handle:
-        handle.seek(size // 2)
-        byte = handle.read(1)
-        handle.seek(size // 2)
-        handle.write(bytes([byte[0] ^ 0xFF]))
+    flip_byte(backup_file(repo, world['logical']))
     report = assert_failed_report(drill(world, repo=repo), repo, 'checksum')
     assert checks_of(report)['checksum']['passed'] is False and 'corrupt' in report['error']
     assert 'restore' not in checks_of(report)
