@@ -122,6 +122,8 @@ class S3Store(object):
         code = ''
         if isinstance(exc, _BOTO['ClientError']):
             code = exc.response.get('Error', {}).get('Code', '')
+        if type(exc).__name__ in walarchive.CREDENTIAL_ERRORS:
+            return 'S3 cannot %s: %s' % (action, walarchive.no_credentials_advice(exc))
         if code == 'NoSuchBucket':
             return 'S3 bucket %r does not exist: create it or fix s3_bucket (%s)' % (self.bucket, action)
         if code in ('AccessDenied', 'InvalidAccessKeyId', 'SignatureDoesNotMatch'):

@@ -988,6 +988,24 @@ def _add_site_packages():
         site.main()
 
 
+# botocore's errors when no credentials (or half of them) were found: the host has to provide them.
+CREDENTIAL_ERRORS = ('NoCredentialsError', 'PartialCredentialsError')
+
+
+def no_credentials_advice(exc):
+    """What to do when boto3 found no credentials: they are the host's, for root and for the server's user."""
+    try:
+        import pwd
+        user = pwd.getpwuid(os.geteuid()).pw_name
+    except (ImportError, KeyError):
+        user = 'uid %d' % os.geteuid()
+    return ('%s (as OS user %s on this host). S3 credentials belong to the database host, not to the Ansible '
+            'controller or AWX: give the host an instance profile, or a shared credentials file '
+            '(~/.aws/credentials) for root and for the server\'s OS user, who runs the archive command; on Debian '
+            'the cluster\'s /etc/postgresql/<version>/<cluster>/environment also reaches the archive command'
+            % (exc, user))
+
+
 class S3Archive(object):
     """The same ``wal/`` layout under ``s3://bucket/prefix``; boto3 is imported only here."""
 
@@ -1030,6 +1048,8 @@ class S3Archive(object):
                 code = exc.response.get('Error', {}).get('Code', '')
             if missing_ok and code in ('NoSuchKey', '404', 'NotFound'):
                 return None
+            if type(exc).__name__ in CREDENTIAL_ERRORS:
+                raise S3Failure('S3 %s failed: %s' % (action, no_credentials_advice(exc)))
             raise S3Failure('S3 %s failed: %s' % (action, exc))
 
     def _list(self, prefix, delimiter=None):

@@ -17,7 +17,7 @@ import uuid
 import pytest
 
 import pgsandbox
-from ansible_collections.modulo.pgbackup.plugins.module_utils import s3store
+from ansible_collections.modulo.pgbackup.plugins.module_utils import s3store, walarchive
 
 MODULE = 'modulo.pgbackup.pg_backup'
 PREFIX = 'database-backups/'
@@ -218,3 +218,24 @@ def test_an_unreachable_endpoint_is_reported_after_one_layer_of_retries(monkeypa
         store.list_keys('full/')
     assert len(sent) == s3store.ATTEMPTS
     assert time.time() - begin < 12
+
+
+def test_a_host_without_s3_credentials_is_told_where_they_belong(s3_bucket, tmp_path, monkeypatch):
+    """Over ssh the modules and the archive command see only the host's credentials, never the
+    controller's: the store and the archive command both say so, not just botocore's "Unable to locate"."""
+    for name in ('AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'AWS_SESSION_TOKEN', 'AWS_PROFILE'):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv('AWS_SHARED_CREDENTIALS_FILE', str(tmp_path / 'none'))
+    monkeypatch.setenv('AWS_CONFIG_FILE', str(tmp_path / 'none'))
+    monkeypatch.setenv('AWS_EC2_METADATA_DISABLED', 'true')
+    import boto3
+    monkeypatch.setattr(boto3, 'DEFAULT_SESSION', None)   # an earlier test's session holds credentials
+    store = s3store.S3Store(s3_bucket['name'], endpoint_url=s3_bucket['url'])
+    with pytest.raises(s3store.S3Error) as caught:
+        store.list_keys('full/')
+    assert 'Unable to locate credentials' in str(caught.value)
+    assert 'instance profile' in str(caught.value) and 'not to the Ansible controller' in str(caught.value)
+    archive = walarchive.S3Archive(s3_bucket['name'], endpoint_url=s3_bucket['url'])
+    with pytest.raises(walarchive.S3Failure) as caught:
+        archive.find('000000010000000000000001')
+    assert 'instance profile' in str(caught.value) and "the server's OS user" in str(caught.value)
