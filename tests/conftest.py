@@ -229,9 +229,11 @@ class AnsibleRunner(object):
         result['_output'] = proc.stdout.decode()
         return result
 
-    def playbook(self, playbook, extra_vars=None, tags=None, env=None, check=False, inventory=None):
+    def playbook(self, playbook, extra_vars=None, tags=None, env=None, check=False, inventory=None, limit=None):
         argv = [os.path.join(VENV_BIN, 'ansible-playbook'), os.path.join(ROOT, 'playbooks', playbook)]
         argv += ['-i', inventory or os.path.join(ROOT, 'inventories', 'local', 'hosts.yml')]
+        if limit:
+            argv += ['--limit', limit]
         if extra_vars:
             vars_file = os.path.join(self.workdir, 'vars-%s.json' % uuid.uuid4().hex)
             with open(vars_file, 'w') as handle:

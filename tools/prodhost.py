@@ -12,6 +12,9 @@ What users have, and what ``up`` builds (everything named after one short id, so
 - a deploy user with passwordless sudo (a sudoers.d file) and no password of its own;
 - an sshd on 127.0.0.1 with its own configuration and host key (not the system service), which accepts
   the deploy user's key only;
+- optionally, the host's own S3 credentials (what an instance profile gives a real host): in the
+  environment of every ssh session (sshd's ``SetEnv``, kept through sudo by ``env_keep``) and in the
+  cluster's Debian ``environment`` file, which pg_ctlcluster gives the server and so its archive command;
 - a stand-in ``systemctl`` for the unit ``postgresql@15-<cluster>``: no systemd runs here, so the stand-in
   maps start/stop/restart/is-active/show of that unit to pg_ctlcluster and, like the real one, refuses
   callers that are not root ("Access denied"). It is on the deploy user's sudo path only
@@ -167,9 +170,10 @@ def missing_requirements():
 
 
 class ProdHost(object):
-    def __init__(self, state_dir, host_id=None):
+    def __init__(self, state_dir, host_id=None, environment=None):
         self.dir = os.path.abspath(state_dir)
         self.id = host_id or uuid.uuid4().hex[:6]
+        self.environment = dict(environment or {})
         self.user = 'pgbdeploy_%s' % self.id
         self.cluster = 'pgb_%s' % self.id
         self.version = PG_VERSION
@@ -208,7 +212,7 @@ class ProdHost(object):
 
     # -- state -------------------------------------------------------------
     def save(self):
-        data = {k: getattr(self, k) for k in ('id', 'pg_port', 'ssh_port', 'sshd_pid')}
+        data = {k: getattr(self, k) for k in ('id', 'pg_port', 'ssh_port', 'sshd_pid', 'environment')}
         data.update(user=self.user, cluster=self.cluster, pgdata=self.pgdata, confdir=self.confdir,
                     unit=self.unit, key=self.key, known_hosts=self.known_hosts, bindir=BINDIR)
         with open(os.path.join(self.dir, STATE_FILE), 'w') as handle:
@@ -218,7 +222,7 @@ class ProdHost(object):
     def load(cls, state_dir):
         with open(os.path.join(state_dir, STATE_FILE)) as handle:
             data = json.load(handle)
-        host = cls(state_dir, data['id'])
+        host = cls(state_dir, data['id'], data.get('environment'))
         host.pg_port, host.ssh_port, host.sshd_pid = data['pg_port'], data['ssh_port'], data['sshd_pid']
         return host
 
@@ -258,6 +262,8 @@ class ProdHost(object):
         rules = ('# modulo.pgbackup test host %s: a deploy user with passwordless sudo\n'
                  'Defaults:%s secure_path="%s:%s"\n%s ALL=(ALL:ALL) NOPASSWD: ALL\n'
                  % (self.id, self.user, self.standin_dir, SECURE_PATH, self.user))
+        if self.environment:
+            rules += 'Defaults:%s env_keep += "%s"\n' % (self.user, ' '.join(sorted(self.environment)))
         tmp = os.path.join(self.dir, 'sudoers.tmp')
         with open(tmp, 'w') as handle:
             handle.write(rules)
@@ -269,13 +275,15 @@ class ProdHost(object):
         hostkey = os.path.join(self.dir, 'ssh_host_ed25519_key')
         run(['ssh-keygen', '-q', '-t', 'ed25519', '-N', '', '-f', hostkey])
         config = os.path.join(self.dir, 'sshd_config')
+        lines = ['Port %d' % self.ssh_port, 'ListenAddress 127.0.0.1', 'HostKey %s' % hostkey,
+                 'PidFile %s' % os.path.join(self.dir, 'sshd.pid'), 'UsePAM no', 'PasswordAuthentication no',
+                 'KbdInteractiveAuthentication no', 'PubkeyAuthentication yes', 'PermitRootLogin no',
+                 'AllowUsers %s' % self.user, 'AuthorizedKeysFile .ssh/authorized_keys', 'StrictModes yes',
+                 'MaxStartups 50', 'MaxSessions 50', 'Subsystem sftp /usr/lib/openssh/sftp-server']
+        if self.environment:
+            lines.append('SetEnv %s' % ' '.join('%s=%s' % item for item in sorted(self.environment.items())))
         with open(config, 'w') as handle:
-            handle.write('\n'.join([
-                'Port %d' % self.ssh_port, 'ListenAddress 127.0.0.1', 'HostKey %s' % hostkey,
-                'PidFile %s' % os.path.join(self.dir, 'sshd.pid'), 'UsePAM no', 'PasswordAuthentication no',
-                'KbdInteractiveAuthentication no', 'PubkeyAuthentication yes', 'PermitRootLogin no',
-                'AllowUsers %s' % self.user, 'AuthorizedKeysFile .ssh/authorized_keys', 'StrictModes yes',
-                'MaxStartups 50', 'MaxSessions 50', 'Subsystem sftp /usr/lib/openssh/sftp-server', '']))
+            handle.write('\n'.join(lines) + '\n')
         os.makedirs('/run/sshd', mode=0o755, exist_ok=True)   # privilege separation directory
         run([SSHD, '-t', '-f', config])
         run([SSHD, '-f', config, '-E', os.path.join(self.dir, 'sshd.log')])
@@ -309,6 +317,9 @@ class ProdHost(object):
         # What a DBA tunes on any host; small values keep the test quick.
         with open(os.path.join(self.confdir, 'conf.d', 'modulo-test.conf'), 'w') as handle:
             handle.write("shared_buffers = '64MB'\nmax_wal_size = '256MB'\nmax_connections = 40\n")
+        if self.environment:
+            with open(os.path.join(self.confdir, 'environment'), 'a') as handle:
+                handle.write(''.join("%s = '%s'\n" % item for item in sorted(self.environment.items())))
         run(['pg_ctlcluster', '--skip-systemctl-redirect', self.version, self.cluster, 'start'])
 
     def _standin(self):
