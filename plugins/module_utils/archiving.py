@@ -218,7 +218,7 @@ def write_file(path, content, mode):
         except OSError:
             pass
         raise
-    walarchive._fsync_dir(directory)  # pylint: disable=protected-access
+    walarchive.fsync_dir(directory)
 
 
 # --------------------------------------------------------------------------------------------
@@ -317,7 +317,7 @@ def apply_repository(actions):
             make_dirs(missing_dirs(path))
             os.mkdir(path, REPO_DIR_MODE)
             os.chmod(path, REPO_DIR_MODE)
-            walarchive._fsync_dir(os.path.dirname(os.path.abspath(path)))  # pylint: disable=protected-access
+            walarchive.fsync_dir(os.path.dirname(os.path.abspath(path)))
         if act['owner']:
             os.lchown(path, act['owner'][0], act['owner'][1])
         if act['action'] == 'chmod':

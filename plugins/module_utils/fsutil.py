@@ -20,7 +20,7 @@ import os
 import shutil
 import time
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import errors, osuser
+from ansible_collections.modulo.pgbackup.plugins.module_utils import errors, osuser, walarchive
 
 TMP_PREFIX = '.tmp-'
 DIR_MODE = 0o700
@@ -72,20 +72,9 @@ def inherit_owner(path):
         osuser.chown_tree(path, parent.st_uid, parent.st_gid)
 
 
-def fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_file(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+# One implementation, the archive command's (walarchive is stdlib only, so the host command has it too).
+fsync_dir = walarchive.fsync_dir
+fsync_file = walarchive.fsync_file
 
 
 def fsync_tree(path):
@@ -117,6 +106,19 @@ def publish(tmp_path, final_path, overwrite=False):
         raise OSError(errno.EEXIST, 'refusing to overwrite existing %s' % final_path)
     os.rename(tmp_path, final_path)
     fsync_dir(os.path.dirname(os.path.abspath(final_path)))
+
+
+def publish_backup(tmp_path, final_path):
+    """Publish a finished backup (a file or a directory dump): private modes, then ``publish``.
+
+    Returns (size in bytes, sha256) of what was published, measured before the rename, so the .meta
+    written next describes exactly the bytes that became visible.
+    """
+    chmod_tree(tmp_path)
+    size = size_of(tmp_path)
+    digest = sha256_path(tmp_path)
+    publish(tmp_path, final_path)
+    return size, digest
 
 
 def write_atomic(final_path, data, mode=FILE_MODE, overwrite=False):

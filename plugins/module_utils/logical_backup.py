@@ -193,10 +193,7 @@ def take(conn, repo, p, jobs=None, log=None, keys=None):
                 raise BackupError('backup of database %s failed, nothing was kept: %s%s'
                                   % (p['database'], exc, _advice(exc, repo)))
             session.query('COMMIT')
-        fsutil.chmod_tree(tmp)
-        size = fsutil.size_of(tmp)
-        digest = fsutil.sha256_path(tmp)
-        fsutil.publish(tmp, p['path'])
+        size, digest = fsutil.publish_backup(tmp, p['path'])
     except BaseException:
         fsutil.remove_quietly(tmp)
         raise

@@ -212,10 +212,7 @@ def take(conn, repo, p, wait_archive_s=300, log=None, keys=None):
                 'the base backup finished but the WAL it needs (%s) was not archived within %d s, so it '
                 'could never be restored and was discarded: check pg_stat_archiver and the archive_command'
                 % (', '.join(missing[:5]), wait_archive_s))
-        fsutil.chmod_tree(tmp)
-        size = fsutil.size_of(tmp)
-        digest = fsutil.sha256_path(tmp)
-        fsutil.publish(tmp, p['path'])
+        size, digest = fsutil.publish_backup(tmp, p['path'])
     except BaseException:
         fsutil.remove_quietly(tmp)
         raise

@@ -256,7 +256,7 @@ def read_sysid(segment_bytes):
 # Durable files
 # --------------------------------------------------------------------------------------------
 
-def _fsync_dir(path):
+def fsync_dir(path):
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -264,7 +264,7 @@ def _fsync_dir(path):
         os.close(fd)
 
 
-def _fsync_path(path):
+def fsync_file(path):
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -287,7 +287,7 @@ def _ensure_dir(path):
         if exc.errno == errno.EEXIST and os.path.isdir(path):
             return False
         raise
-    _fsync_dir(os.path.dirname(os.path.abspath(path)))
+    fsync_dir(os.path.dirname(os.path.abspath(path)))
     return True
 
 
@@ -312,7 +312,7 @@ def _publish_no_replace(tmp, final):
         os.rename(tmp, final)
     else:
         os.unlink(tmp)
-    _fsync_dir(os.path.dirname(os.path.abspath(final)))
+    fsync_dir(os.path.dirname(os.path.abspath(final)))
 
 
 def _open_tmp(path):
@@ -630,19 +630,23 @@ def _compress_into(src, fd, codec, level, encryption=None, digest=True):
             result = _compress_plain(src, proc.stdin.fileno(), codec, level, digest)
         except BaseException:
             proc.kill()
-            proc.wait()
+            _finish_filter(proc, errors, None)
             raise
-        finally:
-            try:
-                proc.stdin.close()
-            except BrokenPipeError:
-                pass
-        rc = proc.wait()
-        if rc:
-            errors.seek(0)
-            raise WalArchiveError('age failed to encrypt (exit %d): %s'
-                                  % (rc, errors.read().decode('utf-8', 'replace').strip()))
+        _finish_filter(proc, errors, 'age failed to encrypt')
     return result
+
+
+def _finish_filter(proc, errors, failure):
+    """Close a filter's input and wait for it; when ``failure`` is given and it failed, raise with its stderr."""
+    if proc.stdin is not None:
+        try:
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+    rc = proc.wait()
+    if rc and failure:
+        errors.seek(0)
+        raise WalArchiveError('%s (exit %d): %s' % (failure, rc, errors.read().decode('utf-8', 'replace').strip()))
 
 
 def _compress_plain(src, fd, codec, level, digest=True):
@@ -673,27 +677,17 @@ def _compress_plain(src, fd, codec, level, digest=True):
         with tempfile.TemporaryFile() as errors:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL if direct else subprocess.PIPE,
                                     stdout=fd, stderr=errors)
-            fed = False
             try:
                 if hasher or not direct:
                     feed((lambda chunk: None) if direct else proc.stdin.write)
-                fed = True
             except BrokenPipeError:
-                fed = None  # zstd died: its exit status and stderr say why, below
-            finally:
-                if fed is False:
-                    # Reading the source failed: zstd must not finish a
-                    # truncated stream that looks complete.
-                    proc.kill()
-                if not direct:
-                    try:
-                        proc.stdin.close()
-                    except BrokenPipeError:
-                        pass
-                rc = proc.wait()
-            if rc:
-                errors.seek(0)
-                raise WalArchiveError('zstd failed (exit %d): %s' % (rc, errors.read().decode('utf-8', 'replace').strip()))
+                pass  # zstd died: its exit status and stderr say why, below
+            except BaseException:
+                # Reading the source failed: zstd must not finish a truncated stream that looks complete.
+                proc.kill()
+                _finish_filter(proc, errors, None)
+                raise
+            _finish_filter(proc, errors, 'zstd failed')
     elif codec == 'gzip':
         with os.fdopen(os.dup(fd), 'wb') as raw:
             with _gzip().GzipFile(filename='', mode='wb', compresslevel=level, fileobj=raw, mtime=0) as gz:
@@ -1265,8 +1259,8 @@ def _compare_local(existing, name, new_sha, encryption=None):
         _conflict(name, existing, existing_sha, new_sha)
     # A copy from a push that crashed between rename and directory fsync may
     # not be durable yet: make it so before calling this push a success.
-    _fsync_path(existing)
-    _fsync_dir(os.path.dirname(existing))
+    fsync_file(existing)
+    fsync_dir(os.path.dirname(existing))
 
 
 def _push_local(path, name, repo, codec, level, now, encryption=None, want_sha=True):

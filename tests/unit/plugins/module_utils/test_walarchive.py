@@ -391,6 +391,43 @@ def test_compressor_failure_leaves_no_temp_file(repo, pg_wal, monkeypatch):
     assert walarchive.list_archive(repo) == [] and temp_files(repo) == []
 
 
+class _FailingSource(object):
+    """A source whose second read fails, the way a disk error would half way through a segment."""
+    name = None
+
+    def __init__(self):
+        self.reads = 0
+
+    def read(self, _size):
+        self.reads += 1
+        if self.reads > 1:
+            raise OSError(5, 'Input/output error')
+        return b'x' * 1024
+
+
+def test_a_read_error_kills_the_zstd_program_and_is_the_error_raised(tmp_path, monkeypatch):
+    """The compressor must not finish a truncated stream that looks complete, and the read error (not zstd's
+    exit status after the kill) is what the caller sees."""
+    monkeypatch.setattr(walarchive, '_libzstd', lambda: None)
+    out = tmp_path / 'out.zst'
+    with open(str(out), 'wb') as handle:
+        with pytest.raises(OSError, match='Input/output error'):
+            walarchive._compress_into(_FailingSource(), handle.fileno(), 'zstd', 3)
+    assert subprocess.run(['zstd', '-t', '-q', str(out)], check=False, stderr=subprocess.DEVNULL).returncode != 0
+
+
+def test_an_encrypter_that_fails_says_so_with_its_own_words(tmp_path, monkeypatch):
+    script = tmp_path / 'age'
+    script.write_text('#!/bin/sh\ncat >/dev/null\necho "age: no identity matched" >&2\nexit 3\n')
+    script.chmod(0o755)
+    monkeypatch.setattr(walarchive, '_age_or_fail', lambda: str(script))
+    src = tmp_path / 'src'
+    src.write_bytes(b'y' * 4096)
+    with open(str(src), 'rb') as source, open(str(tmp_path / 'out'), 'wb') as handle:
+        with pytest.raises(walarchive.WalArchiveError, match=r'age failed to encrypt \(exit 3\): age: no identity matched'):
+            walarchive._compress_into(source, handle.fileno(), 'gzip', 1, encryption={'recipient': 'age1x'})
+
+
 def test_libzstd_failure_leaves_no_temp_file(repo, pg_wal, monkeypatch):
     name = '000000010000000000000003'
     src = make_segment(pg_wal, name)
