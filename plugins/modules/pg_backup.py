@@ -183,91 +183,11 @@ executed_commands:
   sample: [["/usr/lib/postgresql/15/bin/pg_dump", "--snapshot=00000003-00000002-1", "--format=plain", "--dbname=modulodb"]]
 '''
 
-import os
-import time
-
-
-from ansible_collections.modulo.pgbackup.plugins.module_utils import common, encryption, logical_backup, physical_backup, repository
-from ansible_collections.modulo.pgbackup.plugins.module_utils.module_base import EXPLAINED_ERRORS, PgBackupModule
-from ansible_collections.modulo.pgbackup.plugins.module_utils import report as reports
+from ansible_collections.modulo.pgbackup.plugins.module_utils import common, encryption, repository
+from ansible_collections.modulo.pgbackup.plugins.module_utils.module_base import PgBackupModule
+from ansible_collections.modulo.pgbackup.plugins.module_utils.ops import backup as backups
+from ansible_collections.modulo.pgbackup.plugins.module_utils.physical_backup import ArchivingNotConfigured
 from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import Connection
-from ansible_collections.modulo.pgbackup.plugins.module_utils.s3store import S3Error
-
-
-def _run_fields(p):
-    """What a run report says it was about, also when it failed before writing any backup (health reads it)."""
-    return {'type': p['type'], 'database': p['db'] if p['type'] == 'logical' else None}
-
-
-def _fail_with_report(module, repo, started, result, exc, name):
-    message = str(exc)
-    if isinstance(exc, OSError):
-        message = 'backup failed writing to %s: %s (is the disk full or read-only?)' % (
-            exc.filename or repo.root, exc.strerror or exc)
-    if isinstance(exc, S3Error) and result.get('backup'):
-        message = 'the local backup %s is complete, but the S3 upload failed: %s' % (name, message)
-    try:
-        result['report_path'], _report = reports.write_backup_report(
-            repo, started, 'failed', backups=[result['backup']['meta']] if result.get('backup') else [],
-            error=message, extra=_run_fields(module.params))
-    except OSError:
-        pass
-    module.fail_json(msg=message, **result)
-
-
-def physical(module, p, log, result):
-    """A pg_basebackup into base/, complete only once its WAL is archived."""
-    codec = p['compression'] or 'zstd'
-    try:
-        keys = encryption.Keys.from_params(p)
-        if keys.enabled:
-            keys.recipient()  # a bad key fails now, not after the backup
-        conn = Connection.from_params(p, db='postgres')
-        repo = repository.Repository(p['backup_root'], p['pg_os_user'])
-        plan = physical_backup.plan(repo, p['name_prefix'], codec, p['compression_level'], workers=p['jobs'])
-        s3 = common.s3_store(p) if p['upload'] else None
-        physical_backup.check_archiving(conn, log=log)
-    except physical_backup.ArchivingNotConfigured as exc:
-        if p['only_if_archiving']:
-            result.update(skipped_reason=str(exc), msg='no base backup taken: WAL archiving is not configured')
-            module.exit_json(**result)
-        module.fail_json(msg=str(exc), **result)
-    except EXPLAINED_ERRORS as exc:
-        module.fail_json(msg=str(exc), **result)
-    if module.check_mode:
-        result.update(changed=True, backup=dict(path=plan['path'], meta=None,
-                                                s3_uri=s3.uri('base/' + plan['name']) if s3 else None),
-                      msg='would take a base backup of the cluster into %s' % plan['path'])
-        module.exit_json(**result)
-    try:
-        repo.ensure()
-    except repository.RepositoryError as exc:
-        module.fail_json(msg=str(exc), **result)
-    started = plan['started']
-    try:
-        with repo.lock('backup', wait_s=p['lock_wait']):
-            plan = physical_backup.plan(repo, p['name_prefix'], codec, p['compression_level'], workers=p['jobs'])
-            if os.path.lexists(plan['path']) or os.path.lexists(plan['meta_path']):
-                time.sleep(1.0)
-                plan = physical_backup.plan(repo, p['name_prefix'], codec, p['compression_level'], workers=p['jobs'])
-            started = plan['started']
-            meta = physical_backup.take(conn, repo, plan, wait_archive_s=p['wait_archive'], log=log, keys=keys)
-            result['changed'] = True
-            entries, _problems = repo.scan('base')
-            checks = reports.thresholds(meta, reports.previous_backup(entries, meta))
-            backup = dict(path=plan['path'], meta=meta, s3_uri=None)
-            result['backup'] = backup
-            if s3:
-                backup['s3_uri'], _objects = s3.upload_backup(repo.root, plan['path'], plan['meta_path'])
-    except EXPLAINED_ERRORS + (OSError,) as exc:
-        _fail_with_report(module, repo, started, result, exc, plan['name'])
-    result['thresholds'] = checks
-    result['report_path'], _report = reports.write_backup_report(
-        repo, started, 'success', backups=[dict(meta, s3_uri=backup['s3_uri'])], checks=checks,
-        extra=_run_fields(p))
-    result['msg'] = 'base backup %s (%d bytes, %.1f s, WAL %s..%s archived)' % (
-        meta['name'], meta['size_bytes'], meta['duration_s'], meta['wal_start'], meta['wal_stop'])
-    module.exit_json(**result)
 
 
 def main():
@@ -289,78 +209,40 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
-    log = module.command_log
-    result = module.result
-    result.update(backup=None)
-    module.audit(p['backup_root'], 'backup', p['db'] if p['type'] == 'logical' else 'cluster',
-                 db_user=p['login_user'], details={'type': p['type']})
-    if p['type'] == 'physical':
-        physical(module, p, log, result)
-    if p['compression'] is None:
-        p['compression'] = 'gzip'
-    if p['jobs'] < 1:
-        module.fail_json(msg='jobs must be 1 or more', **result)
-    try:
-        keys = encryption.Keys.from_params(p)
-        if keys.enabled:
-            keys.recipient()  # a bad key fails now, not after the dump
-        conn = Connection.from_params(p)
-        repo = repository.Repository(p['backup_root'], p['pg_os_user'])
-        plan = logical_backup.plan(repo, p['db'], p['format'], p['compression'], p['compression_level'],
-                                   p['name_prefix'], logical_backup.pg_dump_major(conn), encrypted=keys.enabled)
-        s3 = common.s3_store(p) if p['upload'] else None
-    except EXPLAINED_ERRORS as exc:
-        module.fail_json(msg=str(exc), **result)
-
-    planned = dict(path=plan['path'], meta=None, s3_uri=s3.uri('full/' + plan['file']) if s3 else None)
+    module.result.update(backup=None)
+    physical = p['type'] == 'physical'
+    module.audit(p['backup_root'], 'backup', 'cluster' if physical else p['db'], db_user=p['login_user'],
+                 details={'type': p['type']})
+    with module.errors_fail():
+        request = backups.Request(kind=p['type'], db=p['db'], fmt=p['format'], compression=p['compression'],
+                                  compression_level=p['compression_level'], jobs=p['jobs'],
+                                  name_prefix=p['name_prefix'], lock_wait=p['lock_wait'], wait_archive=p['wait_archive'])
+        run = backups.Backup(request, Connection.from_params(p, db='postgres' if physical else None),
+                             repository.Repository(p['backup_root'], p['pg_os_user']),
+                             encryption.Keys.from_params(p), s3=common.s3_store(p) if p['upload'] else None,
+                             log=module.command_log)
+        try:
+            planned = run.prepare()
+        except ArchivingNotConfigured as exc:
+            if not p['only_if_archiving']:
+                raise
+            module.exit_json(skipped_reason=str(exc), msg='no base backup taken: WAL archiving is not configured',
+                             **module.result)
     if module.check_mode:
-        result.update(changed=True, backup=planned,
-                      msg='would back up database %s to %s' % (p['db'], plan['path']))
-        module.exit_json(**result)
-
-    try:
-        repo.ensure()
-    except repository.RepositoryError as exc:
-        module.fail_json(msg=str(exc), **result)
-
-    started = plan['started']
-    try:
-        with repo.lock('backup', wait_s=p['lock_wait']):
-            # Named after the moment the lock was ours: a run that waited for another
-            # one must neither pretend to have started earlier nor take its name.
-            plan = logical_backup.unused_plan(repo, plan)
-            started = plan['started']
-            logical_backup.check_database_reachable(conn, p['db'], log=log)
-            meta = logical_backup.take(conn, repo, plan, jobs=p['jobs'], log=log, keys=keys)
-            result['changed'] = True
-            entries, _problems = repo.scan('full')
-            checks = reports.thresholds(meta, reports.previous_backup(entries, meta))
-            backup = dict(path=plan['path'], meta=meta, s3_uri=None)
-            result['backup'] = backup
-            if s3:
-                globals_file = (meta.get('globals') or {}).get('file')
-                backup['s3_uri'], _objects = s3.upload_backup(
-                    repo.root, plan['path'], plan['meta_path'],
-                    extra_paths=[repo.path('full', globals_file)] if globals_file else [])
-    except EXPLAINED_ERRORS + (OSError,) as exc:
-        _fail_with_report(module, repo, started, result, exc, plan['name'])
-
-    result['thresholds'] = checks
-    try:
-        result['report_path'], _report = reports.write_backup_report(
-            repo, started, 'success', backups=[dict(meta, s3_uri=backup['s3_uri'])], checks=checks,
-            extra=_run_fields(p))
-    except OSError as exc:
-        # The backup itself is complete; monitoring reads the reports, so say so plainly.
-        module.fail_json(msg='the backup %s is complete, but its run report could not be written to %s: %s '
-                             '(is the disk full or read-only?)' % (meta['name'], repo.path('logs'),
-                                                                   exc.strerror or exc), **result)
-    breached = [c['check'] for c in checks if c.get('breached')]
-    if breached:
-        module.warn('backup %s breached the runbook threshold(s): %s' % (meta['name'], ', '.join(breached)))
-    result['msg'] = 'backed up database %s to %s (%d bytes, %.1f s)' % (
-        p['db'], plan['path'], meta['size_bytes'], meta['duration_s'])
-    module.exit_json(**result)
+        module.result.update(changed=True, backup=planned, msg=run.would())
+        module.exit_json(**module.result)
+    with module.errors_fail():
+        try:
+            outcome = run.run()
+        except backups.BackupFailed as exc:
+            module.fail(str(exc), changed=exc.backup is not None, backup=exc.backup,
+                        **({'report_path': exc.report_path} if exc.report_path else {}))
+    if outcome.breached:
+        module.warn('backup %s breached the runbook threshold(s): %s'
+                    % (outcome.backup['meta']['name'], ', '.join(outcome.breached)))
+    module.result.update(changed=True, backup=outcome.backup, thresholds=outcome.thresholds,
+                         report_path=outcome.report_path, msg=outcome.msg)
+    module.exit_json(**module.result)
 
 
 if __name__ == '__main__':
