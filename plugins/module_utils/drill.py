@@ -227,6 +227,23 @@ def write_report(repo, report, report_dir=None):
     return paths
 
 
+def publish_report(repo, report, s3=None, report_dir=None):
+    """Write the report (``write_report``) and copy it to the S3 mirror when there is one.
+
+    Returns (paths, s3_uri, warning). A drill host apart from production keeps nothing the database host's
+    health check could read, so the report goes to the mirror, where backup_info finds it; a failed copy is
+    a warning that says how to finish by hand, never a lost report.
+    """
+    paths = write_report(repo, report, report_dir)
+    if s3 is None:
+        return paths, None, None
+    try:
+        return paths, s3.upload_file(paths[0], 'restore-tests/' + os.path.basename(paths[0])), None
+    except (errors.PgBackupError, OSError) as exc:
+        return paths, None, ('the drill report could not be copied to S3 (%s): health checks that read the '
+                             'mirror will not see this drill; copy %s there by hand' % (exc, paths[0]))
+
+
 # -- the scratch clusters -----------------------------------------------------
 
 class ScratchCluster(scratch.PrivateCluster):

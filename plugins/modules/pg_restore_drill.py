@@ -268,8 +268,6 @@ executed_commands:
   elements: list
 '''
 
-import os
-
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import common, drill, repository, verify
 from ansible_collections.modulo.pgbackup.plugins.module_utils.module_base import EXPLAINED_ERRORS, PgBackupModule
@@ -327,19 +325,12 @@ def main():
         repo.ensure()
         with repo.lock('restore-drill'):
             report = runner.run()
-            paths = drill.write_report(repo, report, p['report_dir'])
+            paths, s3_uri, warning = drill.publish_report(repo, report, s3=runner.s3, report_dir=p['report_dir'])
     except EXPLAINED_ERRORS + (OSError,) as exc:
         module.fail_json(msg='restore drill could not run or write its report: %s' % exc, **result)
-    result.update(changed=True, report=report, report_path=paths[0], report_copies=paths, report_s3_uri=None)
-    if runner.s3 is not None:
-        # A drill host apart from production keeps nothing the database host's health check could
-        # read: the report goes to the mirror, where backup_info finds it.
-        try:
-            result['report_s3_uri'] = runner.s3.upload_file(
-                paths[0], 'restore-tests/' + os.path.basename(paths[0]))
-        except EXPLAINED_ERRORS + (OSError,) as exc:
-            module.warn('the drill report could not be copied to S3 (%s): health checks that read the '
-                        'mirror will not see this drill; copy %s there by hand' % (exc, paths[0]))
+    result.update(changed=True, report=report, report_path=paths[0], report_copies=paths, report_s3_uri=s3_uri)
+    if warning:
+        module.warn(warning)
     if report['status'] != 'passed':
         failed = drill.failed_checks(report) or ['drill']
         module.fail_json(msg='restore drill FAILED (%s): %s; report %s' % (

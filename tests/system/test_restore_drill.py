@@ -21,8 +21,8 @@ import uuid
 import pytest
 
 import pgsandbox
-from ansible_collections.modulo.pgbackup.plugins.module_utils import repository
-from ansible_collections.modulo.pgbackup.plugins.module_utils.drill import Drill, write_report
+from ansible_collections.modulo.pgbackup.plugins.module_utils import repository, s3store
+from ansible_collections.modulo.pgbackup.plugins.module_utils.drill import Drill, publish_report, write_report
 from conftest import flip_byte
 from test_pitr import archiving_cluster, args_for, make_repo, wait_archived
 
@@ -300,3 +300,22 @@ def test_backup_only_in_s3_is_fetched_and_checked(world, s3_bucket):
     assert 'fetch_s' in report['timings']
     assert os.path.exists(os.path.join(repo, 'full', meta['file']))
     assert_clean(repo)
+
+
+def test_a_drill_report_goes_to_the_mirror_and_a_failed_copy_is_a_warning_not_a_lost_report(tmp_path, s3_bucket):
+    repo = repository.Repository(str(tmp_path / 'repo'))
+    repo.ensure()
+    report = {'report': 'restore_drill', 'status': 'passed', 'kind': 'logical',
+              'started_at': '2026-12-04T04:00:00Z', 'checks': []}
+    store = s3store.S3Store(s3_bucket['name'], prefix='database-backups/db1/', endpoint_url=s3_bucket['url'])
+    paths, uri, warning = publish_report(repo, report, s3=store)
+    assert warning is None and uri == 's3://%s/database-backups/db1/restore-tests/%s' % (
+        s3_bucket['name'], os.path.basename(paths[0]))
+    body = s3_bucket['client'].get_object(Bucket=s3_bucket['name'], Key=uri.split('/', 3)[3])['Body'].read()
+    with open(paths[0], 'rb') as handle:
+        assert json.loads(body) == json.loads(handle.read()) == report
+
+    missing = s3store.S3Store('modulo-absent-%s' % uuid.uuid4().hex[:8], endpoint_url=s3_bucket['url'])
+    paths, uri, warning = publish_report(repo, report, s3=missing)
+    assert uri is None and 'does not exist' in warning and 'copy %s there by hand' % paths[0] in warning
+    assert all(os.path.isfile(p) for p in paths) and len(paths) == 2
