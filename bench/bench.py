@@ -48,7 +48,8 @@ sys.path.insert(0, os.path.join(ROOT, '.collections'))
 
 import pgsandbox  # noqa: E402
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import walarchive  # noqa: E402
+from ansible_collections.modulo.pgbackup.plugins.module_utils import walcommand  # noqa: E402
+from ansible_collections.modulo.pgbackup.plugins.module_utils.wal import archive as walarchive  # noqa: E402
 
 STANZA = 'bench'
 MB = 1024.0 * 1024.0
@@ -762,17 +763,16 @@ class Bench(object):
             entry['rate_ratio'] = round(entry['segments_per_s'] / ref_rate, 2)
 
     def project_command_for(self, command, repo):
-        """The installed command line, its --config replaced by a copy whose repo is ``repo``."""
-        words = shlex.split(command)
-        where = words.index('--config') + 1
-        with open(words[where]) as handle:
-            config = json.load(handle)
-        config['repo'] = repo
-        copy = os.path.join(self.base, 'wal-config-%s.json' % hashlib.sha256(repo.encode()).hexdigest()[:12])
-        with open(copy, 'w') as handle:
-            json.dump(config, handle)
-        os.chmod(copy, 0o644)
-        return command.replace(shlex.quote(words[where]), shlex.quote(copy), 1)
+        """The installed command line, for a copy of the installed command whose settings name ``repo``.
+
+        The copy is installed by the same code as wal_archive's (walcommand.install), with the installed
+        settings but the repository, so the line keeps its shape and the command its start-up cost."""
+        installed = shlex.split(command)[2]
+        copy = os.path.join(self.base, 'wal-command-%s' % hashlib.sha256(repo.encode()).hexdigest()[:12], 'pgbackup-wal')
+        if not os.path.exists(copy):
+            walcommand.install(copy, dict(walcommand.installed_settings(installed), repo=repo))
+            os.chmod(os.path.dirname(copy), 0o755)
+        return command.replace(shlex.quote(installed), shlex.quote(copy), 1)
 
     def emergency_inventory(self, app):
         """The bench's own inventory: its cluster as the database server, the test application as modulo_app."""

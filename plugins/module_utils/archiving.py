@@ -6,10 +6,9 @@
 Three things must agree for point-in-time recovery to work, and this file
 keeps them together:
 
-* the archive command on the host: walarchive.py's own source with a
-  ``#!/usr/bin/python3`` shebang, plus a small JSON config next to it (no
-  secrets: AWS credentials come from the server's environment or instance
-  profile), both readable by the server's OS user;
+* the archive command on the host: a launcher, the collection's ``wal`` package and its settings as a
+  generated Python module (walcommand.py; no secrets: AWS credentials come from the host's environment or
+  instance profile), all readable by the server's OS user;
 * the repository's ``wal/``, owned by that same user (one owner for the whole
   repository), and ``wal/archive.json`` naming the one cluster allowed to
   archive there;
@@ -31,16 +30,16 @@ import shlex
 import subprocess
 import time
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import encryption, errors, liveserver, osuser, walarchive, walcommand
+from ansible_collections.modulo.pgbackup.plugins.module_utils import encryption, errors, liveserver, osuser, walcommand
+from ansible_collections.modulo.pgbackup.plugins.module_utils.wal import (
+    archive as walarchive, codec as walcodec, durable as waldurable, errors as walerrors, names as walnames, s3 as wals3)
 from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import PgError, psql_query, quote_literal
 
 DEFAULT_COMMAND_PATH = '/usr/local/lib/modulo-pgbackup/pgbackup-wal'
 SYSTEM_PYTHON = walcommand.SYSTEM_PYTHON
-CONFIG_MODE = 0o644
 PARENT_MODE = 0o755
 REPO_DIR_MODE = 0o700
 INFO_MODE = 0o600
-MANAGED_BY = 'modulo.pgbackup wal_archive (Ansible): edits here are overwritten on its next run'
 
 RESTART_SETTINGS = ('wal_level', 'archive_mode')
 SETTINGS = ('wal_level', 'archive_mode', 'archive_command', 'archive_timeout', 'archive_library')
@@ -55,30 +54,25 @@ class ArchivingError(errors.PgBackupError):
 
 
 # --------------------------------------------------------------------------------------------
-# The archive command and its config
+# The archive command and its settings
 # --------------------------------------------------------------------------------------------
 
-def config_path_for(command_path, config_path=None):
-    return config_path or command_path + '.json'
-
-
-def commands(command_path, config_path):
+def commands(command_path):
     """(archive_command, restore_command) running the installed command with the system Python."""
     try:
-        return walcommand.command_lines(command_path, config_path)
+        return walcommand.command_lines(command_path)
     except walcommand.WalCommandError as exc:
         raise ArchivingError(str(exc))
 
 
-def config_document(repo, compression='auto', level=None, s3=None, encryption=None):
-    """The command's --config (walarchive.CONFIG_KEYS); ``s3`` is common.s3_settings() or None.
+def command_settings(repo, compression='auto', level=None, s3=None, encryption=None):
+    """The command's settings (wal/cli.py SETTINGS_KEYS); ``s3`` is common.s3_settings() or None.
 
     ``encryption`` ({'recipient', 'identities'}) names the public key segments are encrypted for and the
-    key *files* that decrypt them; the keys themselves are never copied into the config.
+    key *files* that decrypt them; the keys themselves are never copied into the settings.
     """
     s3 = s3 or {}
-    doc = {
-        '_managed_by': MANAGED_BY,
+    settings = {
         'repo': repo,
         'compression': compression or 'auto',
         'level': level,
@@ -89,16 +83,27 @@ def config_document(repo, compression='auto', level=None, s3=None, encryption=No
         's3_sse': (s3.get('sse') is not False) if s3.get('bucket') else None,
     }
     if encryption:
-        doc['encryption_recipient'] = encryption.get('recipient')
-        doc['encryption_key_files'] = list(encryption.get('identities') or [])
-    unknown = [k for k in doc if not k.startswith('_') and k not in walarchive.CONFIG_KEYS]
-    if unknown:
-        raise ArchivingError('the archive command does not know the config keys %s' % ', '.join(unknown))
-    return doc
+        settings['encryption_recipient'] = encryption.get('recipient')
+        settings['encryption_key_files'] = list(encryption.get('identities') or [])
+    return settings
 
 
-def render_config(doc):
-    return (json.dumps(doc, indent=2, sort_keys=True) + '\n').encode('utf-8')
+def legacy_files(command_path):
+    """What earlier versions installed for the command and nothing uses any more: the single-file library
+    (walarchive.py and its bytecode) and the JSON config the command line named (only when it says it is ours)."""
+    lib = walcommand.lib_dir(command_path)
+    found = [os.path.join(lib, 'walarchive.py')]
+    cache = os.path.join(lib, '__pycache__')
+    if os.path.isdir(cache):
+        found += [os.path.join(cache, n) for n in sorted(os.listdir(cache)) if n.startswith('walarchive.')]
+    config = command_path + '.json'
+    try:
+        with open(config) as handle:
+            if '"_managed_by": "modulo.pgbackup wal_archive' in handle.read():
+                found.append(config)
+    except OSError:
+        pass
+    return [path for path in found if os.path.isfile(path)]
 
 
 def wal_encryption(params):
@@ -133,14 +138,14 @@ def wal_encryption(params):
 def check_compression(compression, level):
     """Fail now, not in the archiver, when the codec or level cannot work on this host."""
     try:
-        codec = walarchive.resolve_codec(compression or 'auto')
+        codec = walcodec.resolve_codec(compression or 'auto')
         if compression in (None, 'auto') and level is not None:
             # 'auto' may pick either codec on a later day: the level must suit both.
             for candidate in ('zstd', 'gzip'):
-                walarchive.check_level(candidate, level)
+                walcodec.check_level(candidate, level)
         else:
-            walarchive.check_level(codec, level)
-    except walarchive.WalArchiveError as exc:
+            walcodec.check_level(codec, level)
+    except walerrors.WalArchiveError as exc:
         raise ArchivingError(str(exc))
     return codec
 
@@ -218,7 +223,7 @@ def write_file(path, content, mode):
         except OSError:
             pass
         raise
-    walarchive.fsync_dir(directory)
+    waldurable.fsync_dir(directory)
 
 
 # --------------------------------------------------------------------------------------------
@@ -317,7 +322,7 @@ def apply_repository(actions):
             make_dirs(missing_dirs(path))
             os.mkdir(path, REPO_DIR_MODE)
             os.chmod(path, REPO_DIR_MODE)
-            walarchive.fsync_dir(os.path.dirname(os.path.abspath(path)))
+            waldurable.fsync_dir(os.path.dirname(os.path.abspath(path)))
         if act['owner']:
             os.lchown(path, act['owner'][0], act['owner'][1])
         if act['action'] == 'chmod':
@@ -328,7 +333,7 @@ def archive_owner(repo, sysid):
     """'absent' or 'same' for ``wal/archive.json``; ArchivingError when another cluster owns the archive."""
     try:
         info = walarchive.read_archive_info(repo)
-    except walarchive.WalArchiveError as exc:
+    except walerrors.WalArchiveError as exc:
         raise ArchivingError(str(exc))
     if info is None:
         return 'absent'
@@ -584,14 +589,14 @@ def verify_archiving(conn, repo, store=None, timeout=60, log=None, sleep=time.sl
         if local and store:
             try:
                 remote = store.find(segment)
-            except walarchive.WalArchiveError as exc:
+            except walerrors.WalArchiveError as exc:
                 raise ArchivingError('cannot check the S3 archive: %s' % exc)
         stats = archiver_stats(conn, log=log)
         failed = int(stats.get('failed_count') or 0)
         if failed > failed_before:
             raise ArchivingError(
                 'the archiver failed to archive %s (pg_stat_archiver: failed_count %d -> %d, last_failed_wal '
-                '%s at %s). The server log has the command\'s message (lines starting with "walarchive:"). %s'
+                '%s at %s). The server log has the command\'s message (lines starting with "pgbackup-wal:"). %s'
                 % (stats.get('last_failed_wal') or segment, failed_before, failed, stats.get('last_failed_wal'),
                    stats.get('last_failed_time'), hint))
         # The archiver records its success just after the command returns: wait for pg_stat_archiver to
@@ -669,20 +674,21 @@ def check_system_python(need_boto3, log=None):
                              % (SYSTEM_PYTHON, proc.stdout.decode('utf-8', 'replace').strip()[-300:]))
 
 
-def hint(pg_user, command_path, config_path, repo):
-    run = '%s %s status --config %s' % (SYSTEM_PYTHON, shlex.quote(command_path), shlex.quote(config_path))
+def hint(pg_user, command_path, repo):
+    run = '%s %s status' % (SYSTEM_PYTHON, shlex.quote(command_path))
     return ('Check that %s can read %s and %s and write %s; try: runuser -u %s -- %s'
-            % (pg_user, command_path, config_path, walarchive.wal_dir(repo), pg_user, run))
+            % (pg_user, command_path, walcommand.lib_dir(command_path), walarchive.wal_dir(repo), pg_user, run))
 
 
 # --------------------------------------------------------------------------------------------
 # The whole run
 # --------------------------------------------------------------------------------------------
 
-def new_result(command_path, config_path, log=None):
-    archive_command, restore_command = commands(command_path, config_path)
+def new_result(command_path, log=None):
+    archive_command, restore_command = commands(command_path)
     return {'changed': False, 'restart_required': False, 'archive_command': archive_command,
-            'restore_command': restore_command, 'command_path': command_path, 'config_path': config_path,
+            'restore_command': restore_command, 'command_path': command_path,
+            'settings_path': walcommand.settings_path(command_path),
             'settings_changed': [], 'files_changed': [], 'archiver': {}, 'system_identifier': None,
             'verified': False, 'segment': None, 'os_user': osuser.current_user(), 'restarted': False,
             'executed_commands': log.commands if log is not None else []}
@@ -695,19 +701,18 @@ def run(conn, params, result, s3=None, check_mode=False, log=None, warn=None, co
     checked before anything is written, so a restart that cannot work changes nothing.
 
     ``params``: backup_root, state, archive_timeout, compression, compression_level,
-    verify, verify_timeout, pg_os_user (absolute command_path and config_path are
-    already in ``result``).  ``s3``: common.s3_settings() or None.  Raises
+    verify, verify_timeout, pg_os_user (the absolute command_path is already in ``result``).  ``s3``: common.s3_settings() or None.  Raises
     ArchivingError, PgError or OSError; ``result`` then says what was done.
     """
     warn = warn or (lambda message: None)
     repo = os.path.abspath(params['backup_root'])
-    command_path, config_path = result['command_path'], result['config_path']
+    command_path = result['command_path']
     sysid, seg_size, in_recovery = server_identity(conn, log=log)
     result['system_identifier'] = sysid
     current = read_settings(conn, log=log)
     present = params['state'] == 'present'
 
-    file_plans, repo_plan, seed, stale_bytecode = [], [], False, False
+    file_plans, repo_plan, seed, stale_bytecode, legacy = [], [], False, False, []
     owner = None
     if present:
         check_compression(params['compression'], params['compression_level'])
@@ -718,7 +723,7 @@ def run(conn, params, result, s3=None, check_mode=False, log=None, warn=None, co
             except osuser.OsUserError as exc:
                 raise ArchivingError(str(exc))
             owner = (uid, gid)
-            for path in (repo, command_path, config_path):
+            for path in (repo, command_path):
                 blocked = first_blocking_dir(path, uid, groups)
                 if blocked:
                     raise ArchivingError(
@@ -731,24 +736,28 @@ def run(conn, params, result, s3=None, check_mode=False, log=None, warn=None, co
             warn('the module runs as %s, not as root or %s: the repository is owned by %s, and the server '
                  'can archive into it only if it runs as that user'
                  % (osuser.current_user(), params['pg_os_user'], osuser.current_user()))
-        doc = config_document(repo, params['compression'], params['compression_level'], s3,
-                              wal_encryption(params))
+        settings = command_settings(repo, params['compression'], params['compression_level'], s3,
+                                    wal_encryption(params))
         # The installed command is the very code the collection tests and imports (walcommand).
-        for path, content, mode in walcommand.files(command_path) + [(config_path, render_config(doc), CONFIG_MODE)]:
+        try:
+            command_files = walcommand.files(command_path, settings)
+        except walcommand.WalCommandError as exc:
+            raise ArchivingError(str(exc))
+        for path, content, mode in command_files:
             action = plan_file(path, content, mode)
             if action:
                 file_plans.append((path, content, mode, action))
-        # A new or changed library is compiled once written; otherwise: is its bytecode current?
-        library = walcommand.library_path(command_path)
-        stale_bytecode = any(plan[0] == library for plan in file_plans) or \
+        legacy = legacy_files(command_path)
+        # A new or changed source is compiled once written; otherwise: is its bytecode current?
+        stale_bytecode = any(plan[0] != command_path for plan in file_plans) or \
             bool(_bytecode(command_path, write=False, log=log))
         repo_plan = plan_repository(repo, owner)
         seed = not os.path.isdir(walarchive.wal_dir(repo)) or archive_owner(repo, sysid) == 'absent'
-        store = walarchive.s3_archive(s3) if s3 else None
+        store = wals3.s3_archive(s3) if s3 else None
         if store:
             try:
                 info = store.read_info()
-            except walarchive.WalArchiveError as exc:
+            except walerrors.WalArchiveError as exc:
                 raise ArchivingError('cannot read the S3 archive\'s archive.json: %s' % exc)
             if info and str(info.get('system_identifier')) != sysid:
                 raise ArchivingError(
@@ -769,8 +778,8 @@ def run(conn, params, result, s3=None, check_mode=False, log=None, warn=None, co
     for message in plan['warnings'] if control is None else []:
         warn(message)
     planned_files = [p[0] for p in file_plans] + \
-        ([walcommand.bytecode_dir(command_path)] if stale_bytecode else []) + [a['path'] for a in repo_plan] + \
-        ([os.path.join(walarchive.wal_dir(repo), walarchive.INFO_FILE)] if seed else [])
+        (walcommand.bytecode_dirs(command_path) if stale_bytecode else []) + [a['path'] for a in repo_plan] + \
+        ([os.path.join(walarchive.wal_dir(repo), walnames.INFO_FILE)] if seed else []) + legacy
     result['restart_required'] = plan['restart_required']
     result['diff'] = {'before': dict(plan['before']), 'after': dict(plan['after'])}
     if check_mode:
@@ -783,19 +792,19 @@ def run(conn, params, result, s3=None, check_mode=False, log=None, warn=None, co
             result['settings_changed'].extend(settings)
             result['changed'] = bool(result['files_changed'] or result['settings_changed'])
 
-        # Files first: archive_command must never name a command, config or wal/ that is not there yet.
+        # Files first: archive_command must never name a command, its settings or wal/ that is not there yet.
         # The library (walcommand.files() lists it first) and its bytecode come before the launcher
         # that imports them, since the archiver may start the command at any moment.
         for path, content, mode, _action in file_plans:
             if path == command_path and stale_bytecode:
                 _bytecode(command_path, write=True, log=log)
-                did([walcommand.bytecode_dir(command_path)])
+                did(walcommand.bytecode_dirs(command_path))
                 stale_bytecode = False
             write_file(path, content, mode)
             did([path])
         if stale_bytecode:
             _bytecode(command_path, write=True, log=log)
-            did([walcommand.bytecode_dir(command_path)])
+            did(walcommand.bytecode_dirs(command_path))
         for action in repo_plan:
             apply_repository([action])
             did([action['path']])
@@ -805,6 +814,10 @@ def run(conn, params, result, s3=None, check_mode=False, log=None, warn=None, co
         if present and 'archive_command' in plan['changed'] and \
                 normalize('archive_mode', current['archive_mode']['setting']) != 'off':
             wait_for_setting(conn, 'archive_command', plan['after']['archive_command'], log=log)
+        # Only once the server runs the new command line: the old one named these files.
+        for path in legacy:
+            os.unlink(path)
+            did([path])
         if plan['restart_required'] and control is not None:
             restart(conn, control, plan, current, log=log)
             result['restarted'] = result['changed'] = True
@@ -820,7 +833,7 @@ def run(conn, params, result, s3=None, check_mode=False, log=None, warn=None, co
         else:
             result['segment'], result['archiver'] = verify_archiving(
                 conn, repo, store=store, timeout=params['verify_timeout'], log=log,
-                hint=hint(params['pg_os_user'], command_path, config_path, repo))
+                hint=hint(params['pg_os_user'], command_path, repo))
             result['verified'] = True
     if not result['archiver']:
         result['archiver'] = archiver_stats(conn, log=log)

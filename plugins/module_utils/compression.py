@@ -13,12 +13,14 @@ __metaclass__ = type
 import os
 import shutil
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import encryption, errors, walarchive
+from ansible_collections.modulo.pgbackup.plugins.module_utils import encryption, errors
 
+
+from ansible_collections.modulo.pgbackup.plugins.module_utils.wal import names as walnames
 CODECS = ('gzip', 'zstd', 'lz4', 'none')
 # gzip and zstd as the WAL archive command has them (one range for a codec, whatever compresses).
-DEFAULT_LEVEL = dict(walarchive.DEFAULT_LEVEL, lz4=1)
-LEVEL_RANGE = dict(walarchive.LEVEL_RANGE, lz4=(1, 12))
+DEFAULT_LEVEL = dict(walnames.DEFAULT_LEVEL, lz4=1)
+LEVEL_RANGE = dict(walnames.LEVEL_RANGE, lz4=(1, 12))
 DEBIAN_PACKAGE = {'gzip': 'gzip', 'zstd': 'zstd', 'lz4': 'lz4'}
 
 
@@ -82,7 +84,7 @@ def test_argv(codec, path):
 
 
 def codec_of_path(path):
-    return walarchive.codec_of(os.path.basename(str(path)))
+    return walnames.codec_of(os.path.basename(str(path)))
 
 
 def read_stages(path, keys=None):

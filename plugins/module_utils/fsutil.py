@@ -20,8 +20,10 @@ import os
 import shutil
 import time
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import errors, osuser, walarchive
+from ansible_collections.modulo.pgbackup.plugins.module_utils import errors, osuser
 
+
+from ansible_collections.modulo.pgbackup.plugins.module_utils.wal import durable as waldurable
 TMP_PREFIX = '.tmp-'
 DIR_MODE = 0o700
 FILE_MODE = 0o600
@@ -73,8 +75,8 @@ def inherit_owner(path):
 
 
 # One implementation, the archive command's (walarchive is stdlib only, so the host command has it too).
-fsync_dir = walarchive.fsync_dir
-fsync_file = walarchive.fsync_file
+fsync_dir = waldurable.fsync_dir
+fsync_file = waldurable.fsync_file
 
 
 def fsync_tree(path):

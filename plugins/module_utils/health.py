@@ -22,7 +22,10 @@ import datetime
 import json
 import os
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import repository, walarchive, walchain
+from ansible_collections.modulo.pgbackup.plugins.module_utils import repository, walchain
+
+from ansible_collections.modulo.pgbackup.plugins.module_utils.wal import (
+    archive as walarchive, errors as walerrors, names as walnames, s3 as wals3)
 from ansible_collections.modulo.pgbackup.plugins.module_utils import report as reports
 from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import PgError, psql_query
 
@@ -139,7 +142,7 @@ def archive_facts(repo, s3archive=None):
         with open(entry['path']) as handle:
             return handle.read()
 
-    return {'entries': entries, 'seg_size': int(info.get('wal_segment_size') or walarchive.WAL_SEG_SIZE),
+    return {'entries': entries, 'seg_size': int(info.get('wal_segment_size') or walnames.WAL_SEG_SIZE),
             'segments': len(segments), 'newest_segment': newest['name'] if newest else None,
             'newest_archived_at': newest_at, 'read_history': read_history,
             's3_only': sum(1 for e in entries if e.get('location') == 's3')}
@@ -216,9 +219,9 @@ def gather(repo, backups, conn=None, pgdata=None, log=None, s3=None, store=None)
     facts = {'repository': repo.root, 'backups': backups, 'backup_runs': last_backup_runs(repo)}
     facts['drill_path'], facts['drill'] = newest_drill(repo, store)
     try:
-        facts['archive'] = archive_facts(repo, walarchive.s3_archive(s3))
+        facts['archive'] = archive_facts(repo, wals3.s3_archive(s3))
         facts['read_history'] = facts['archive'].pop('read_history')
-    except (OSError, walarchive.WalArchiveError) as exc:
+    except (OSError, walerrors.WalArchiveError) as exc:
         facts['archive_error'] = str(exc)
     try:
         facts['repository_disk'] = disk_usage(repo.root)

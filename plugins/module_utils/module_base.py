@@ -19,12 +19,14 @@ import contextlib
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import audit, errors, walarchive
+from ansible_collections.modulo.pgbackup.plugins.module_utils import audit, errors
+
+from ansible_collections.modulo.pgbackup.plugins.module_utils.wal import errors as walerrors
 from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import CommandLog
 
 # walarchive runs alone on the database host and imports nothing of the collection, so its errors do not
 # derive from PgBackupError; they are just as much written for the operator.
-EXPLAINED_ERRORS = (errors.PgBackupError, walarchive.WalArchiveError)
+EXPLAINED_ERRORS = (errors.PgBackupError, walerrors.WalArchiveError)
 
 
 class PgBackupModule(AnsibleModule):

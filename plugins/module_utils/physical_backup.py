@@ -19,7 +19,9 @@ import re
 import subprocess
 import time
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import compression, encryption, errors, fsutil, pipeline, repository, walarchive
+from ansible_collections.modulo.pgbackup.plugins.module_utils import compression, encryption, errors, fsutil, pipeline, repository
+
+from ansible_collections.modulo.pgbackup.plugins.module_utils.wal import archive as walarchive, names as walnames
 from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import psql_query, server_facts
 
 START_RE = re.compile(r'write-ahead log start point: ([0-9A-F]+/[0-9A-F]+) on timeline (\d+)')
@@ -202,10 +204,10 @@ def take(conn, repo, p, wait_archive_s=300, log=None, keys=None):
             start_lsn, timeline, stop_lsn = backup_label_points(repo.root, p['name'], wait_archive_s)
         else:
             start_lsn, timeline, stop_lsn = wal_points(tmp, errs[0])
-        wal_start = walarchive.segment_name(timeline, walarchive.parse_lsn(start_lsn))
+        wal_start = walnames.segment_name(timeline, walnames.parse_lsn(start_lsn))
         # The stop LSN points just past the last record: the last segment needed holds the byte before it.
-        wal_stop = walarchive.segment_name(timeline, walarchive.parse_lsn(stop_lsn) - 1)
-        needed = walarchive.wal_range(wal_start, wal_stop)
+        wal_stop = walnames.segment_name(timeline, walnames.parse_lsn(stop_lsn) - 1)
+        needed = walnames.wal_range(wal_start, wal_stop)
         missing = wait_for_wal(repo.root, needed, wait_archive_s)
         if missing:
             raise PhysicalBackupError(

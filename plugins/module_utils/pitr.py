@@ -21,7 +21,8 @@ import subprocess
 import time
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import (
-    fsutil, logical_restore, osuser, pipeline, repository, scratch, walarchive, walchain)
+    fsutil, logical_restore, osuser, pipeline, repository, scratch, walchain)
+from ansible_collections.modulo.pgbackup.plugins.module_utils.wal import archive as walarchive, names as walnames
 from ansible_collections.modulo.pgbackup.plugins.module_utils.logical_backup import database_rows
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import errors
@@ -101,8 +102,8 @@ def choose_base(bases, params, when=None):
                             'cannot go back that far' % (when.isoformat(), complete[0]['name'],
                                                          complete[0]['finished_at']))
     if params.get('target_lsn'):
-        target = walarchive.parse_lsn(params['target_lsn'])
-        usable = [b for b in usable if walarchive.parse_lsn(b['stop_lsn']) <= target]
+        target = walnames.parse_lsn(params['target_lsn'])
+        usable = [b for b in usable if walnames.parse_lsn(b['stop_lsn']) <= target]
         if not usable:
             raise PitrError('target_lsn %s is before the end of the oldest base backup' % params['target_lsn'])
     return usable[-1]

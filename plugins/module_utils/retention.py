@@ -53,8 +53,10 @@ import os
 import re
 import shutil
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import errors, fsutil, repository, walarchive
+from ansible_collections.modulo.pgbackup.plugins.module_utils import errors, fsutil, repository
 
+
+from ansible_collections.modulo.pgbackup.plugins.module_utils.wal import names as walnames
 DAY = datetime.timedelta(days=1)
 TMP_MAX_AGE = DAY
 BACKUP_DIRS = ('full', 'base')
@@ -298,7 +300,7 @@ def _needed_from(out, bases):
     needed = []
     for entry in bases:
         try:
-            tli, segno = walarchive.parse_segment_name(entry['meta'].get('wal_start') or '')
+            tli, segno = walnames.parse_segment_name(entry['meta'].get('wal_start') or '')
         except ValueError:
             out.warnings.append('base backup %s has no valid wal_start in its .meta: every WAL file is kept'
                                 % entry['name'])
@@ -326,7 +328,7 @@ def _decide_wal(out, units, needed, pol, now):
     for unit in units:
         parts = unit['relpath'].split('/')
         if len(parts) == 2:
-            if parts[1] == walarchive.INFO_FILE:
+            if parts[1] == walnames.INFO_FILE:
                 out.keep(unit, 'archive_info', 'identifies the cluster allowed to archive here')
             elif parts[1].startswith(fsutil.TMP_PREFIX):
                 _temp(out, unit, now)
@@ -340,14 +342,14 @@ def _decide_wal(out, units, needed, pol, now):
             _temp(out, unit, now)
             continue
         try:
-            kind = walarchive.wal_kind(walarchive.name_of_stored(parts[2]))
+            kind = walnames.wal_kind(walnames.name_of_stored(parts[2]))
             archived = datetime.datetime.strptime(parts[1], '%Y%m%d').replace(tzinfo=datetime.timezone.utc) + DAY
         except ValueError:
             out.unknown(unit, 'not a WAL file name PostgreSQL archives')
             continue
         age = now - archived
         old = age > limit
-        name = walarchive.name_of_stored(parts[2])
+        name = walnames.name_of_stored(parts[2])
         if needed is None:
             keep_wal(unit, kind, 'kept: a retained base backup has no valid wal_start')
             continue
@@ -361,7 +363,7 @@ def _decide_wal(out, units, needed, pol, now):
                 out.delete(unit, 'wal_history', 'history of timeline %d, archived %s, more than %d days ago, older '
                            'than every retained base backup' % (tli, parts[1], pol['wal_days']))
             continue
-        tli, segno = walarchive.parse_segment_name(name[:24])
+        tli, segno = walnames.parse_segment_name(name[:24])
         users = [n for n in needed if not (segno < n[1] and tli <= n[0])]
         if users:
             keep_wal(unit, kind, 'needed by base backup %s (from %s)' % (users[0][2], users[0][3]))

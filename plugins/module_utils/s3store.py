@@ -17,9 +17,11 @@ import importlib.util
 import json
 import os
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import errors, fsutil, repository, walarchive
+from ansible_collections.modulo.pgbackup.plugins.module_utils import errors, fsutil, repository
 
 # boto3 is imported by the first S3Store, not here: importing it takes a fifth of a second, every
+
+from ansible_collections.modulo.pgbackup.plugins.module_utils.wal import names as walnames, s3 as wals3
 # module imports this file, and most runs never touch S3.
 HAS_BOTO3 = importlib.util.find_spec('boto3') is not None
 
@@ -50,7 +52,7 @@ def botocore_errors():
     return (_BOTO['BotoCoreError'], _BOTO['ClientError'])
 
 
-DEFAULT_PREFIX = walarchive.DEFAULT_S3_PREFIX
+DEFAULT_PREFIX = walnames.DEFAULT_S3_PREFIX
 MULTIPART_THRESHOLD = 64 * 1024 * 1024
 # One layer of retries, botocore's own (standard mode: throttling, 5xx and connection errors, exponential
 # backoff with jitter of at most 1 + 2 + 4 s): each request is tried ATTEMPTS times, so an endpoint that
@@ -122,8 +124,8 @@ class S3Store(object):
         code = ''
         if isinstance(exc, _BOTO['ClientError']):
             code = exc.response.get('Error', {}).get('Code', '')
-        if type(exc).__name__ in walarchive.CREDENTIAL_ERRORS:
-            return 'S3 cannot %s: %s' % (action, walarchive.no_credentials_advice(exc))
+        if type(exc).__name__ in wals3.CREDENTIAL_ERRORS:
+            return 'S3 cannot %s: %s' % (action, wals3.no_credentials_advice(exc))
         if code == 'NoSuchBucket':
             return 'S3 bucket %r does not exist: create it or fix s3_bucket (%s)' % (self.bucket, action)
         if code in ('AccessDenied', 'InvalidAccessKeyId', 'SignatureDoesNotMatch'):

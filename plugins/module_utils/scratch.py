@@ -21,7 +21,8 @@ import tempfile
 import time
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import (
-    compression, encryption, fsutil, liveserver, osuser, pipeline, untar, walarchive, walcommand)
+    archiving, compression, encryption, fsutil, liveserver, osuser, pipeline, untar, walcommand)
+from ansible_collections.modulo.pgbackup.plugins.module_utils.wal import codec as walcodec, errors as walerrors
 from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import Connection, psql_query
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import errors
@@ -36,19 +37,16 @@ def install_wal_command(workdir, repo_root, s3_settings=None, os_user=None, keys
 
     With ``keys``, the fetch decrypts with the same identities (readable by the server's OS user).
     """
-    script = walcommand.install(os.path.join(workdir, 'pgbackup-wal'))
-    config = {'repo': repo_root}
-    if s3_settings:
-        config.update({'s3_bucket': s3_settings['bucket'], 's3_prefix': s3_settings.get('prefix'),
-                       's3_endpoint_url': s3_settings.get('endpoint_url'),
-                       'aws_region': s3_settings.get('region'), 's3_sse': s3_settings.get('sse') is not False})
+    encryption = None
     if keys is not None and (keys.enabled or keys.old_key_files):
-        config['encryption_key_files'] = keys.identities()
+        encryption = {'identities': keys.identities()}
         keys.grant(os_user)
-    config_path = os.path.join(workdir, 'pgbackup-wal.json')
-    fsutil.write_json_atomic(config_path, config, overwrite=True)
-    os.chmod(config_path, 0o644)
-    return walcommand.command_lines(script, config_path)[1]
+    settings = archiving.command_settings(repo_root, s3=s3_settings, encryption=encryption)
+    try:
+        script = walcommand.install(os.path.join(workdir, 'pgbackup-wal'), settings)
+    except walcommand.WalCommandError as exc:
+        raise ScratchError(str(exc))
+    return walcommand.command_lines(script)[1]
 
 
 def extract_base(base_dir, pgdata, os_user=None, log=None, keys=None):
@@ -93,8 +91,8 @@ def _unpack_in_process(archive, codec, pgdata, os_user, log, keys):
             log.add(keys.decrypt_argv(archive))
     uid, gid = osuser.ids(os_user)
     try:
-        untar.extract(walarchive.content_chunks(archive, codec, settings, encrypted), pgdata, uid, gid)
-    except walarchive.WalArchiveError as exc:
+        untar.extract(walcodec.content_chunks(archive, codec, settings, encrypted), pgdata, uid, gid)
+    except walerrors.WalArchiveError as exc:
         raise ScratchError('cannot unpack %s: %s' % (archive, encryption.explain(str(exc))))
     except (untar.UntarError, OSError) as exc:
         raise ScratchError('cannot unpack %s into %s: %s' % (archive, pgdata, exc))

@@ -18,13 +18,13 @@ is archived as ``.partial`` and is not used.
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import walarchive
+from ansible_collections.modulo.pgbackup.plugins.module_utils.wal import names as walnames
 
 # A chain report lists at most this many missing names; the count is always exact.
 MAX_LISTED = 20
 
 
-def parse_history(text, seg_size=walarchive.WAL_SEG_SIZE):
+def parse_history(text, seg_size=walnames.WAL_SEG_SIZE):
     """Switch points of a ``.history`` file: ``[(parent timeline, first segment number of the child)]``.
 
     Each line is ``<parent tli> <switch LSN> <reason>``; comments and blank
@@ -39,7 +39,7 @@ def parse_history(text, seg_size=walarchive.WAL_SEG_SIZE):
         fields = line.split(None, 2)
         if len(fields) < 2 or not fields[0].isdigit():
             raise ValueError('not a timeline history line: %r' % line)
-        points.append((int(fields[0]), walarchive.parse_lsn(fields[1]) // seg_size))
+        points.append((int(fields[0]), walnames.parse_lsn(fields[1]) // seg_size))
     return points
 
 
@@ -64,10 +64,10 @@ def reading_timeline(segno, starts):
     return max(begun) if begun else None
 
 
-def check_chain(entries, base_wal_start, read_history, seg_size=walarchive.WAL_SEG_SIZE):
+def check_chain(entries, base_wal_start, read_history, seg_size=walnames.WAL_SEG_SIZE):
     """Walk from ``base_wal_start`` to the newest archived segment; return a dict.
 
-    ``entries`` are ``walarchive.list_archive`` items (name and kind are used);
+    ``entries`` are ``wal.archive.list_archive`` items (name and kind are used);
     ``read_history(name)`` returns the text of an archived ``.history`` file.
     The result has ``ok``, ``from``, ``to``, ``timeline``, ``segments``
     (expected in the chain), ``missing_count``, ``missing`` (the first names)
@@ -75,12 +75,12 @@ def check_chain(entries, base_wal_start, read_history, seg_size=walarchive.WAL_S
     """
     result = {'ok': False, 'from': base_wal_start, 'to': None, 'timeline': None, 'segments': 0,
               'missing_count': 0, 'missing': [], 'problem': None, 'reachable': None}
-    base_tli, first = walarchive.parse_segment_name(base_wal_start, seg_size)
+    base_tli, first = walnames.parse_segment_name(base_wal_start, seg_size)
     segments = set()
     timelines = set([base_tli])
     for entry in entries:
         if entry['kind'] == 'segment':
-            tli, segno = walarchive.parse_segment_name(entry['name'], seg_size)
+            tli, segno = walnames.parse_segment_name(entry['name'], seg_size)
             segments.add((tli, segno))
             timelines.add(tli)
         elif entry['kind'] == 'history':
@@ -119,7 +119,7 @@ def check_chain(entries, base_wal_start, read_history, seg_size=walarchive.WAL_S
 
     def name(segno, tli=None):
         tli = reading_timeline(segno, starts) if tli is None else tli
-        return walarchive.segment_name(tli, segno * seg_size, seg_size)
+        return walnames.segment_name(tli, segno * seg_size, seg_size)
 
     names = [name(n, tli) for tli, n in missing]
     result.update(segments=last - first + 1, missing_count=len(names), missing=names[:MAX_LISTED], to=name(last))

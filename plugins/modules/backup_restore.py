@@ -219,7 +219,8 @@ import time
 
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import (
-    cluster_recovery, common, encryption, logical_restore, pitr, repository, walarchive)
+    cluster_recovery, common, encryption, logical_restore, pitr, repository)
+from ansible_collections.modulo.pgbackup.plugins.module_utils.wal import s3 as wals3
 from ansible_collections.modulo.pgbackup.plugins.module_utils.module_base import EXPLAINED_ERRORS, PgBackupModule
 from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import Connection
 
@@ -279,7 +280,7 @@ def point_in_time(module, p, log, result):
         base = pitr.choose_base(bases, p, when)
         result['backup'] = base
         if when is not None:
-            pitr.check_archive_reaches(repo.root, when, walarchive.s3_archive(s3_settings))
+            pitr.check_archive_reaches(repo.root, when, wals3.s3_archive(s3_settings))
         if p['mode'] == 'database':
             logical_restore.validate_dbname(p['target_db'])
             conn = Connection.from_params(p, db=p['target_db'])

@@ -106,19 +106,16 @@ options:
   command_path:
     description:
       - Where the archive command is installed (mode 0755; missing parent directories are created 0755).
-      - The command is a short launcher; its code is C(walarchive.py) in the directory O(command_path) with
-        C(.lib) appended, compiled at install time by C(/usr/bin/python3) into its C(__pycache__), because
-        PostgreSQL starts the command once per WAL segment and compiling it each time would cost more than
-        compressing the segment.
+      - The command is a short launcher; its code is the collection's C(wal) package (as C(pgbackup_wal)) and
+        its settings (repository, compression, S3, encryption key files; no secrets) a generated Python module
+        C(pgbackup_wal_settings.py), both in the directory O(command_path) with C(.lib) appended and compiled at
+        install time by C(/usr/bin/python3) into their C(__pycache__), because PostgreSQL starts the command once
+        per WAL segment and compiling or parsing anything each time would cost more than compressing the segment.
+      - Each cluster needs its own O(command_path), since the settings name its repository.
       - The server's OS user must be able to read it; it is run with C(/usr/bin/python3), never with the Python
         that runs Ansible, so it imports nothing from a virtualenv.
     type: path
     default: /usr/local/lib/modulo-pgbackup/pgbackup-wal
-  config_path:
-    description:
-      - The command's JSON config (mode 0644; repository, compression and S3 settings, no secrets).
-      - Defaults to O(command_path) with C(.json) appended.
-    type: path
 attributes:
   check_mode:
     support: full
@@ -219,8 +216,8 @@ command_path:
   description: Path of the installed archive command.
   returned: always
   type: str
-config_path:
-  description: Path of the command's JSON config.
+settings_path:
+  description: Path of the command's generated settings module (O(command_path) with C(.lib/pgbackup_wal_settings.py)).
   returned: always
   type: str
 system_identifier:
@@ -283,7 +280,6 @@ def main():
             verify=dict(type='bool', default=True),
             verify_timeout=dict(type='int', default=60),
             command_path=dict(type='path', default=archiving.DEFAULT_COMMAND_PATH),
-            config_path=dict(type='path'),
             restart=dict(type='bool', default=False),
             **common.service_argspec()
         ),
@@ -297,8 +293,7 @@ def main():
         module.fail_json(msg='archive_timeout must be 0 or more and verify_timeout 1 or more', **result)
     command_path = os.path.abspath(p['command_path'])
     try:
-        result = archiving.new_result(command_path, os.path.abspath(archiving.config_path_for(
-            command_path, p['config_path'])), log=log)
+        result = archiving.new_result(command_path, log=log)
         conn = Connection.from_params(p, db='postgres')
         s3 = common.s3_settings(p) if p['upload'] else None
         control = _control(conn, p, log) if p['restart'] else None

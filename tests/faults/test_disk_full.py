@@ -12,7 +12,7 @@ import pwd
 
 from test_pitr import archiving_cluster
 from test_walarchive_cluster import archiver, segments, switch_wal, wait_for
-from ansible_collections.modulo.pgbackup.plugins.module_utils import walarchive
+from ansible_collections.modulo.pgbackup.plugins.module_utils.wal import archive as walarchive, names as walnames
 
 
 def fill(directory):
@@ -61,5 +61,5 @@ def test_disk_full_during_wal_push_loses_nothing_and_archiving_catches_up(new_cl
     wait_for(lambda: archiver(cluster)['last_archived_wal'] == last, 'archiving to catch up', timeout=60)
     names = [e['name'] for e in segments(backup_root)]
     assert {first, stuck, last} <= set(names)
-    assert names == walarchive.wal_range(names[0], names[-1])     # no gap
+    assert names == walnames.wal_range(names[0], names[-1])     # no gap
     assert not os.path.exists(os.path.join(cluster.pgdata, 'pg_wal', 'archive_status', stuck + '.ready'))

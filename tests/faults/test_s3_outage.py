@@ -18,8 +18,9 @@ import pgsandbox
 from conftest import SCHEMA_SQL
 from test_pitr import SCRIPT, args_for, make_repo
 from test_walarchive_cluster import archiver, segments, switch_wal, wait_for
-from ansible_collections.modulo.pgbackup.plugins.module_utils import repository, walarchive
+from ansible_collections.modulo.pgbackup.plugins.module_utils import repository
 
+from ansible_collections.modulo.pgbackup.plugins.module_utils.wal import names as walnames
 PREFIX = 'database-backups/'
 
 
@@ -86,10 +87,10 @@ def test_wal_push_while_s3_is_down_waits_and_catches_up_with_no_gap(new_cluster,
     last = switch_wal(cluster)
     wait_for(lambda: archiver(cluster)['last_archived_wal'] == last, 'archiving to catch up', timeout=120)
     names = [e['name'] for e in segments(repo)]
-    assert names == walarchive.wal_range(names[0], names[-1]) and {first, stuck, last} <= set(names)
+    assert names == walnames.wal_range(names[0], names[-1]) and {first, stuck, last} <= set(names)
     in_s3 = sorted(os.path.basename(k).split('.')[0] for k in endpoint.keys('wal/') if k.endswith('.zst'))
     # Everything from the outage on reached the (new) endpoint, in order, with no gap.
-    assert in_s3 == walarchive.wal_range(stuck, last), in_s3
+    assert in_s3 == walnames.wal_range(stuck, last), in_s3
     assert not os.path.exists(os.path.join(cluster.pgdata, 'pg_wal', 'archive_status', stuck + '.ready'))
 
 

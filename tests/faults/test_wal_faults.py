@@ -19,7 +19,8 @@ import pytest
 
 import pgsandbox
 from test_pitr import SCRIPT, archiving_cluster, args_for, count, insert_batch, make_repo, wait_archived
-from ansible_collections.modulo.pgbackup.plugins.module_utils import walarchive
+from ansible_collections.modulo.pgbackup.plugins.module_utils.wal import (
+    archive as walarchive, codec as walcodec, errors as walerrors)
 
 _SPEC = importlib.util.spec_from_file_location(
     'fault_harness', os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'conftest.py'))
@@ -191,7 +192,7 @@ def test_flipped_byte_in_an_archived_segment_is_refused_by_fetch_pitr_and_drill(
         proc = subprocess.run([sys.executable, SCRIPT, 'fetch', '--repo', world['repo'], damaged, dest],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, check=False)
         # 126, not 1: "missing" would let PostgreSQL end recovery early and promote a copy without this WAL.
-        assert proc.returncode == walarchive.EXIT_FATAL, (proc.returncode, proc.stderr)
+        assert proc.returncode == walerrors.EXIT_FATAL, (proc.returncode, proc.stderr)
         assert 'cannot fetch %s' % damaged in proc.stderr and 'decompress' in proc.stderr, proc.stderr
         assert not os.path.exists(dest)
 
@@ -205,7 +206,7 @@ def test_flipped_byte_in_an_archived_segment_is_refused_by_fetch_pitr_and_drill(
         assert res.get('failed') is True and res['report']['status'] == 'failed', res.get('msg')
         assert damaged in res['msg'], res['msg']
     # Once put back, the same archive recovers (test_a_restored_copy_never_archives_... runs a passing PITR drill).
-    assert walarchive.raw_sha256(walarchive.find_segment(world['repo'], damaged))
+    assert walcodec.raw_sha256(walarchive.find_segment(world['repo'], damaged))
 
 
 def test_a_restored_copy_never_archives_into_the_production_archive(world):

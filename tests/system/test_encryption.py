@@ -12,7 +12,7 @@ import pytest
 
 from test_pitr import args_for, count, insert_batch, make_repo, wait_archived
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import walarchive
+from ansible_collections.modulo.pgbackup.plugins.module_utils.wal import archive as walarchive
 
 pytestmark = pytest.mark.skipif(not os.path.exists('/usr/bin/age'), reason='the age package is not installed')
 

@@ -9,7 +9,7 @@ import time
 
 from test_pitr import archiving_cluster, args_for, make_repo, wait_archived
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import walarchive
+from ansible_collections.modulo.pgbackup.plugins.module_utils.wal import archive as walarchive, names as walnames
 
 
 def checks(res):
@@ -70,7 +70,7 @@ def test_health_of_a_real_repository(ansible, new_cluster, backup_root, tmp_path
     assert 'modulo_pgbackup_wal_chain_missing_segments{repository="%s"} 0' % repo in metrics
 
     # A segment missing in the middle of the chain: named, and the play fails.
-    chain_names = walarchive.wal_range(doc['wal_chain']['from'], doc['wal_chain']['to'])
+    chain_names = walnames.wal_range(doc['wal_chain']['from'], doc['wal_chain']['to'])
     victim = walarchive.find_segment(repo, chain_names[len(chain_names) // 2])
     aside = str(tmp_path / 'aside')
     shutil.move(victim, aside)
@@ -129,7 +129,7 @@ def test_wal_chain_read_from_the_s3_mirror(ansible, new_cluster, backup_root, s3
     res = info(ansible, cluster, repo, **s3_args)
     chain = checks(res)['wal_chain']
     assert chain['status'] == 'ok' and res['health']['wal_chain']['segments'] >= 4, chain
-    names = walarchive.wal_range(res['health']['wal_chain']['from'], res['health']['wal_chain']['to'])
+    names = walnames.wal_range(res['health']['wal_chain']['from'], res['health']['wal_chain']['to'])
     victim = names[len(names) // 2]
     client = s3_bucket['client']
     keys = [o['Key'] for o in client.list_objects_v2(Bucket=s3_bucket['name'])['Contents'] if victim in o['Key']]

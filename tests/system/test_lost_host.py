@@ -14,7 +14,7 @@ import uuid
 import yaml
 
 import pgsandbox
-from ansible_collections.modulo.pgbackup.plugins.module_utils import walarchive
+from ansible_collections.modulo.pgbackup.plugins.module_utils.wal import archive as walarchive
 
 from conftest import SCHEMA_SQL
 from test_emergency_recovery import step, utc

@@ -13,10 +13,10 @@ import time
 
 import pytest
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import walarchive
+from ansible_collections.modulo.pgbackup.plugins.module_utils.wal import archive as walarchive, names as walnames
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SCRIPT = os.path.join(ROOT, 'plugins', 'module_utils', 'walarchive.py')
+SCRIPT = os.path.join(ROOT, 'tools', 'pgbackup_wal.py')
 
 
 def make_repo(path):
@@ -119,7 +119,7 @@ def test_base_backup_meta_and_wal(history):
         assert meta[field], field
     assert meta['system_identifier'] == history['cluster'].psql('SELECT system_identifier FROM pg_control_system()')
     assert 'base.tar.zst' in os.listdir(base['path']) and 'backup_manifest' in os.listdir(base['path'])
-    for segment in walarchive.wal_range(meta['wal_start'], meta['wal_stop']):
+    for segment in walnames.wal_range(meta['wal_start'], meta['wal_stop']):
         assert walarchive.find_segment(history['repo'], segment), segment
     with open(os.path.join(history['repo'], 'base', meta['name'] + '.meta')) as handle:
         assert json.load(handle)['wal_stop'] == meta['wal_stop']

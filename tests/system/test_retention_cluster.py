@@ -15,7 +15,7 @@ import pwd
 import shutil
 import time
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import walarchive
+from ansible_collections.modulo.pgbackup.plugins.module_utils.wal import archive as walarchive, names as walnames
 
 from test_pitr import archiving_cluster, args_for, count, insert_batch, make_repo, wait_archived
 
@@ -120,12 +120,12 @@ def test_thirty_days_of_backups_and_wal_local_and_s3(ansible, new_cluster, backu
                        finished_at=iso(now() - datetime.timedelta(days=1))), handle)
     # WAL before B's start was archived 26 days ago; B's own window 20 days ago (older than wal_days,
     # kept only because B needs it); from C's start on, today.
-    b_start = walarchive.parse_segment_name(base_b['wal_start'])[1]
-    c_start = walarchive.parse_segment_name(base_c['wal_start'])[1]
+    b_start = walnames.parse_segment_name(base_b['wal_start'])[1]
+    c_start = walnames.parse_segment_name(base_c['wal_start'])[1]
     old_dir, b_dir = date_dir(repo, 26), date_dir(repo, 20)
     expected_wal = set()
     for entry in walarchive.list_archive(repo):
-        segno = walarchive.parse_segment_name(entry['name'][:24])[1]
+        segno = walnames.parse_segment_name(entry['name'][:24])[1]
         target = old_dir if segno < b_start else b_dir if segno < c_start else None
         if target:
             os.rename(entry['path'], os.path.join(repo, target, entry['file']))

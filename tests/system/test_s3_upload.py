@@ -17,8 +17,9 @@ import uuid
 import pytest
 
 import pgsandbox
-from ansible_collections.modulo.pgbackup.plugins.module_utils import s3store, walarchive
+from ansible_collections.modulo.pgbackup.plugins.module_utils import s3store
 
+from ansible_collections.modulo.pgbackup.plugins.module_utils.wal import errors as walerrors, s3 as wals3
 MODULE = 'modulo.pgbackup.pg_backup'
 PREFIX = 'database-backups/'
 
@@ -235,7 +236,7 @@ def test_a_host_without_s3_credentials_is_told_where_they_belong(s3_bucket, tmp_
         store.list_keys('full/')
     assert 'Unable to locate credentials' in str(caught.value)
     assert 'instance profile' in str(caught.value) and 'not to the Ansible controller' in str(caught.value)
-    archive = walarchive.S3Archive(s3_bucket['name'], endpoint_url=s3_bucket['url'])
-    with pytest.raises(walarchive.S3Failure) as caught:
+    archive = wals3.S3Archive(s3_bucket['name'], endpoint_url=s3_bucket['url'])
+    with pytest.raises(walerrors.S3Failure) as caught:
         archive.find('000000010000000000000001')
     assert 'instance profile' in str(caught.value) and "the server's OS user" in str(caught.value)

@@ -17,8 +17,10 @@ import uuid
 
 import pytest
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import archiving, pgclient, walarchive, walcommand
+from ansible_collections.modulo.pgbackup.plugins.module_utils import archiving, pgclient, walcommand
 
+
+from ansible_collections.modulo.pgbackup.plugins.module_utils.wal import archive as walarchive
 MODULE = 'modulo.pgbackup.wal_archive'
 
 
@@ -43,7 +45,7 @@ def run_directly(args):
               'verify': False, 'verify_timeout': 30, 'pg_os_user': 'postgres'}
     params.update(args)
     log = pgclient.CommandLog()
-    result = archiving.new_result(params['command_path'], params['command_path'] + '.json', log=log)
+    result = archiving.new_result(params['command_path'], log=log)
     conn = pgclient.Connection(login_user=params['login_user'], login_host=params['login_host'],
                                port=params['port'], bindir=params['pg_bindir'])
     return archiving.run(conn, params, result, log=log)
@@ -80,7 +82,7 @@ def test_configure_restart_verify_idempotent_then_absent(new_cluster, backup_roo
     assert show(cluster, 'archive_mode') == 'off'
     args = module_args(cluster, backup_root, command_dir)
     command_path = args['command_path']
-    config_path = command_path + '.json'
+    settings_path = walcommand.settings_path(command_path)
     conf_before = auto_conf(cluster)
 
     # Check mode: the whole plan, nothing done.
@@ -92,27 +94,37 @@ def test_configure_restart_verify_idempotent_then_absent(new_cluster, backup_roo
     assert auto_conf(cluster) == conf_before and show(cluster, 'archive_timeout') == '0'
     assert not res['verified']
 
-    # Real run: files, repository, settings; the restart is left to the caller.
+    # Real run: files, repository, settings; the restart is left to the caller. The host had the single-file
+    # command of earlier versions: its files go once the new command line is set.
+    legacy = [os.path.join(command_path + '.lib', 'walarchive.py'), command_path + '.json']
+    os.makedirs(command_path + '.lib')
+    with open(legacy[0], 'w') as handle:
+        handle.write('# the old library\n')
+    with open(legacy[1], 'w') as handle:
+        json.dump({'_managed_by': 'modulo.pgbackup wal_archive (Ansible): edits here are overwritten', 'repo': '/x'},
+                  handle)
     res = ansible.task(MODULE, args)
     assert not res.get('failed'), res.get('msg')
     assert res['changed'] and res['restart_required'] and not res['verified']
+    assert not [p for p in legacy if os.path.exists(p)] and set(legacy) <= set(res['files_changed'])
     assert any('restart' in w for w in res.get('warnings', [])), res.get('warnings')
-    assert res['archive_command'] == '/usr/bin/python3 -S %s push --config %s %%p %%f' % (command_path, config_path)
-    assert res['restore_command'] == '/usr/bin/python3 -S %s fetch --config %s %%f %%p' % (command_path, config_path)
+    assert res['archive_command'] == '/usr/bin/python3 -S %s push %%p %%f' % command_path
+    assert res['restore_command'] == '/usr/bin/python3 -S %s fetch %%f %%p' % command_path
+    assert res['settings_path'] == settings_path
     assert any('ALTER SYSTEM SET archive_mode' in ' '.join(c) for c in res['executed_commands'])
     assert os.stat(command_path).st_mode & 0o7777 == 0o755
-    assert os.stat(config_path).st_mode & 0o7777 == 0o644
-    # The launcher's library, compiled by the system Python that runs it.
-    assert walcommand.library_path(command_path) in res['files_changed']
-    # Written in this order: the launcher never exists without its library.
-    assert res['files_changed'].index(walcommand.library_path(command_path)) < res['files_changed'].index(command_path)
-    assert walcommand.bytecode_dir(command_path) in res['files_changed']
-    assert walcommand.bytecode(command_path, write=False) is None
+    assert os.stat(settings_path).st_mode & 0o7777 == 0o644
+    # The package and its settings, compiled by the system Python that runs them.
+    library = [path for path, _content in walcommand.library_files(command_path)]
+    assert set(library + [settings_path]) <= set(res['files_changed'])
+    # Written in this order: the launcher never exists without what it imports.
+    assert max(res['files_changed'].index(p) for p in library + [settings_path]) < res['files_changed'].index(command_path)
+    assert set(walcommand.bytecode_dirs(command_path)) <= set(res['files_changed'])
+    assert walcommand.bytecode(command_path, write=False) == []
     with open(command_path) as handle:
         assert handle.readline() == '#!/usr/bin/python3 -S\n'
-    with open(config_path) as handle:
-        config = json.load(handle)
-    assert config['repo'] == backup_root and config['s3_bucket'] is None
+    settings = walcommand.installed_settings(command_path)
+    assert settings['repo'] == backup_root and settings['s3_bucket'] is None
     wal = os.path.join(backup_root, 'wal')
     assert os.stat(wal).st_mode & 0o7777 == 0o700 and os.stat(backup_root).st_mode & 0o7777 == 0o700
     sysid = cluster.psql('SELECT system_identifier FROM pg_control_system()')
@@ -150,7 +162,7 @@ def test_configure_restart_verify_idempotent_then_absent(new_cluster, backup_roo
     entries = [e for e in walarchive.list_archive(backup_root) if e['kind'] == 'segment']
     assert {segment, res['segment']} <= {e['name'] for e in entries}
     assert all(re.match(r'^wal/\d{8}/[0-9A-F]{24}(\.zst|\.gz)?$', e['relpath']) for e in entries)
-    proc = subprocess.run(as_postgres([command_path, 'status', '--config', config_path]),
+    proc = subprocess.run(as_postgres([command_path, 'status']),
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, check=False)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)['system_identifier'] == sysid
@@ -183,7 +195,7 @@ def test_configure_restart_verify_idempotent_then_absent(new_cluster, backup_roo
     res = run_directly(absent)
     assert not res['changed'] and not res['restart_required'], res
     assert sorted(e['path'] for e in walarchive.list_archive(backup_root)) == kept
-    assert os.path.exists(command_path) and os.path.exists(config_path)
+    assert os.path.exists(command_path) and os.path.exists(settings_path)
 
 
 def test_a_run_that_fails_half_way_reports_only_what_it_did(new_cluster, sandbox_base, command_dir, ansible,
@@ -232,9 +244,9 @@ def test_verification_also_waits_for_s3(s3_bucket, new_cluster, backup_root, com
                        s3_endpoint_url=s3_bucket['url'], aws_region='us-east-1', verify=False)
     res = ansible.task(MODULE, args)
     assert not res.get('failed'), res.get('msg')
-    with open(res['config_path']) as handle:
-        config = json.load(handle)
-    assert config['s3_bucket'] == s3_bucket['name'] and 'aws_secret_access_key' not in json.dumps(config).lower()
+    with open(res['settings_path']) as handle:
+        assert 'secret' not in handle.read().lower()
+    assert walcommand.installed_settings(args['command_path'])['s3_bucket'] == s3_bucket['name']
     restart(cluster)
 
     res = ansible.task(MODULE, dict(args, verify=True))

@@ -15,12 +15,13 @@ import subprocess
 import sys
 import time
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import walarchive
+from ansible_collections.modulo.pgbackup.plugins.module_utils.wal import (
+    archive as walarchive, errors as walerrors, names as walnames)
 
 from test_pitr import archiving_cluster, make_repo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SCRIPT = os.path.join(ROOT, 'plugins', 'module_utils', 'walarchive.py')
+SCRIPT = os.path.join(ROOT, 'tools', 'pgbackup_wal.py')
 
 
 def today():
@@ -89,7 +90,7 @@ def test_real_cluster_archives_fails_loudly_and_catches_up(new_cluster, backup_r
         assert walarchive.fetch(name, dest, repo=repo) == 'local'
         assert sha(dest) == sha(os.path.join(cluster.pgdata, 'pg_wal', name))
         with open(dest, 'rb') as handle:
-            assert walarchive.read_sysid(handle.read(8192)) == sysid
+            assert walnames.read_sysid(handle.read(8192)) == sysid
     dump = subprocess.run([os.path.join(cluster.bindir, 'pg_waldump'), str(restored / completed[-1])],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, check=False)
     assert dump.returncode == 0, dump.stderr
@@ -120,7 +121,7 @@ def test_real_cluster_archives_fails_loudly_and_catches_up(new_cluster, backup_r
     wait_for(lambda: archiver(cluster)['last_archived_wal'] == last, 'archiving to catch up', timeout=60)
     names = [e['name'] for e in segments(repo)]
     assert {stuck, stuck_too, last} <= set(names)
-    assert names == walarchive.wal_range(names[0], names[-1])
+    assert names == walnames.wal_range(names[0], names[-1])
     assert not os.path.exists(os.path.join(cluster.pgdata, 'pg_wal', 'archive_status', stuck + '.ready'))
     summary = walarchive.status(repo)
     assert summary['newest_segment'] == last and summary['system_identifier'] == str(sysid)
@@ -155,8 +156,8 @@ SEG = 1024 * 1024
 
 
 def make_segment(directory, name, sysid=7312345678901234567):
-    tli, segno = walarchive.parse_segment_name(name, SEG)
-    header = struct.pack('<HHIQI4xQII', 0xD110, walarchive.XLP_LONG_HEADER, tli, segno * SEG, 0, sysid, SEG, 8192)
+    tli, segno = walnames.parse_segment_name(name, SEG)
+    header = struct.pack('<HHIQI4xQII', 0xD110, walnames.XLP_LONG_HEADER, tli, segno * SEG, 0, sysid, SEG, 8192)
     path = os.path.join(str(directory), name)
     with open(path, 'wb') as handle:
         handle.write((header + hashlib.sha256(name.encode()).digest() * 1024).ljust(SEG, b'\0'))
@@ -277,5 +278,5 @@ def test_s3_down(s3_bucket, tmp_path):
     # fetch cannot tell "missing" from "unreachable": it stops recovery instead of ending it.
     shutil.rmtree(os.path.join(repo, 'wal'))
     proc = run('fetch', '--repo', repo, *(s3_args(s3_bucket['name'], dead_url) + [name, str(tmp_path / 'x')]))
-    assert proc.returncode == walarchive.EXIT_FATAL, proc.stderr
+    assert proc.returncode == walerrors.EXIT_FATAL, proc.stderr
     assert not os.path.exists(str(tmp_path / 'x'))

@@ -132,14 +132,15 @@ def test_only_runs_the_phases_asked_for_after_their_setup():
 
 
 def test_project_command_keeps_the_installed_shape_with_its_own_repo(tmp_path):
-    """The push/fetch loops run the installed line itself; only its configuration's repo differs."""
-    config = tmp_path / 'wal archive.json'
-    config.write_text(json.dumps({'repo': '/var/lib/pgbackup', 'compression': 'auto', 'level': None}))
-    installed = "/usr/bin/python3 -S /opt/pgbackup-wal push --config '%s' %%p %%f" % config
+    """The push/fetch loops run the installed line itself; only the repository in its settings differs."""
+    from ansible_collections.modulo.pgbackup.plugins.module_utils import walcommand
+    command = walcommand.install(str(tmp_path / 'my bin' / 'pgbackup-wal'),
+                                 {'repo': '/var/lib/pgbackup', 'compression': 'gzip', 'level': 2})
+    installed = walcommand.command_lines(command)[0]
     fake = type('FakeBench', (), {'base': str(tmp_path)})()
     line = bench.Bench.project_command_for(fake, installed, '/tmp/push-project')
-    words = shlex.split(line)
-    assert words[:5] == shlex.split(installed)[:5] and words[6:] == ['%p', '%f'] and len(words) == 8
-    with open(words[5]) as handle:
-        assert json.load(handle) == {'repo': '/tmp/push-project', 'compression': 'auto', 'level': None}
-    assert json.loads(config.read_text())['repo'] == '/var/lib/pgbackup'        # the original is untouched
+    words, original = shlex.split(line), shlex.split(installed)
+    assert words[:2] == original[:2] and words[3:] == original[3:] == ['push', '%p', '%f'] and words[2] != command
+    copy = walcommand.installed_settings(words[2])
+    assert copy['repo'] == '/tmp/push-project' and (copy['compression'], copy['level']) == ('gzip', 2)
+    assert walcommand.installed_settings(command)['repo'] == '/var/lib/pgbackup'      # the original is untouched

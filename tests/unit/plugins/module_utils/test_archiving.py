@@ -10,51 +10,47 @@ import tempfile
 
 import pytest
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import archiving, walarchive
+from ansible_collections.modulo.pgbackup.plugins.module_utils import archiving, walcommand
+from ansible_collections.modulo.pgbackup.plugins.module_utils.wal import archive as walarchive, cli as walcli
 from ansible_collections.modulo.pgbackup.plugins.module_utils.archiving import ArchivingError
 
 SYSID = '7312345678901234567'
-CMD = '/usr/bin/python3 -S /usr/local/lib/modulo-pgbackup/pgbackup-wal push --config /x.json %p %f'
+CMD = '/usr/bin/python3 -S /usr/local/lib/modulo-pgbackup/pgbackup-wal push %p %f'
 
 
-# --- the command and its config ---------------------------------------------------------------
+# --- the command and its settings -------------------------------------------------------------
 
 def test_commands_use_the_system_python_and_placeholders():
-    archive, restore = archiving.commands('/usr/local/lib/modulo-pgbackup/pgbackup-wal',
-                                          '/usr/local/lib/modulo-pgbackup/pgbackup-wal.json')
-    assert archive == ('/usr/bin/python3 -S /usr/local/lib/modulo-pgbackup/pgbackup-wal push '
-                       '--config /usr/local/lib/modulo-pgbackup/pgbackup-wal.json %p %f')
-    assert restore == ('/usr/bin/python3 -S /usr/local/lib/modulo-pgbackup/pgbackup-wal fetch '
-                       '--config /usr/local/lib/modulo-pgbackup/pgbackup-wal.json %f %p')
-    assert archiving.config_path_for('/a/cmd') == '/a/cmd.json'
-    assert archiving.config_path_for('/a/cmd', '/etc/x.json') == '/etc/x.json'
+    archive, restore = archiving.commands('/usr/local/lib/modulo-pgbackup/pgbackup-wal')
+    assert archive == '/usr/bin/python3 -S /usr/local/lib/modulo-pgbackup/pgbackup-wal push %p %f'
+    assert restore == '/usr/bin/python3 -S /usr/local/lib/modulo-pgbackup/pgbackup-wal fetch %f %p'
 
 
 def test_paths_survive_the_shell_and_the_percent_placeholders():
-    archive, _restore = archiving.commands('/opt/my dir/100%/cmd', '/etc/c.json')
-    assert archive == "/usr/bin/python3 -S '/opt/my dir/100%%/cmd' push --config /etc/c.json %p %f"
+    archive, _restore = archiving.commands('/opt/my dir/100%/cmd')
+    assert archive == "/usr/bin/python3 -S '/opt/my dir/100%%/cmd' push %p %f"
     with pytest.raises(ArchivingError, match='line break'):
-        archiving.commands('/opt/a\nb', '/etc/c.json')
+        archiving.commands('/opt/a\nb')
 
 
-def test_config_is_what_walarchive_reads(tmp_path):
+def test_settings_are_what_the_command_reads(tmp_path):
     s3 = {'bucket': 'modulo-backups', 'prefix': 'database-backups/', 'region': 'eu-west-1',
           'endpoint_url': None, 'sse': True}
-    doc = archiving.config_document('/var/backups/postgresql', 'gzip', 5, s3)
-    path = tmp_path / 'c.json'
-    path.write_bytes(archiving.render_config(doc))
-    args = walarchive._parser().parse_args(['push', '--config', str(path), '/pg_wal/x', 'x'])
-    merged, s3_settings = walarchive._settings(args)   # the command's own reading, unknown keys refused
-    assert merged['repo'] == '/var/backups/postgresql' and merged['compression'] == 'gzip' and merged['level'] == 5
-    assert s3_settings == {'bucket': 'modulo-backups', 'prefix': 'database-backups/', 'endpoint_url': None,
-                           'region': 'eu-west-1', 'sse': True}
+    command = str(tmp_path / 'pgbackup-wal')
+    walcommand.install(command, archiving.command_settings('/var/backups/postgresql', 'gzip', 5, s3))
+    settings = walcommand.installed_settings(command)
+    assert settings['repo'] == '/var/backups/postgresql' and settings['compression'] == 'gzip' and settings['level'] == 5
+    assert walcli.s3_settings(settings) == {'bucket': 'modulo-backups', 'prefix': 'database-backups/',
+                                            'endpoint_url': None, 'region': 'eu-west-1', 'sse': True}
     # s3_server_side_encryption: false reaches the command (it used to ask for AES256 whatever the option said).
-    path.write_bytes(archiving.render_config(archiving.config_document('/r', 'gzip', 5, dict(s3, sse=False))))
-    assert walarchive._settings(args)[1]['sse'] is False
-    local = archiving.config_document('/r')
+    walcommand.install(command, archiving.command_settings('/r', 'gzip', 5, dict(s3, sse=False)))
+    assert walcli.s3_settings(walcommand.installed_settings(command))['sse'] is False
+    local = archiving.command_settings('/r')
     assert local['s3_bucket'] is None and local['s3_prefix'] is None and local['compression'] == 'auto'
-    assert not any('secret' in key or 'key_id' in key for key in doc)
-    assert archiving.render_config(doc) == archiving.render_config(dict(doc))   # stable bytes: idempotence
+    assert walcli.s3_settings(local) is None
+    assert not any('secret' in key or 'key_id' in key for key in settings)
+    files = walcommand.files(command, local)
+    assert files == walcommand.files(command, dict(local))   # stable bytes: idempotence
 
 
 def test_compression_checked_before_configuring():
@@ -384,7 +380,23 @@ def test_system_python_checks(monkeypatch):
 
 
 def test_new_result_names_both_commands():
-    result = archiving.new_result('/c/cmd', '/c/cmd.json')
-    assert result['archive_command'].endswith('push --config /c/cmd.json %p %f')
+    result = archiving.new_result('/c/cmd')
+    assert result['archive_command'].endswith('/c/cmd push %p %f') and result['restore_command'].endswith('fetch %f %p')
+    assert result['settings_path'] == '/c/cmd.lib/pgbackup_wal_settings.py'
     assert result['changed'] is False and result['restart_required'] is False
     assert json.dumps(result)
+
+
+def test_the_files_of_the_single_file_command_are_found_for_removal(tmp_path):
+    command = str(tmp_path / 'pgbackup-wal')
+    lib = tmp_path / 'pgbackup-wal.lib'
+    (lib / '__pycache__').mkdir(parents=True)
+    for name in ('walarchive.py', '__pycache__/walarchive.cpython-311.pyc', '__pycache__/other.cpython-311.pyc'):
+        (lib / name).write_text('x')
+    (tmp_path / 'pgbackup-wal.json').write_text('{"_managed_by": "modulo.pgbackup wal_archive (Ansible): ...", "repo": "/r"}')
+    assert archiving.legacy_files(command) == [
+        str(lib / 'walarchive.py'), str(lib / '__pycache__/walarchive.cpython-311.pyc'), command + '.json']
+    # A JSON file there that is not ours stays.
+    (tmp_path / 'pgbackup-wal.json').write_text('{"repo": "/r"}')
+    assert command + '.json' not in archiving.legacy_files(command)
+    assert archiving.legacy_files(str(tmp_path / 'elsewhere')) == []

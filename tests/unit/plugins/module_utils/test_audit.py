@@ -11,7 +11,9 @@ import pytest
 
 from ansible.module_utils.testing import patch_module_args
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import audit, repository, walarchive
+from ansible_collections.modulo.pgbackup.plugins.module_utils import audit, repository
+
+from ansible_collections.modulo.pgbackup.plugins.module_utils.wal import errors as walerrors
 from ansible_collections.modulo.pgbackup.plugins.module_utils.module_base import PgBackupModule
 
 
@@ -101,7 +103,7 @@ def test_an_explained_error_fails_with_the_result_so_far_and_is_audited_once(rep
     assert out['executed_commands'] == [['pg_dump', '--dbname=modulodb']]
     assert [r['result'] for r in lines(repo)] == ['failed']
     with real_module() as module:
-        out = finish(capsys, fail_inside, module, walarchive.WalArchiveError('segment X differs from the archived one'))
+        out = finish(capsys, fail_inside, module, walerrors.WalArchiveError('segment X differs from the archived one'))
     assert out['msg'] == 'segment X differs from the archived one'
     # anything else is a bug, not a message for the operator: it is not turned into a tidy failure
     with real_module() as module:

@@ -160,10 +160,10 @@ def test_codec_of_path(path, codec):
 
 @pytest.mark.parametrize('codec, level', [('zstd', 20), ('zstd', 0), ('gzip', 10)])
 def test_backups_and_the_wal_archive_accept_the_same_levels(codec, level):
-    from ansible_collections.modulo.pgbackup.plugins.module_utils import walarchive
+    from ansible_collections.modulo.pgbackup.plugins.module_utils.wal import codec as walcodec, errors as walerrors
     with pytest.raises(compression.CompressionError, match='out of range'):
         compression.check_level(codec, level)
-    with pytest.raises(walarchive.WalArchiveError, match='out of range'):
-        walarchive.check_level(codec, level)
-    assert compression.check_level(codec, level - 1 if level > 1 else 1) == walarchive.check_level(
+    with pytest.raises(walerrors.WalArchiveError, match='out of range'):
+        walcodec.check_level(codec, level)
+    assert compression.check_level(codec, level - 1 if level > 1 else 1) == walcodec.check_level(
         codec, level - 1 if level > 1 else 1)

@@ -6,9 +6,11 @@ import subprocess
 
 import pytest
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import compression, encryption, pipeline, walarchive
+from ansible_collections.modulo.pgbackup.plugins.module_utils import compression, encryption, pipeline
 
 # The WAL tests' own segments and fixtures (``repo`` here is a directory, not the conftest's Repository).
+
+from ansible_collections.modulo.pgbackup.plugins.module_utils.wal import archive as walarchive, errors as walerrors
 from ansible_collections.modulo.pgbackup.tests.unit.plugins.module_utils.test_walarchive import (  # noqa: F401  # pylint: disable=unused-import
     make_segment, pg_wal, repo, sha, temp_files)
 
@@ -118,7 +120,7 @@ def test_wal_push_and_fetch_encrypted(repo, pg_wal, keys, tmp_path):
     assert sha(dest) == sha(src) and temp_files(repo) == []
     # a different segment under the same name is still a conflict
     other = make_segment(tmp_path, name, seed=b'other')
-    with pytest.raises(walarchive.Conflict):
+    with pytest.raises(walerrors.Conflict):
         walarchive.push(other, name, repo=repo, compression='zstd', encryption=settings)
 
 
@@ -126,9 +128,9 @@ def test_wal_fetch_with_the_wrong_key_or_none_is_fatal(repo, pg_wal, keys, tmp_p
     name = '000000010000000000000004'
     walarchive.push(make_segment(pg_wal, name), name, repo=repo, compression='gzip',
                     encryption=wal_settings(keys['old']))
-    with pytest.raises(walarchive.FatalError, match='none of encryption_key_files can decrypt'):
+    with pytest.raises(walerrors.FatalError, match='none of encryption_key_files can decrypt'):
         walarchive.fetch(name, str(tmp_path / 'x'), repo=repo, encryption={'identities': [keys['other']]})
-    with pytest.raises(walarchive.FatalError, match='no encryption_key_files'):
+    with pytest.raises(walerrors.FatalError, match='no encryption_key_files'):
         walarchive.fetch(name, str(tmp_path / 'x'), repo=repo)
     assert not os.path.exists(str(tmp_path / 'x'))
     # rotated: the new key archives, the old one is listed for fetching
@@ -148,7 +150,7 @@ def test_wal_tampered_encrypted_segment_is_refused(repo, pg_wal, keys, tmp_path)
         byte = handle.read(1)
         handle.seek(5000)
         handle.write(bytes([byte[0] ^ 0x01]))
-    with pytest.raises(walarchive.FatalError, match='age could not decrypt'):
+    with pytest.raises(walerrors.FatalError, match='age could not decrypt'):
         walarchive.fetch(name, str(tmp_path / 'z'), repo=repo, encryption=settings)
     assert not os.path.exists(str(tmp_path / 'z'))
 
@@ -163,20 +165,20 @@ def test_history_files_stay_readable(repo, pg_wal, keys):
         assert handle.read().startswith('1\t0/3000000')
 
 
-def test_the_installed_command_reads_its_encryption_config(repo, pg_wal, keys, tmp_path):
-    """The archive command as PostgreSQL runs it: the system python3, settings from its JSON config."""
-    import json
+def test_the_installed_command_reads_its_encryption_settings(repo, pg_wal, keys, tmp_path):
+    """The archive command as PostgreSQL runs it: the system python3, its generated settings."""
+    from ansible_collections.modulo.pgbackup.plugins.module_utils import walcommand
     name = '000000010000000000000006'
     src = make_segment(pg_wal, name)
-    config = tmp_path / 'wal.json'
     settings = wal_settings(keys['new'])
-    config.write_text(json.dumps({'repo': repo, 'compression': 'zstd', 'encryption_recipient': settings['recipient'],
-                                  'encryption_key_files': settings['identities']}))
-    script = walarchive.__file__
-    subprocess.run(['/usr/bin/python3', script, 'push', '--config', str(config), src, name], check=True)
+    command = walcommand.install(str(tmp_path / 'pgbackup-wal'), {
+        'repo': repo, 'compression': 'zstd', 'encryption_recipient': settings['recipient'],
+        'encryption_key_files': settings['identities']})
+    archive, restore = walcommand.command_lines(command)
+    subprocess.run(archive.replace('%p', src).replace('%f', name), shell=True, check=True)
     assert walarchive.list_archive(repo)[0]['file'] == name + '.zst.age'
     dest = str(tmp_path / 'fetched')
-    subprocess.run(['/usr/bin/python3', script, 'fetch', '--config', str(config), name, dest], check=True)
+    subprocess.run(restore.replace('%f', name).replace('%p', dest), shell=True, check=True)
     assert sha(dest) == sha(src)
 
 
