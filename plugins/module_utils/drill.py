@@ -266,36 +266,62 @@ class ScratchCluster(scratch.PrivateCluster):
 
 # -- the drill ----------------------------------------------------------------
 
+class Request(object):
+    """What to drill and how, as typed values (the module's options)."""
+
+    def __init__(self, kind='logical', backup='latest', db=None, scratch_dir=None, scratch_port=None,
+                 smoke_queries=None, rto_target_s=DEFAULT_RTO_S, rpo_target_s=DEFAULT_RPO_S, jobs=2,
+                 recovery_timeout=3600, pg_bindir=None, pg_os_user='postgres'):
+        if kind not in KINDS:
+            raise DrillError('kind must be one of %s, not %r' % (', '.join(KINDS), kind))
+        self.kind = kind
+        self.backup = backup or 'latest'
+        self.db = db
+        self.scratch_dir = scratch_dir
+        self.scratch_port = scratch_port
+        self.smoke_queries = list(smoke_queries or [])
+        self.rto_target_s = DEFAULT_RTO_S if rto_target_s is None else rto_target_s
+        self.rpo_target_s = DEFAULT_RPO_S if rpo_target_s is None else rpo_target_s
+        self.jobs = max(1, int(jobs or 1))
+        self.recovery_timeout = int(recovery_timeout or 3600)
+        self.pg_bindir = pg_bindir
+        self.pg_os_user = pg_os_user or 'postgres'
+
+
 class Drill(object):
     """One drill run.  ``run`` never raises for a failing backup: it records checks instead."""
 
-    def __init__(self, params, repo, s3=None, s3_settings=None, log=None, now=None):
-        self.p = params
+    def __init__(self, request, repo, keys=None, s3=None, s3_settings=None, log=None, now=None):
+        self.request = request
         self.repo = repo
         self.s3 = s3
         self.s3_settings = s3_settings
         self.log = log
         self.started = now or repository.utcnow()
-        self.kind = params.get('kind') or 'logical'
+        self.kind = request.kind
         self.report = new_report(self.kind, self.started)
         self.timings = self.report['timings']
         self.meta = None
-        self.bindir = Connection(bindir=params.get('pg_bindir')).bindir
-        self.jobs = max(1, int(params.get('jobs') or 1))
-        self.os_user = params.get('pg_os_user') or 'postgres'
+        self.bindir = Connection(bindir=request.pg_bindir).bindir
+        self.jobs = request.jobs
+        self.os_user = request.pg_os_user
         self.cluster = None
         self.workdir = None
-        self.keys = encryption.Keys.from_params(params)
+        self.keys = keys if keys is not None else encryption.Keys()
+
+    @property
+    def scratch_base(self):
+        return self.request.scratch_dir or self.repo.path('restore-tests')
 
     # Selecting the backup -------------------------------------------------
     def select_backup(self):
-        selector = self.p.get('backup') or 'latest'
+        selector = self.request.backup
         try:
             if self.kind == 'logical':
-                meta = logical_restore.resolve_backup(self.repo, selector, database=self.p.get('db'), s3=self.s3)
+                meta = logical_restore.resolve_backup(self.repo, selector, database=self.request.db, s3=self.s3)
             else:
                 bases = repository.with_s3(self.repo.scan('base')[0], self.s3, 'base')
-                meta = pitr.choose_base(bases, {'backup': selector})
+                meta = pitr.choose_base(bases, backup=selector)
         except (logical_restore.RestoreError, pitr.PitrError) as exc:
             raise DrillError('no backup to test: %s' % exc, check='backup_selected')
         self.meta = meta
@@ -304,11 +330,11 @@ class Drill(object):
 
     def database(self):
         if self.kind == 'logical':
-            return self.meta.get('database') or self.p.get('db') or 'modulodb'
-        return self.p.get('db') or 'modulodb'
+            return self.meta.get('database') or self.request.db or 'modulodb'
+        return self.request.db or 'modulodb'
 
     def scratch_port(self):
-        port = self.p.get('scratch_port')
+        port = self.request.scratch_port
         if port:
             if port_in_use(port):
                 raise DrillError('scratch port %d is in use (a listener on 127.0.0.1:%d or a PostgreSQL socket '
@@ -322,8 +348,8 @@ class Drill(object):
         meta = self.select_backup()
         return {'kind': self.kind, 'backup': meta['name'], 'database': self.database(),
                 'fetch_from_s3': meta.get('location') == 's3',
-                'scratch_dir': self.p.get('scratch_dir') or self.repo.path('restore-tests'),
-                'smoke_queries': [q.get('name') or q.get('sql') for q in self.p.get('smoke_queries') or []]}
+                'scratch_dir': self.scratch_base,
+                'smoke_queries': [q.get('name') or q.get('sql') for q in self.request.smoke_queries]}
 
     # Steps ----------------------------------------------------------------------
     def _timed(self, key, func, *args):
@@ -354,7 +380,7 @@ class Drill(object):
         add_check(self.report, 'checksum', True, 'sha256 %s matches the .meta' % digest)
 
     def make_workdir(self):
-        base = self.p.get('scratch_dir') or self.repo.path('restore-tests')
+        base = self.scratch_base
         try:
             self.workdir = pitr.scratch_workdir(base, self.os_user)
         except pitr.PitrError as exc:
@@ -398,7 +424,7 @@ class Drill(object):
                       % (len(restored), sum(restored.values())), tables=len(restored), rows=sum(restored.values()))
         self.timings['checks_s'] = round(time.time() - checks_started, 3)
         self.report['rpo'] = measure_rpo(self.started, _meta_time(self.meta, 'started_at'),
-                                         self.p.get('rpo_target_s', DEFAULT_RPO_S),
+                                         self.request.rpo_target_s,
                                          basis='snapshot of the logical dump (started_at)', enforced=False)
 
     def _load_globals(self, conn):
@@ -428,7 +454,7 @@ class Drill(object):
         target = {'recovery_target': 'immediate'} if self.kind == 'physical' else {}
         try:
             outcome = self.cluster.recover(self.meta, self.repo.root, target, s3_settings=self.s3_settings,
-                                           timeout_s=int(self.p.get('recovery_timeout') or 3600), log=self.log,
+                                           timeout_s=self.request.recovery_timeout, log=self.log,
                                            after_extract=verify, keys=self.keys)
         except (scratch.ScratchError, PgError, pipeline.PipelineError) as exc:
             self.timings['restore_s'] = round(marks.get('extracted', time.time()) - marks['started'], 3)
@@ -454,10 +480,10 @@ class Drill(object):
             proven = [t for t in (replayed, base_end) if t is not None]
             newest = max(proven) if proven else None
             basis = 'last transaction replayed from the WAL archive (pg_last_xact_replay_timestamp)'
-            self.report['rpo'] = measure_rpo(self.started, newest, self.p.get('rpo_target_s', DEFAULT_RPO_S),
+            self.report['rpo'] = measure_rpo(self.started, newest, self.request.rpo_target_s,
                                              basis=basis, enforced=True)
         else:
-            self.report['rpo'] = measure_rpo(self.started, base_end, self.p.get('rpo_target_s', DEFAULT_RPO_S),
+            self.report['rpo'] = measure_rpo(self.started, base_end, self.request.rpo_target_s,
                                              basis='end of the base backup (finished_at)', enforced=False)
         names = [r[0] for r in self.cluster.query('SELECT datname FROM pg_database WHERE NOT datistemplate')]
         if self.database() not in names:
@@ -504,7 +530,7 @@ class Drill(object):
                       % (db, proc.returncode, output[-1500:] or 'no output'))
 
     def smoke(self):
-        for index, query in enumerate(self.p.get('smoke_queries') or []):
+        for index, query in enumerate(self.request.smoke_queries):
             name = 'smoke: %s' % (query.get('name') or '#%d' % (index + 1))
             try:
                 validate_smoke_query(query, index)
@@ -523,7 +549,7 @@ class Drill(object):
             if not self.meta:
                 self.select_backup()
             port = self.scratch_port()
-            self.report['scratch'] = {'port': port, 'dir': self.p.get('scratch_dir') or self.repo.path('restore-tests')}
+            self.report['scratch'] = {'port': port, 'dir': self.scratch_base}
             self.fetch_and_checksum()
             if self.kind == 'logical':
                 self.restore_logical(port)
@@ -545,7 +571,7 @@ class Drill(object):
         finally:
             self.cleanup()
         rto = measure_rto(self.timings.get('restore_s'), self.timings.get('recovery_s'),
-                          self.p.get('rto_target_s', DEFAULT_RTO_S))
+                          self.request.rto_target_s)
         self.report['rto'] = rto
         if 'restore_s' in self.timings and not self.report.get('error'):
             add_check(self.report, 'rto', rto['passed'], 'restore + recovery took %.1f s, target %d s'

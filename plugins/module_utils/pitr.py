@@ -83,13 +83,14 @@ def build_target(params, now=None):
     return {}, 'end of the archived WAL (latest)', None
 
 
-def choose_base(bases, params, when=None):
-    """The newest complete base backup that ends before the target."""
+def choose_base(bases, backup=None, when=None, target_lsn=None):
+    """The base backup named ``backup``, else the newest complete one that ends before the target (``when``,
+    a datetime, and/or ``target_lsn``)."""
     complete = [b for b in bases if repository.is_complete(b)]
-    if params.get('backup') not in (None, '', 'latest'):
-        chosen = [b for b in complete if b['name'] == params['backup']]
+    if backup not in (None, '', 'latest'):
+        chosen = [b for b in complete if b['name'] == backup]
         if not chosen:
-            raise PitrError('no complete base backup named %s' % params['backup'])
+            raise PitrError('no complete base backup named %s' % backup)
         return chosen[0]
     if not complete:
         raise PitrError('no complete physical base backup in the repository: point-in-time recovery needs one '
@@ -101,11 +102,11 @@ def choose_base(bases, params, when=None):
             raise PitrError('target %s is before the end of the oldest usable base backup %s (%s): the archive '
                             'cannot go back that far' % (when.isoformat(), complete[0]['name'],
                                                          complete[0]['finished_at']))
-    if params.get('target_lsn'):
-        target = walnames.parse_lsn(params['target_lsn'])
+    if target_lsn:
+        target = walnames.parse_lsn(target_lsn)
         usable = [b for b in usable if walnames.parse_lsn(b['stop_lsn']) <= target]
         if not usable:
-            raise PitrError('target_lsn %s is before the end of the oldest base backup' % params['target_lsn'])
+            raise PitrError('target_lsn %s is before the end of the oldest base backup' % target_lsn)
     return usable[-1]
 
 

@@ -214,148 +214,10 @@ executed_commands:
   elements: list
 '''
 
-import os
-import time
-
-
-from ansible_collections.modulo.pgbackup.plugins.module_utils import (
-    cluster_recovery, common, encryption, logical_restore, pitr, repository)
-from ansible_collections.modulo.pgbackup.plugins.module_utils.wal import s3 as wals3
+from ansible_collections.modulo.pgbackup.plugins.module_utils import common, encryption, repository
 from ansible_collections.modulo.pgbackup.plugins.module_utils.module_base import EXPLAINED_ERRORS, PgBackupModule
+from ansible_collections.modulo.pgbackup.plugins.module_utils.ops import restore as restores
 from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import Connection
-
-PITR_OPTIONS = ('target_time', 'target_xid', 'target_lsn', 'target_name', 'target')
-ERRORS = EXPLAINED_ERRORS
-
-
-def logical(module, p, log, result):
-    try:
-        logical_restore.validate_dbname(p['target_db'])
-        conn = Connection.from_params(p, db=p['target_db'])
-        repo = repository.Repository(p['backup_root'], p['pg_os_user'])
-        s3 = common.s3_store(p)
-        meta = logical_restore.resolve_backup(repo, p['backup'], database=p['db'], s3=s3)
-        result['backup'] = meta
-        state = logical_restore.database_state(conn, p['target_db'], log=log)
-    except ERRORS + (OSError, ValueError) as exc:
-        module.fail_json(msg=str(exc), **result)
-
-    if state and p['confirm'] != p['target_db']:
-        module.fail_json(msg='database %s exists and is not empty (%d relations): to replace it, set confirm: %s '
-                             '(the old one is kept renamed unless keep_old is false)'
-                             % (p['target_db'], state, p['target_db']), **result)
-    if module.check_mode:
-        result.update(changed=True, restore=dict(
-            backup=meta['name'], target_db=p['target_db'], replaced_existing=state is not None,
-            fetch_from_s3=meta.get('location') == 's3'),
-            msg='would restore %s into %s' % (meta['name'], p['target_db']))
-        module.exit_json(**result)
-
-    try:
-        repo.ensure()
-        with repo.lock('restore-%s' % p['target_db']):
-            if meta.get('location') == 's3':
-                meta['path'] = s3.download_backup(repo.root, meta)
-                meta['location'] = 'both'
-            outcome = logical_restore.restore(conn, meta, p['target_db'], confirm=p['confirm'],
-                                              keep_old=p['keep_old'], jobs=p['jobs'], log=log,
-                                              keys=encryption.Keys.from_params(p))
-    except ERRORS as exc:
-        module.fail_json(msg=str(exc), **result)
-    except OSError as exc:
-        module.fail_json(msg='restore failed: %s (is the repository readable and the disk not full?)' % exc, **result)
-    result.update(changed=True, restore=outcome,
-                  msg='restored %s into %s: %d rows in %d tables, matching the backup' % (
-                      meta['name'], p['target_db'], outcome['row_total'], len(outcome['table_rows'])))
-    module.exit_json(**result)
-
-
-def point_in_time(module, p, log, result):
-    try:
-        target_settings, description, when = pitr.build_target(p)
-        repo = repository.Repository(p['backup_root'], p['pg_os_user'])
-        s3_settings = common.s3_settings(p)
-        s3 = common.s3_store(p)
-        bases = repository.with_s3(repo.scan('base')[0], s3, 'base')
-        base = pitr.choose_base(bases, p, when)
-        result['backup'] = base
-        if when is not None:
-            pitr.check_archive_reaches(repo.root, when, wals3.s3_archive(s3_settings))
-        if p['mode'] == 'database':
-            logical_restore.validate_dbname(p['target_db'])
-            conn = Connection.from_params(p, db=p['target_db'])
-            state = logical_restore.database_state(conn, p['target_db'], log=log)
-            if state and p['confirm'] != p['target_db']:
-                raise pitr.PitrError('database %s exists and is not empty (%d relations): to replace it, set '
-                                     'confirm: %s (the old one is kept renamed unless keep_old is false)'
-                                     % (p['target_db'], state, p['target_db']))
-        else:
-            cluster = cluster_recovery.ClusterRecovery(
-                Connection.from_params(p, db='postgres'), p['pgdata'], Connection.from_params(p).bindir,
-                p['pg_os_user'], unit=p['pg_service'], method=p['service_control'],
-                timeout_s=p['recovery_timeout'], log=log)
-            if os.path.abspath((p['confirm'] or '').rstrip('/') or '.') != cluster.pgdata:
-                raise pitr.PitrError('mode=cluster replaces the live data directory %s (it is kept renamed, never '
-                                     'deleted): to go ahead, set confirm: %s' % (cluster.pgdata, cluster.pgdata))
-            problems = cluster.precheck(base)
-            if problems:
-                raise pitr.PitrError('cannot replace the data directory %s: %s. Nothing was changed: the server was '
-                                     'not stopped' % (cluster.pgdata, '; '.join(problems)))
-    except ERRORS + (OSError, ValueError) as exc:
-        module.fail_json(msg=str(exc), **result)
-
-    planned = dict(base_backup=base['name'], target=description, mode=p['mode'])
-    if module.check_mode:
-        restore = dict(recovery=planned, target_db=p['target_db'])
-        if p['mode'] == 'cluster':
-            restore['cluster'] = cluster.plan()
-        result.update(changed=True, restore=restore,
-                      msg='would recover to %s from %s (%s mode%s)' % (
-                          description, base['name'], p['mode'],
-                          (', ' + cluster.describe()) if p['mode'] == 'cluster' else ''))
-        module.exit_json(**result)
-
-    started = time.time()
-    keys = encryption.Keys.from_params(p)
-    try:
-        repo.ensure()
-        if base.get('location') == 's3':
-            base['path'] = s3.download_backup(repo.root, base, kind_dir='base')
-        if p['mode'] == 'database':
-            with repo.lock('restore-%s' % p['target_db']):
-                workdir = pitr.scratch_workdir(p['scratch_dir'] or repo.path('restore-tests'), p['pg_os_user'])
-                recovery = pitr.ScratchRecovery(Connection.from_params(p).bindir, workdir, p['pg_os_user'],
-                                                port=p['scratch_port'])
-                try:
-                    reached = recovery.recover(base, repo.root, target_settings, s3_settings=s3_settings,
-                                               timeout_s=p['recovery_timeout'], log=log, keys=keys)
-                    reached['last_replayed_transaction'] = recovery.query(
-                        'SELECT pg_last_xact_replay_timestamp()')[0][0]
-                    outcome = pitr.copy_database(recovery, p['db'] or 'modulodb', conn, p['target_db'],
-                                                 p['confirm'], p['keep_old'], p['jobs'], workdir, log=log)
-                finally:
-                    recovery.close()
-        else:
-            try:
-                reached = cluster.run(base, repo.root, target_settings, s3_settings=s3_settings, keys=keys)
-            except cluster_recovery.ClusterRecoveryError as exc:
-                result['rollback'] = exc.state
-                module.fail_json(msg=cluster_recovery.failure_message(str(exc), exc.state, cluster.control.describe()),
-                                 **result)
-            if reached.get('warning'):
-                module.warn(reached.pop('warning'))
-            result['old_pgdata'] = reached['old_pgdata']
-            outcome = {'target_db': None, 'old_pgdata': reached.pop('old_pgdata'), 'cluster': cluster.plan()}
-    except ERRORS as exc:
-        module.fail_json(msg=str(exc), **result)
-    except OSError as exc:
-        module.fail_json(msg='point-in-time recovery failed: %s' % exc, **result)
-    reached.update(planned)
-    outcome['recovery'] = reached
-    outcome['duration_s'] = round(time.time() - started, 3)
-    where = (' into database %s' % p['target_db']) if p['mode'] == 'database' else (' as the live cluster %s' % cluster.pgdata)
-    result.update(changed=True, restore=outcome, msg='recovered to %s from %s%s' % (description, base['name'], where))
-    module.exit_json(**result)
 
 
 def main():
@@ -379,22 +241,50 @@ def main():
             recovery_timeout=dict(type='int', default=3600),
             **common.service_argspec()
         ),
-        mutually_exclusive=[PITR_OPTIONS],
+        mutually_exclusive=[restores.PITR_TARGETS],
         required_if=[('mode', 'database', ('target_db',))],
         supports_check_mode=True,
     )
     p = module.params
-    log = module.command_log
-    result = module.result
-    result.update(backup=None)
-    pitr_requested = any(p[name] for name in PITR_OPTIONS) or p['mode'] == 'cluster'
-    module.audit(p['backup_root'], 'pitr' if pitr_requested else 'restore',
+    module.result.update(backup=None)
+    request = restores.Request(
+        backup=p['backup'], db=p['db'], target_db=p['target_db'], confirm=p['confirm'], keep_old=p['keep_old'],
+        jobs=p['jobs'], mode=p['mode'], target_time=p['target_time'], target_xid=p['target_xid'],
+        target_lsn=p['target_lsn'], target_name=p['target_name'], target=p['target'], scratch_dir=p['scratch_dir'],
+        scratch_port=p['scratch_port'], recovery_timeout=p['recovery_timeout'], pgdata=p['pgdata'],
+        pg_service=p['pg_service'], service_control=p['service_control'], pg_os_user=p['pg_os_user'])
+    module.audit(p['backup_root'], 'pitr' if request.pitr else 'restore',
                  (p['pgdata'] or 'cluster') if p['mode'] == 'cluster' else p['target_db'], db_user=p['login_user'],
                  details={'requested_backup': p['backup'], 'mode': p['mode']})
-    if pitr_requested:
-        point_in_time(module, p, log, result)
+    repo = repository.Repository(p['backup_root'], p['pg_os_user'])
+    keys, log = encryption.Keys.from_params(p), module.command_log
+    if request.pitr:
+        run = restores.PointInTimeRecovery(request, lambda db: Connection.from_params(p, db=db),
+                                           Connection.from_params(p).bindir, repo, keys, s3=common.s3_store(p),
+                                           s3_settings=common.s3_settings(p), log=log)
     else:
-        logical(module, p, log, result)
+        run = restores.LogicalRestore(request, Connection.from_params(p, db=p['target_db']), repo, keys,
+                                      s3=common.s3_store(p), log=log)
+    try:
+        run.prepare()
+    except EXPLAINED_ERRORS + (OSError, ValueError) as exc:
+        module.fail(str(exc), backup=run.backup)
+    module.result['backup'] = run.backup
+    if module.check_mode:
+        module.result.update(changed=True, restore=run.plan(), msg=run.would())
+        module.exit_json(**module.result)
+    try:
+        outcome = run.run()
+    except restores.RestoreFailed as exc:
+        module.fail(str(exc), **({'rollback': exc.rollback} if exc.rollback is not None else {}))
+    except EXPLAINED_ERRORS as exc:
+        module.fail(str(exc))
+    for warning in outcome.warnings:
+        module.warn(warning)
+    if outcome.restore.get('old_pgdata'):
+        module.result['old_pgdata'] = outcome.restore['old_pgdata']
+    module.result.update(changed=True, restore=outcome.restore, msg=outcome.msg)
+    module.exit_json(**module.result)
 
 
 if __name__ == '__main__':

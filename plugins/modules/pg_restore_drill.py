@@ -269,7 +269,7 @@ executed_commands:
 '''
 
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import common, drill, repository, verify
+from ansible_collections.modulo.pgbackup.plugins.module_utils import common, drill, encryption, repository, verify
 from ansible_collections.modulo.pgbackup.plugins.module_utils.module_base import EXPLAINED_ERRORS, PgBackupModule
 
 
@@ -309,7 +309,12 @@ def main():
         run_verify(module, log, result)
     try:
         repo = repository.Repository(p['backup_root'], p['pg_os_user'])
-        runner = drill.Drill(p, repo, s3=common.s3_store(p), s3_settings=common.s3_settings(p), log=log)
+        request = drill.Request(
+            kind=p['kind'], backup=p['backup'], db=p['db'], scratch_dir=p['scratch_dir'], scratch_port=p['scratch_port'],
+            smoke_queries=p['smoke_queries'], rto_target_s=p['rto_target_s'], rpo_target_s=p['rpo_target_s'],
+            jobs=p['jobs'], recovery_timeout=p['recovery_timeout'], pg_bindir=p['pg_bindir'], pg_os_user=p['pg_os_user'])
+        runner = drill.Drill(request, repo, keys=encryption.Keys.from_params(p), s3=common.s3_store(p),
+                             s3_settings=common.s3_settings(p), log=log)
     except EXPLAINED_ERRORS as exc:
         module.fail_json(msg=str(exc), **result)
 

@@ -22,7 +22,7 @@ import pytest
 
 import pgsandbox
 from ansible_collections.modulo.pgbackup.plugins.module_utils import repository, s3store
-from ansible_collections.modulo.pgbackup.plugins.module_utils.drill import Drill, publish_report, write_report
+from ansible_collections.modulo.pgbackup.plugins.module_utils.drill import Drill, Request, publish_report, write_report
 from conftest import flip_byte
 from test_pitr import archiving_cluster, args_for, make_repo, wait_archived
 
@@ -80,7 +80,7 @@ def drill_in_process(world, repo, **params):
     """The module's logic without an Ansible run (faults that need no module wrapper, faster)."""
     params.setdefault('pg_bindir', world['cluster'].bindir)
     repository_ = repository.Repository(repo)
-    report = Drill(params, repository_).run()
+    report = Drill(Request(**params), repository_).run()
     paths = write_report(repository_, report)
     return {'failed': report['status'] != 'passed', 'msg': report.get('error') or '', 'report': report,
             'report_path': paths[0]}
@@ -240,7 +240,7 @@ def test_no_backup_at_all(world):
     report = assert_failed_report(drill(world, repo=repo), repo, 'no backup')
     assert report['backup'] is None
     # the same for physical drills, without another Ansible run
-    runner = Drill({'kind': 'pitr', 'pg_bindir': world['cluster'].bindir}, repository.Repository(repo))
+    runner = Drill(Request(kind='pitr', pg_bindir=world['cluster'].bindir), repository.Repository(repo))
     report = runner.run()
     assert report['status'] == 'failed' and 'no backup' in report['error']
     assert runner.report['checks'][0]['name'] == 'backup_selected'

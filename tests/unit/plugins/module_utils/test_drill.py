@@ -158,3 +158,12 @@ def test_verify_report_levels_decide_the_status(tmp_path):
         'verify_modulodb_20270103_040000.json'
     # whatever a smoke query says, its session cannot write
     assert 'default_transaction_read_only=on' in pgclient.ReadOnlyConnection(bindir='/usr/bin').env()['PGOPTIONS']
+
+
+def test_a_drill_request_holds_typed_values_with_the_runbook_targets():
+    request = drill.Request()
+    assert (request.kind, request.backup, request.rto_target_s, request.rpo_target_s) == (
+        'logical', 'latest', drill.DEFAULT_RTO_S, drill.DEFAULT_RPO_S)
+    assert drill.Request(jobs=0).jobs == 1 and drill.Request(backup='').backup == 'latest'
+    with pytest.raises(drill.DrillError, match='kind must be one of'):
+        drill.Request(kind='snapshot')
