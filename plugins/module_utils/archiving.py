@@ -106,30 +106,45 @@ def legacy_files(command_path):
     return [path for path in found if os.path.isfile(path)]
 
 
-def wal_encryption(params):
-    """The archive command's encryption settings from the module's options, or None.
+class Request(object):
+    """What wal_archive is asked to do, as typed values (the module's options)."""
+
+    def __init__(self, backup_root, state='present', archive_timeout=60, compression='auto', compression_level=None,
+                 verify=True, verify_timeout=60, pg_os_user='postgres', key_file=None, old_key_files=None,
+                 key_env=None):
+        if state not in ('present', 'absent'):
+            raise ArchivingError('state must be present or absent, not %r' % (state,))
+        if archive_timeout < 0 or verify_timeout < 1:
+            raise ArchivingError('archive_timeout must be 0 or more and verify_timeout 1 or more')
+        self.backup_root, self.state, self.archive_timeout = os.path.abspath(backup_root), state, archive_timeout
+        self.compression, self.compression_level = compression or 'auto', compression_level
+        self.verify, self.verify_timeout, self.pg_os_user = verify, verify_timeout, pg_os_user or 'postgres'
+        self.key_file, self.old_key_files, self.key_env = key_file, list(old_key_files or []), key_env
+
+
+def wal_encryption(request):
+    """The archive command's encryption settings from the request's key options, or None.
 
     The archiver runs under the postmaster, without the task's environment: a key given only in the
     environment cannot serve it, so WAL encryption needs ``encryption_key_file``, readable by the
     server's OS user (fetch decrypts with it during recovery).
     """
-    keys = encryption.Keys(key_file=params.get('encryption_key_file'),
-                           old_key_files=params.get('encryption_old_key_files'))
+    keys = encryption.Keys(key_file=request.key_file, old_key_files=request.old_key_files)
     if not keys.enabled:
-        if params.get('encryption_key_env') and os.environ.get(params['encryption_key_env']):
+        if request.key_env and os.environ.get(request.key_env):
             raise ArchivingError('WAL encryption needs encryption_key_file: the archive command runs under '
-                                 'PostgreSQL and cannot see %s' % params['encryption_key_env'])
+                                 'PostgreSQL and cannot see %s' % request.key_env)
         return None
     try:
         recipient = keys.recipient()
         identities = keys.identities()
     except encryption.EncryptionError as exc:
         raise ArchivingError(str(exc))
-    if os.geteuid() == 0 and params.get('pg_os_user') not in (None, 'root'):
+    if os.geteuid() == 0 and request.pg_os_user != 'root':
         for path in identities:
-            probe = subprocess.run(['runuser', '-u', params['pg_os_user'], '--', 'test', '-r', path], check=False)
+            probe = subprocess.run(['runuser', '-u', request.pg_os_user, '--', 'test', '-r', path], check=False)
             if probe.returncode:
-                user = params['pg_os_user']
+                user = request.pg_os_user
                 raise ArchivingError('the encryption key file %s is not readable by %s, which runs the archive '
                                      'command: chown it to %s (mode 0600)' % (path, user, user))
     return {'recipient': recipient, 'identities': identities}
@@ -694,32 +709,32 @@ def new_result(command_path, log=None):
             'executed_commands': log.commands if log is not None else []}
 
 
-def run(conn, params, result, s3=None, check_mode=False, log=None, warn=None, control=None):
+def run(conn, request, result, s3=None, check_mode=False, log=None, warn=None, control=None):
     """Configure (state=present) or switch off (state=absent) archiving; fills ``result`` as it goes.
 
     ``control`` (liveserver.Control), when given, restarts the server if the change needs it; it is
     checked before anything is written, so a restart that cannot work changes nothing.
 
-    ``params``: backup_root, state, archive_timeout, compression, compression_level,
-    verify, verify_timeout, pg_os_user (the absolute command_path is already in ``result``).  ``s3``: common.s3_settings() or None.  Raises
+    ``request``: a Request (the absolute command_path is already in ``result``).  ``s3``: common.s3_settings()
+    or None.  Raises
     ArchivingError, PgError or OSError; ``result`` then says what was done.
     """
     warn = warn or (lambda message: None)
-    repo = os.path.abspath(params['backup_root'])
+    repo = request.backup_root
     command_path = result['command_path']
     sysid, seg_size, in_recovery = server_identity(conn, log=log)
     result['system_identifier'] = sysid
     current = read_settings(conn, log=log)
-    present = params['state'] == 'present'
+    present = request.state == 'present'
 
     file_plans, repo_plan, seed, stale_bytecode, legacy = [], [], False, False, []
     owner = None
     if present:
-        check_compression(params['compression'], params['compression_level'])
+        check_compression(request.compression, request.compression_level)
         check_system_python(bool(s3), log=log)
         if os.geteuid() == 0:
             try:
-                uid, gid, groups = osuser.lookup(params['pg_os_user'])
+                uid, gid, groups = osuser.lookup(request.pg_os_user)
             except osuser.OsUserError as exc:
                 raise ArchivingError(str(exc))
             owner = (uid, gid)
@@ -730,14 +745,14 @@ def run(conn, params, result, s3=None, check_mode=False, log=None, warn=None, co
                         'the server\'s OS user %s cannot reach %s: %s is not searchable by it (mode %o). '
                         'Choose a place %s can traverse (e.g. under /var/lib/postgresql or /var/backups), '
                         'or open that directory (chmod o+x)'
-                        % (params['pg_os_user'], path, blocked, os.stat(blocked).st_mode & 0o7777,
-                           params['pg_os_user']))
-        elif osuser.current_user() != params['pg_os_user']:
+                        % (request.pg_os_user, path, blocked, os.stat(blocked).st_mode & 0o7777,
+                           request.pg_os_user))
+        elif osuser.current_user() != request.pg_os_user:
             warn('the module runs as %s, not as root or %s: the repository is owned by %s, and the server '
                  'can archive into it only if it runs as that user'
-                 % (osuser.current_user(), params['pg_os_user'], osuser.current_user()))
-        settings = command_settings(repo, params['compression'], params['compression_level'], s3,
-                                    wal_encryption(params))
+                 % (osuser.current_user(), request.pg_os_user, osuser.current_user()))
+        settings = command_settings(repo, request.compression, request.compression_level, s3,
+                                    wal_encryption(request))
         # The installed command is the very code the collection tests and imports (walcommand).
         try:
             command_files = walcommand.files(command_path, settings)
@@ -766,7 +781,7 @@ def run(conn, params, result, s3=None, check_mode=False, log=None, warn=None, co
                     % (store.uri(store.key('wal/')), info.get('system_identifier'), sysid))
     else:
         store = None
-    plan = plan_settings(params['state'], current, result['archive_command'], params['archive_timeout'])
+    plan = plan_settings(request.state, current, result['archive_command'], request.archive_timeout)
     # Refused before the result lists any change: nothing is written when the restart cannot work.
     if plan['restart_required'] and control is not None:
         result['service_control'] = control.describe()
@@ -822,7 +837,7 @@ def run(conn, params, result, s3=None, check_mode=False, log=None, warn=None, co
             restart(conn, control, plan, current, log=log)
             result['restarted'] = result['changed'] = True
 
-    if present and params['verify']:
+    if present and request.verify:
         if check_mode:
             pass  # a WAL switch is a change on the server: check mode does not make one
         elif plan['restart_required'] and not result['restarted']:
@@ -832,8 +847,8 @@ def run(conn, params, result, s3=None, check_mode=False, log=None, warn=None, co
             warn('verification skipped: the server is in recovery (a standby) and cannot switch WAL')
         else:
             result['segment'], result['archiver'] = verify_archiving(
-                conn, repo, store=store, timeout=params['verify_timeout'], log=log,
-                hint=hint(params['pg_os_user'], command_path, repo))
+                conn, repo, store=store, timeout=request.verify_timeout, log=log,
+                hint=hint(request.pg_os_user, command_path, repo))
             result['verified'] = True
     if not result['archiver']:
         result['archiver'] = archiver_stats(conn, log=log)

@@ -24,7 +24,7 @@ import time
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import drill, fsutil, logical_restore, repository
 from ansible_collections.modulo.pgbackup.plugins.module_utils.logical_backup import database_rows
-from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import PgError, ReadOnlyConnection, psql_query
+from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import PgError, psql_query
 
 DEFAULT_DB = 'modulodb'
 
@@ -67,15 +67,19 @@ def write_report(repo, report):
 class Verify(object):
     """One verification of a live database; ``run`` records checks and never raises for a bad database."""
 
-    def __init__(self, params, repo, s3=None, log=None, now=None):
-        self.p = params
+    def __init__(self, conn, repo, db=None, backup='latest', expect_exact_rows=False, smoke_queries=None, jobs=1,
+                 s3=None, log=None, now=None):
+        """``conn``: a pgclient.ReadOnlyConnection to ``db`` (verify never writes to the live database)."""
         self.repo = repo
         self.s3 = s3
         self.log = log
         self.started = now or repository.utcnow()
-        self.db = params.get('db') or DEFAULT_DB
-        self.conn = ReadOnlyConnection.from_params(params, db=self.db)
-        self.jobs = max(1, int(params.get('jobs') or 1))
+        self.db = db or DEFAULT_DB
+        self.conn = conn
+        self.backup = backup or 'latest'
+        self.expect_exact_rows = bool(expect_exact_rows)
+        self.smoke_queries = list(smoke_queries or [])
+        self.jobs = max(1, int(jobs or 1))
         self.report = {
             'report': 'verify', 'status': 'running', 'database': self.db, 'host': socket.gethostname(),
             'started_at': repository.iso(self.started), 'finished_at': None, 'backup': None,
@@ -116,7 +120,7 @@ class Verify(object):
 
     def select_backup(self):
         """The ``.meta`` to compare with, or None (with a skipped check) when there is none."""
-        selector = self.p.get('backup') or 'latest'
+        selector = self.backup
         try:
             if selector == 'latest':
                 # The database's own newest complete backup: the one a restore of it would have used.
@@ -137,7 +141,7 @@ class Verify(object):
         self.report['backup'] = drill.backup_summary(meta)
         live = database_rows(self.conn, self.db, log=self.log)
         diffs = logical_restore.compare_rows(meta.get('table_rows') or {}, live)
-        exact = bool(self.p.get('expect_exact_rows'))
+        exact = self.expect_exact_rows
         if not diffs:
             add_check(self.report, 'table_rows', True, '%d tables, %d rows, equal to the .meta of %s'
                       % (len(live), sum(live.values()), meta['name']), tables=len(live), rows=sum(live.values()))
@@ -154,7 +158,7 @@ class Verify(object):
                       level='warning', differences=differences)
 
     def smoke(self):
-        for index, query in enumerate(self.p.get('smoke_queries') or []):
+        for index, query in enumerate(self.smoke_queries):
             name = 'smoke: %s' % (query.get('name') or '#%d' % (index + 1))
             try:
                 drill.validate_smoke_query(query, index)

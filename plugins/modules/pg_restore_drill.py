@@ -271,6 +271,7 @@ executed_commands:
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import common, drill, encryption, repository, verify
 from ansible_collections.modulo.pgbackup.plugins.module_utils.module_base import EXPLAINED_ERRORS, PgBackupModule
+from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import ReadOnlyConnection
 
 
 def main():
@@ -352,7 +353,10 @@ def run_verify(module, log, result):
     p = module.params
     try:
         repo = repository.Repository(p['backup_root'], p['pg_os_user'])
-        runner = verify.Verify(p, repo, s3=common.s3_store(p), log=log)
+        db = p['db'] or verify.DEFAULT_DB
+        runner = verify.Verify(ReadOnlyConnection.from_params(p, db=db), repo, db=db, backup=p['backup'],
+                               expect_exact_rows=p['expect_exact_rows'], smoke_queries=p['smoke_queries'],
+                               jobs=p['jobs'], s3=common.s3_store(p), log=log)
     except EXPLAINED_ERRORS as exc:
         module.fail_json(msg=str(exc), **result)
     report = runner.run()

@@ -289,15 +289,18 @@ def main():
     log = module.command_log
     result = module.result
     module.audit(p['backup_root'], 'wal_archive_%s' % p['state'], 'cluster', db_user=p['login_user'])
-    if p['archive_timeout'] < 0 or p['verify_timeout'] < 1:
-        module.fail_json(msg='archive_timeout must be 0 or more and verify_timeout 1 or more', **result)
     command_path = os.path.abspath(p['command_path'])
     try:
         result = archiving.new_result(command_path, log=log)
         conn = Connection.from_params(p, db='postgres')
         s3 = common.s3_settings(p) if p['upload'] else None
         control = _control(conn, p, log) if p['restart'] else None
-        archiving.run(conn, p, result, s3=s3, check_mode=module.check_mode, log=log, warn=module.warn,
+        request = archiving.Request(
+            p['backup_root'], state=p['state'], archive_timeout=p['archive_timeout'], compression=p['compression'],
+            compression_level=p['compression_level'], verify=p['verify'], verify_timeout=p['verify_timeout'],
+            pg_os_user=p['pg_os_user'], key_file=p['encryption_key_file'], old_key_files=p['encryption_old_key_files'],
+            key_env=p['encryption_key_env'])
+        archiving.run(conn, request, result, s3=s3, check_mode=module.check_mode, log=log, warn=module.warn,
                       control=control)
     except EXPLAINED_ERRORS as exc:
         result.pop('diff', None)

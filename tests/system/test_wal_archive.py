@@ -48,7 +48,11 @@ def run_directly(args):
     result = archiving.new_result(params['command_path'], log=log)
     conn = pgclient.Connection(login_user=params['login_user'], login_host=params['login_host'],
                                port=params['port'], bindir=params['pg_bindir'])
-    return archiving.run(conn, params, result, log=log)
+    request = archiving.Request(params['backup_root'], state=params['state'], archive_timeout=params['archive_timeout'],
+                                compression=params['compression'], compression_level=params['compression_level'],
+                                verify=params['verify'], verify_timeout=params['verify_timeout'],
+                                pg_os_user=params['pg_os_user'])
+    return archiving.run(conn, request, result, log=log)
 
 
 def show(cluster, name):

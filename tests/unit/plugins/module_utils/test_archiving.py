@@ -400,3 +400,12 @@ def test_the_files_of_the_single_file_command_are_found_for_removal(tmp_path):
     (tmp_path / 'pgbackup-wal.json').write_text('{"repo": "/r"}')
     assert command + '.json' not in archiving.legacy_files(command)
     assert archiving.legacy_files(str(tmp_path / 'elsewhere')) == []
+
+
+def test_a_request_refuses_impossible_timeouts_and_states():
+    request = archiving.Request('repo/../backups', compression=None)
+    assert request.backup_root == os.path.abspath('backups') and request.compression == 'auto'
+    with pytest.raises(ArchivingError, match='archive_timeout must be 0 or more and verify_timeout 1 or more'):
+        archiving.Request('/r', archive_timeout=-1)
+    with pytest.raises(ArchivingError, match='state must be present or absent'):
+        archiving.Request('/r', state='paused')
