@@ -3,9 +3,6 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The local archive: layout, listing, archive.json, and push / fetch / status (S3 through s3.py)."""
 
-from __future__ import absolute_import, division, print_function
-__metaclass__ = type
-
 import errno
 import os
 import time

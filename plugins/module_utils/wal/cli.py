@@ -65,9 +65,6 @@ in ``archive.json`` (written on the first push), so neither a restored copy of
 the cluster nor another cluster can write into this archive.
 """
 
-from __future__ import absolute_import, division, print_function
-__metaclass__ = type
-
 import sys
 
 from .errors import EXIT_FAIL, EXIT_FATAL, EXIT_OK, NotFound, WalArchiveError

@@ -4,9 +4,6 @@
 """Compression (libzstd through ctypes, the zstd program, gzip) and age encryption of stored files:
 the one writer and the one reader of their content."""
 
-from __future__ import absolute_import, division, print_function
-__metaclass__ = type
-
 import os
 import stat
 import zlib

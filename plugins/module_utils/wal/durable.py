@@ -3,9 +3,6 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Durable files: temporary names, fsync, publishing without ever replacing a file, stale temporaries."""
 
-from __future__ import absolute_import, division, print_function
-__metaclass__ = type
-
 import errno
 import os
 import time

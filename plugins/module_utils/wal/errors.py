@@ -3,9 +3,6 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The errors of the WAL archive command and the exit codes main() turns them into."""
 
-from __future__ import absolute_import, division, print_function
-__metaclass__ = type
-
 
 EXIT_OK = 0
 EXIT_FAIL = 1

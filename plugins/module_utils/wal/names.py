@@ -4,9 +4,6 @@
 """WAL file names, LSN arithmetic, segment headers, the stored names (compression and encryption
 suffixes) and the archive's identity record (archive.json)."""
 
-from __future__ import absolute_import, division, print_function
-__metaclass__ = type
-
 import struct
 import time
 

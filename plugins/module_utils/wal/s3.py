@@ -3,9 +3,6 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The same wal/ layout under s3://bucket/prefix; boto3 is imported only when an S3Archive is made."""
 
-from __future__ import absolute_import, division, print_function
-__metaclass__ = type
-
 import os
 import sys
 
