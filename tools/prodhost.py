@@ -391,6 +391,21 @@ class ProdHost(object):
             raise HostError('psql failed: %s' % proc.stderr.decode())
         return proc.stdout.decode().strip()
 
+    def wait_archived(self, segment, timeout=60):
+        """Wait until the archiver reports ``segment`` (or a later one) archived; its last failure if it does not."""
+        deadline = time.time() + timeout
+        while self.psql("SELECT coalesce(last_archived_wal, '') >= '%s' FROM pg_stat_archiver" % segment) != 't':
+            if time.time() > deadline:
+                raise HostError('segment %s was not archived within %d s: last failure %s' % (
+                    segment, timeout, self.psql('SELECT last_failed_wal, last_failed_time FROM pg_stat_archiver')))
+            time.sleep(0.2)
+
+    def switch_wal_and_wait(self, timeout=60):
+        """Close the current WAL segment and wait until it is archived; returns its name."""
+        segment = self.psql('SELECT pg_walfile_name(pg_switch_wal())')
+        self.wait_archived(segment, timeout)
+        return segment
+
     def psql_file(self, path, db):
         with open(path, 'rb') as handle:
             proc = subprocess.run(['runuser', '-u', 'postgres', '--', os.path.join(BINDIR, 'psql'), '-X', '-q',

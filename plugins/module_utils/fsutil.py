@@ -74,7 +74,7 @@ def inherit_owner(path):
         osuser.chown_tree(path, parent.st_uid, parent.st_gid)
 
 
-# One implementation, the archive command's (walarchive is stdlib only, so the host command has it too).
+# One implementation, the archive command's (the wal package is stdlib only, so the host command has it too).
 fsync_dir = waldurable.fsync_dir
 fsync_file = waldurable.fsync_file
 

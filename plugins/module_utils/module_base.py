@@ -9,7 +9,7 @@
   is never audited); a failure to write the line is a warning, never a lost result;
 - ``fail(msg)``: fail_json with the result built so far;
 - ``errors_fail(prefix)``: a context in which any error the collection raises (``errors.PgBackupError``,
-  and walarchive's, which cannot share that base) becomes ``fail(prefix + message)``.
+  and the wal package's, which cannot share that base) becomes ``fail(prefix + message)``.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -20,13 +20,9 @@ import contextlib
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import audit, errors
-
-from ansible_collections.modulo.pgbackup.plugins.module_utils.wal import errors as walerrors
 from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import CommandLog
 
-# walarchive runs alone on the database host and imports nothing of the collection, so its errors do not
-# derive from PgBackupError; they are just as much written for the operator.
-EXPLAINED_ERRORS = (errors.PgBackupError, walerrors.WalArchiveError)
+EXPLAINED_ERRORS = errors.EXPLAINED_ERRORS
 
 
 class PgBackupModule(AnsibleModule):

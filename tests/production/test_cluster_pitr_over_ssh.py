@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import subprocess
-import time
 
 import pytest
 
@@ -21,13 +20,6 @@ def conf_digest(host):
             with open(path, 'rb') as handle:
                 digest.update(path.encode() + b'\0' + handle.read())
     return digest.hexdigest()
-
-
-def wait_archived(host, segment, timeout=60):
-    deadline = time.time() + timeout
-    while host.psql("SELECT coalesce(last_archived_wal, '') >= '%s' FROM pg_stat_archiver" % segment) != 't':
-        assert time.time() < deadline, 'segment %s was not archived' % segment
-        time.sleep(0.2)
 
 
 @pytest.fixture
@@ -45,8 +37,7 @@ def archived(prod):
     mark = host.psql("SELECT pg_sleep(1.1), to_char(clock_timestamp() AT TIME ZONE 'UTC', "
                      "'YYYY-MM-DD\"T\"HH24:MI:SS.US'), pg_sleep(1.1)", db='modulodb').split('|')[1]
     host.psql('INSERT INTO journal (id) SELECT g FROM generate_series(101, 150) g', db='modulodb')
-    segment = host.psql('SELECT pg_walfile_name(pg_switch_wal())')
-    wait_archived(host, segment)
+    host.switch_wal_and_wait()
     yield {'mark': mark}
     for leftover in glob.glob(host.pgdata + '.old-*') + glob.glob(host.pgdata + '.failed-*'):
         shutil.rmtree(leftover, ignore_errors=True)

@@ -8,13 +8,11 @@ sessions and in its cluster's environment file, as an instance profile would), b
 the hosts and PostgreSQL runs the archive command outside any playbook.
 """
 
-import json
 import os
 import re
 import shutil
 import subprocess
 import tempfile
-import time
 import uuid
 
 import pytest
@@ -22,23 +20,18 @@ import yaml
 
 import prodhost
 import pgsandbox
-from test_fleet import keys, recap
+from test_fleet import (PREFIX, assert_drilled_elsewhere, assert_kept_apart, fleet_table, keys, recap,
+                        tree)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCHEMA_SQL = os.path.join(ROOT, 'tests', 'data', 'modulo_schema.sql')
 PRODUCTION_INVENTORY = os.path.join(ROOT, 'inventories', 'production')
 
-PREFIX = 'fleet/'
 HOSTS = ('db1', 'db2', 'db3')
 # The remote temporary directory is the deploy user's own (the runner's default is in the controller's
 # pytest directory, which only root may enter).
 FORKS = {'ANSIBLE_FORKS': '5', 'ANSIBLE_REMOTE_TEMP': '~/.ansible/tmp'}
 S3_KEYS = {'AWS_ACCESS_KEY_ID': 'testing', 'AWS_SECRET_ACCESS_KEY': 'testing'}
-
-
-def tree(root):
-    return sorted(os.path.relpath(os.path.join(base, name), root)
-                  for base, dirs, files in os.walk(root) for name in dirs + files)
 
 
 @pytest.fixture(scope='module')
@@ -130,24 +123,13 @@ def test_a_fleet_over_ssh_backs_up_apart_drills_elsewhere_and_rebuilds_a_lost_ho
     assert all(counts[h]['failed'] == 0 for h in HOSTS), proc.stdout[-6000:]
     assert not keys(bucket, PREFIX + 'broken/')
     for name, host in hosts.items():
-        mine = keys(bucket, PREFIX + name + '/')
-        archive = json.loads(bucket['client'].get_object(
-            Bucket=bucket['name'], Key=PREFIX + name + '/wal/archive.json')['Body'].read())
-        assert str(archive['system_identifier']) == host.psql('SELECT system_identifier FROM pg_control_system()')
-        assert [k for k in mine if re.search(r'/base/modulo_base_\d{8}_\d{6}\.meta$', k)], mine
-        assert [k for k in mine if re.search(r'/wal/\d{8}/[0-9A-F]{24}', k)], mine
-        metas = [k for k in mine if k.endswith('.sql.gz.meta')]
-        meta = json.loads(bucket['client'].get_object(Bucket=bucket['name'], Key=metas[-1])['Body'].read())
-        assert meta['table_rows']['public.%s_orders' % name] == 100 * int(name[-1])
-        assert not [t for t in meta['table_rows'] if t.endswith('_orders') and t != 'public.%s_orders' % name]
+        assert_kept_apart(bucket, name, host.psql('SELECT system_identifier FROM pg_control_system()'))
         # the archive command's pushes reached S3 with the host's own credentials
-        segment = host.psql('SELECT pg_walfile_name(pg_switch_wal())')
-        wait_archived(host, segment)
+        segment = host.switch_wal_and_wait()
         assert [k for k in keys(bucket, PREFIX + name + '/wal/') if k.split('/')[-1].startswith(segment)]
 
     proc = ansible.playbook('list-backups.yml', inventory=inv, env=FORKS)
-    assert "The fleet's backups" in proc.stdout, proc.stdout[-8000:]
-    table = proc.stdout[proc.stdout.index("The fleet's backups"):]
+    table = fleet_table(proc.stdout, "The fleet's backups")
     for name in HOSTS:
         assert re.search(r'%s\s+2\s+modulo_(full|base)_\d{8}_\d{6}' % name, table), table[:3000]
     assert re.search(r'broken\s+0\s+none\s+NOT OK', table), table[:3000]
@@ -161,18 +143,12 @@ def test_a_fleet_over_ssh_backs_up_apart_drills_elsewhere_and_rebuilds_a_lost_ho
     proc = ansible.playbook('restore-drill.yml', inventory=inv, env=FORKS, limit='drill', extra_vars={
         'restore_drill_kind': 'pitr', 'pgbackup_drill_sources': ['db3']})
     assert proc.returncode == 0, proc.stdout[-6000:]
-    for name, kind in (('db1', 'logical'), ('db2', 'logical'), ('db3', 'pitr')):
-        reports = [k for k in keys(bucket, PREFIX + name + '/restore-tests/') if k.endswith('.json')]
-        assert len(reports) == 1, reports
-        report = json.loads(bucket['client'].get_object(Bucket=bucket['name'], Key=reports[0])['Body'].read())
-        assert report['status'] == 'passed' and report['kind'] == kind, report
-        assert report['backup']['fetched_from_s3'] is True
+    for name in assert_drilled_elsewhere(bucket, (('db1', 'logical'), ('db2', 'logical'), ('db3', 'pitr'))):
         assert os.listdir(os.path.join(fleet['repos'], 'drill', name, 'restore-tests'))
     assert dict((h, tree(os.path.join(fleet['repos'], h))) for h in HOSTS) == production
 
     proc = ansible.playbook('health-check.yml', inventory=inv, env=FORKS)
-    assert "The fleet's backup health" in proc.stdout, proc.stdout[-8000:]
-    table = proc.stdout[proc.stdout.index("The fleet's backup health"):]
+    table = fleet_table(proc.stdout, "The fleet's backup health")
     for name in HOSTS:
         assert re.search(r'\b%s\s+(OK|NOT OK)\s' % name, table), table[:3000]
     assert re.search(r'broken\s+(NO RESULT|NOT OK)\s', table), table[:3000]
@@ -180,14 +156,6 @@ def test_a_fleet_over_ssh_backs_up_apart_drills_elsewhere_and_rebuilds_a_lost_ho
         proc.stdout[-6000:]
 
     rebuild_a_lost_host(ansible, fleet, hosts['db3'])
-
-
-def wait_archived(host, segment, timeout=60):
-    deadline = time.time() + timeout
-    while host.psql("SELECT coalesce(last_archived_wal, '') >= '%s' FROM pg_stat_archiver" % segment) != 't':
-        assert time.time() < deadline, 'segment %s was not archived: %s' % (
-            segment, host.psql('SELECT last_failed_wal, last_failed_time FROM pg_stat_archiver'))
-        time.sleep(0.2)
 
 
 def rebuild_a_lost_host(ansible, fleet, host):
@@ -199,7 +167,7 @@ def rebuild_a_lost_host(ansible, fleet, host):
     mark = host.psql("SELECT pg_sleep(1.1), to_char(clock_timestamp() AT TIME ZONE 'UTC', "
                      "'YYYY-MM-DD\"T\"HH24:MI:SS.US'), pg_sleep(1.1)", db='modulodb').split('|')[1]
     host.psql('INSERT INTO journal SELECT g FROM generate_series(101, 150) g', db='modulodb')
-    wait_archived(host, host.psql('SELECT pg_walfile_name(pg_switch_wal())'))
+    host.switch_wal_and_wait()
     old_timeline = dict((k, None) for k in keys(bucket, PREFIX + name + '/wal/'))
     etags = dict((k, bucket['client'].head_object(Bucket=bucket['name'], Key=k)['ETag']) for k in old_timeline)
 
@@ -222,7 +190,7 @@ def rebuild_a_lost_host(ansible, fleet, host):
 
     # Archiving again, re-installed by the recovery: a new timeline beside the old one, which is unchanged.
     host.psql('INSERT INTO journal SELECT g FROM generate_series(1001, 1010) g', db='modulodb')
-    wait_archived(host, host.psql('SELECT pg_walfile_name(pg_switch_wal())'))
+    host.switch_wal_and_wait()
     now = keys(bucket, PREFIX + name + '/wal/')
     assert [k for k in now if k.endswith('/00000002.history')], sorted(now)[-5:]
     for key, etag in etags.items():

@@ -69,6 +69,44 @@ def keys(bucket, prefix):
             for o in page.get('Contents', [])]
 
 
+def read_json(bucket, key):
+    return json.loads(bucket['client'].get_object(Bucket=bucket['name'], Key=key)['Body'].read())
+
+
+def assert_kept_apart(bucket, host, sysid):
+    """One cluster's prefix: its own archive identity, a logical and a base backup, WAL, and a logical backup
+    that holds its own table and no neighbour's. Returns the keys and the newest logical backup's .meta key."""
+    mine = keys(bucket, PREFIX + host + '/')
+    assert str(read_json(bucket, PREFIX + host + '/wal/archive.json')['system_identifier']) == sysid
+    assert [k for k in mine if re.search(r'/full/modulo_full_\d{8}_\d{6}\.sql\.gz\.meta$', k)], mine
+    assert [k for k in mine if re.search(r'/base/modulo_base_\d{8}_\d{6}\.meta$', k)], mine
+    assert [k for k in mine if re.search(r'/wal/\d{8}/[0-9A-F]{24}', k)], mine
+    meta = [k for k in mine if k.endswith('.sql.gz.meta')][-1]
+    rows = read_json(bucket, meta)['table_rows']
+    assert rows['public.%s_orders' % host] == 100 * int(host[-1])
+    assert not [t for t in rows if t.endswith('_orders') and t != 'public.%s_orders' % host], rows
+    return mine, meta
+
+
+def fleet_table(output, title):
+    """The run_once table a playbook ends with (list-backups, health-check), from its title on."""
+    assert title in output, output[-8000:]
+    return output[output.index(title):]
+
+
+def assert_drilled_elsewhere(bucket, drilled):
+    """Each database host's prefix holds one passed drill report of the kind asked, made from S3 backups.
+    ``drilled``: [(host, kind)]. Returns {host: report}."""
+    reports = {}
+    for host, kind in drilled:
+        found = [k for k in keys(bucket, PREFIX + host + '/restore-tests/') if k.endswith('.json')]
+        assert len(found) == 1, found
+        report = reports[host] = read_json(bucket, found[0])
+        assert report['status'] == 'passed' and report['kind'] == kind, report
+        assert report['backup']['fetched_from_s3'] is True
+    return reports
+
+
 def test_a_fleet_is_backed_up_in_one_run_each_cluster_apart_and_a_broken_host_fails_alone(ansible, fleet):
     env = {'ANSIBLE_FORKS': '4'}
     proc = ansible.playbook('configure-pitr.yml', inventory=fleet['inventory'], env=env)
@@ -87,25 +125,16 @@ def test_a_fleet_is_backed_up_in_one_run_each_cluster_apart_and_a_broken_host_fa
     assert not keys(bucket, PREFIX + 'broken/')
     assert not [k for k in keys(bucket, PREFIX) if k.split('/')[1] not in HOSTS]
     for host, cluster in fleet['clusters'].items():
-        mine = keys(bucket, PREFIX + host + '/')
-        # its own archive identity: the system identifier of its own cluster
-        archive = json.loads(bucket['client'].get_object(
-            Bucket=bucket['name'], Key=PREFIX + host + '/wal/archive.json')['Body'].read())
-        assert str(archive['system_identifier']) == cluster.psql('SELECT system_identifier FROM pg_control_system()')
-        assert [k for k in mine if re.search(r'/full/modulo_full_\d{8}_\d{6}\.sql\.gz\.meta$', k)], mine
-        assert [k for k in mine if re.search(r'/base/modulo_base_\d{8}_\d{6}\.meta$', k)], mine
-        assert [k for k in mine if re.search(r'/wal/\d{8}/[0-9A-F]{24}', k)], mine
-        # the logical backup holds this cluster's table, not a neighbour's
-        metas = [k for k in mine if k.endswith('.sql.gz.meta')]
-        meta = json.loads(bucket['client'].get_object(Bucket=bucket['name'], Key=metas[-1])['Body'].read())
-        assert meta['table_rows'] == {'public.%s_orders' % host: 100 * int(host[-1])}
+        _mine, meta = assert_kept_apart(bucket, host, cluster.psql('SELECT system_identifier FROM pg_control_system()'))
+        # the database holds only that table here
+        assert read_json(bucket, meta)['table_rows'] == {'public.%s_orders' % host: 100 * int(host[-1])}
         local = os.listdir(os.path.join(fleet['hosts'][host]['pgbackup_backup_root'], 'full'))
-        assert os.path.basename(metas[-1]) in local
+        assert os.path.basename(meta) in local
 
     # Retention per cluster: db3's logical backup, 30 days old in its prefix, goes; the neighbours' stay.
     client = bucket['client']
     db3_meta = [k for k in keys(bucket, PREFIX + 'db3/full/') if k.endswith('.sql.gz.meta')][0]
-    aged = json.loads(client.get_object(Bucket=bucket['name'], Key=db3_meta)['Body'].read())
+    aged = read_json(bucket, db3_meta)
     month_ago = (datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=30)).strftime('%Y-%m-%dT%H:%M:%SZ')
     aged.update(started_at=month_ago, finished_at=month_ago)
     client.put_object(Bucket=bucket['name'], Key=db3_meta, Body=json.dumps(aged).encode())
@@ -118,14 +147,14 @@ def test_a_fleet_is_backed_up_in_one_run_each_cluster_apart_and_a_broken_host_fa
 
     # One table for the fleet, the broken host named in it.
     proc = ansible.playbook('list-backups.yml', inventory=fleet['inventory'], env=env)
-    table = proc.stdout[proc.stdout.index("The fleet's backups"):]
+    table = fleet_table(proc.stdout, "The fleet's backups")
     for host in HOSTS:
         assert re.search(r'%s\s+2\s+modulo_(full|base)_\d{8}_\d{6}' % host, table), table[:3000]
     # its repository was never made: no backups, and not healthy
     assert re.search(r'broken\s+0\s+none\s+NOT OK: backup_age', table), table[:3000]
 
     proc = ansible.playbook('health-check.yml', inventory=fleet['inventory'], env=env)
-    table = proc.stdout[proc.stdout.index("The fleet's backup health"):]
+    table = fleet_table(proc.stdout, "The fleet's backup health")
     for host in HOSTS:
         assert re.search(r'\b%s\s+(OK|NOT OK)\s' % host, table), table[:3000]
     assert re.search(r'broken\s+(NO RESULT|NOT OK)\s', table), table[:3000]
@@ -164,13 +193,8 @@ def drill_from_s3_on_a_host_apart(ansible, fleet, env):
                             extra_vars={'restore_drill_kind': 'pitr', 'pgbackup_drill_sources': ['db3']})
     assert proc.returncode == 0, proc.stdout[-6000:]
 
-    bucket = fleet['bucket']
-    for host, kind in (('db1', 'logical'), ('db2', 'logical'), ('db3', 'pitr')):
-        reports = [k for k in keys(bucket, PREFIX + host + '/restore-tests/') if k.endswith('.json')]
-        assert len(reports) == 1, reports
-        report = json.loads(bucket['client'].get_object(Bucket=bucket['name'], Key=reports[0])['Body'].read())
-        assert report['status'] == 'passed' and report['kind'] == kind, report
-        assert report['backup']['fetched_from_s3'] is True
+    reports = assert_drilled_elsewhere(fleet['bucket'], (('db1', 'logical'), ('db2', 'logical'), ('db3', 'pitr')))
+    for host, report in reports.items():
         assert report['host'] != host
         # the drill host's own repository for that database host holds the fetched backup and the report
         assert os.listdir(os.path.join(drill_root, host, 'restore-tests'))

@@ -18,8 +18,6 @@ import os
 import time
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import errors, logical_backup, physical_backup
-
-from ansible_collections.modulo.pgbackup.plugins.module_utils.wal import errors as walerrors
 from ansible_collections.modulo.pgbackup.plugins.module_utils import report as reports
 from ansible_collections.modulo.pgbackup.plugins.module_utils.s3store import S3Error
 
@@ -138,7 +136,7 @@ class Backup(object):
                 if self.s3:
                     backup['s3_uri'], _objects = self.s3.upload_backup(
                         self.repo.root, self.plan['path'], self.plan['meta_path'], extra_paths=self._extra_files(meta))
-        except (errors.PgBackupError, walerrors.WalArchiveError, OSError) as exc:
+        except errors.EXPLAINED_ERRORS + (OSError,) as exc:
             raise self._failed(started, backup, exc)
         try:
             report_path, _report = reports.write_backup_report(

@@ -195,9 +195,8 @@ def main(argv=None, settings=None):
     else:
         args = _parser().parse_args(argv)
         settings = _from_options(args, settings)
-        call = _Call(args.command, *{'push': (getattr(args, 'wal_path', None), getattr(args, 'wal_name', None)),
-                                     'fetch': (getattr(args, 'wal_name', None), getattr(args, 'dest_path', None)),
-                                     'status': (None, None)}[args.command])
+        first, second = {'push': ('wal_path', 'wal_name'), 'fetch': ('wal_name', 'dest_path')}.get(args.command, ('', ''))
+        call = _Call(args.command, getattr(args, first, None), getattr(args, second, None))
     fatal = EXIT_FATAL if call.command == 'fetch' else EXIT_FAIL
     try:
         if call.command == 'push':
