@@ -188,12 +188,12 @@ archive_command:
   description: The C(archive_command) this module sets (for O(state=present)).
   returned: always
   type: str
-  sample: /usr/bin/python3 -S /usr/local/lib/modulo-pgbackup/pgbackup-wal push --config /usr/local/lib/modulo-pgbackup/pgbackup-wal.json %p %f
+  sample: /usr/bin/python3 -S /usr/local/lib/modulo-pgbackup/pgbackup-wal push %p %f
 restore_command:
   description: The matching C(restore_command) for recovery from this archive.
   returned: always
   type: str
-  sample: /usr/bin/python3 -S /usr/local/lib/modulo-pgbackup/pgbackup-wal fetch --config /usr/local/lib/modulo-pgbackup/pgbackup-wal.json %f %p
+  sample: /usr/bin/python3 -S /usr/local/lib/modulo-pgbackup/pgbackup-wal fetch %f %p
 archiver:
   description: The server's C(pg_stat_archiver) row (after verification when it ran).
   returned: success
