@@ -13,7 +13,7 @@ short_description: Set up continuous WAL archiving of a PostgreSQL server into a
 version_added: 0.1.0
 description:
   - Installs the collection's WAL archive command on the PostgreSQL host (O(command_path), run by the server as
-    C(/usr/bin/python3 -S <command_path> push --config <config> %p %f)) with a small JSON config next to it, and
+    C(/usr/bin/python3 -S <command_path> push %p %f)) with its settings compiled next to it, and
     points the server at it, which is what point-in-time recovery needs (the runbook's C(archive_mode = on),
     C(archive_command), C(wal_level = replica)).
   - The command stores each WAL file durably in C(<backup_root>/wal/YYYYMMDD/), compressed, optionally mirrored to
@@ -59,7 +59,7 @@ options:
       - C(present) configures archiving into O(backup_root).
       - C(absent) sets C(archive_mode=off) (effective after a restart), resets C(archive_command) (and
         C(archive_timeout) when this module set it). Until the restart the server keeps its WAL in C(pg_wal),
-        archiving nothing. The archive, the command file and its config are kept.
+        archiving nothing. The archive, the command and its settings are kept.
     type: str
     choices: [ present, absent ]
     default: present
