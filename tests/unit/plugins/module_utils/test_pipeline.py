@@ -36,6 +36,12 @@ def test_processes_with_argv_sees_a_live_process():
     marker = '27.%06d' % (uuid.uuid4().int % 1000000)
     proc = subprocess.Popen(['sleep', marker])
     try:
+        # Popen (vfork) resumes the parent when execve has switched memory, before the kernel has
+        # set the new argv: under load /proc/<pid>/cmdline reads empty for a moment (seen in CI, and
+        # 193 times in 500 with both cores busy). Poll, as a reader of a just-started process must.
+        deadline = time.time() + 5
+        while processes_with_argv(marker) != [proc.pid] and time.time() < deadline:
+            time.sleep(0.05)
         assert processes_with_argv(marker) == [proc.pid]
     finally:
         proc.kill()
