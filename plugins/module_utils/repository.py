@@ -17,6 +17,7 @@ import os
 import re
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import errors, fsutil, osuser
+from ansible_collections.modulo.pgbackup.plugins.module_utils.wal import store as walstore
 
 FORMAT_VERSION = 1
 SUBDIRS = ('full', 'base', 'wal', 'logs', 'restore-tests')
@@ -196,18 +197,15 @@ class Repository(object):
 
 
 def with_s3(local, s3, kind_dir):
-    """The one merge of a local listing (``Repository.scan``) with the S3 mirror's: oldest first, one entry
-    per name, ``location`` ``local``, ``s3`` or ``both`` (then ``s3_uri`` too); S3-only entries have no ``path``."""
-    merged = dict((meta['name'], meta) for meta in local)
-    if s3 is not None:
-        for meta in s3.list_metas(kind_dir):
-            if meta['name'] in merged:
-                merged[meta['name']]['location'] = 'both'
-                merged[meta['name']]['s3_uri'] = meta['s3_uri']
-            else:
-                meta['path'] = None
-                merged[meta['name']] = meta
-    return sorted(merged.values(), key=lambda m: (m.get('started_at') or '', m.get('name') or ''))
+    """A local listing (``Repository.scan``) and the S3 mirror's as one (``wal.store.merge``): oldest first, one
+    entry per name, ``location`` ``local``, ``s3`` or ``both`` (then ``s3_uri`` too); S3-only entries have no
+    ``path``."""
+    def also_in_s3(kept, remote):
+        kept['s3_uri'] = remote['s3_uri']
+
+    remote = [dict(meta, path=None) for meta in s3.list_metas(kind_dir)] if s3 is not None else None
+    merged = walstore.merge(local, remote, key=lambda m: m['name'], both=also_in_s3)
+    return sorted(merged, key=lambda m: (m.get('started_at') or '', m.get('name') or ''))
 
 
 def _stem(filename):

@@ -16,40 +16,23 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import retention
-from ansible_collections.modulo.pgbackup.plugins.module_utils.s3store import S3Error, botocore_errors
-
-BATCH = 1000
-
-
-def _s3_call(action, func):
-    try:
-        return func()
-    except botocore_errors() as exc:
-        raise retention.RetentionError('S3 %s failed: %s' % (action, exc))
-
+from ansible_collections.modulo.pgbackup.plugins.module_utils.s3store import S3Error
 
 def inventory(store):
     """Units like retention.local_inventory, from a listing of the keys under the store's prefix."""
     units = {}
-    paginator = store.client.get_paginator('list_objects_v2')
     for sub in retention.SCANNED_DIRS:
-        prefix = store.key(sub + '/')
-        pages = _s3_call('list s3://%s/%s' % (store.bucket, prefix),
-                         lambda p=prefix: list(paginator.paginate(Bucket=store.bucket, Prefix=p)))
-        for page in pages:
-            for obj in page.get('Contents', []):
-                relpath = obj['Key'][len(store.prefix):]
-                parts = relpath.split('/')
-                if parts[0] in retention.BACKUP_DIRS and len(parts) > 2:
-                    relpath = '/'.join(parts[:2])
-                unit = units.setdefault(relpath, {'relpath': relpath, 'size': 0, 'mtime': None,
-                                                  'is_dir': relpath != obj['Key'][len(store.prefix):], '_keys': []})
-                unit['size'] += obj.get('Size', 0)
-                unit['_keys'].append(obj['Key'])
-                modified = obj.get('LastModified')
-                # Only temporary names are ever aged by this (see retention._temp).
-                if modified is not None:
-                    unit['mtime'] = max(unit['mtime'] or 0, modified.timestamp())
+        for item in store.list(sub + '/'):
+            relpath = item['relpath']
+            parts = relpath.split('/')
+            if parts[0] in retention.BACKUP_DIRS and len(parts) > 2:
+                relpath = '/'.join(parts[:2])
+            unit = units.setdefault(relpath, {'relpath': relpath, 'size': 0, 'mtime': None,
+                                              'is_dir': relpath != item['relpath'], '_keys': []})
+            unit['size'] += item['size']
+            unit['_keys'].append(item['path'])
+            # Only temporary names are ever aged by this (see retention._temp).
+            unit['mtime'] = max(unit['mtime'] or 0, item['mtime'])
     return [units[k] for k in sorted(units)]
 
 
@@ -74,26 +57,12 @@ def plan(store, now=None, full_days=7, wal_days=14, report_days=90, min_full=1):
     return result
 
 
-def _delete_batch(store, keys):
-    """Delete up to BATCH keys; returns {key: error message} of the ones S3 refused."""
-    response = _s3_call('delete in s3://%s' % store.bucket, lambda: store.client.delete_objects(
-        Bucket=store.bucket, Delete={'Objects': [{'Key': k} for k in keys], 'Quiet': True}))
-    return dict((err.get('Key'), '%s: %s' % (err.get('Code'), err.get('Message'))) for err in response.get('Errors', []))
-
-
-def _delete_keys(store, keys):
-    refused = {}
-    for start in range(0, len(keys), BATCH):
-        refused.update(_delete_batch(store, keys[start:start + BATCH]))
-    return refused
-
-
 def apply(store, result):
     """Delete the plan's items from S3, ``.meta`` objects first; returns (deleted items, errors)."""
     metas = [i for i in result['deleted'] if i['kind'] == 'meta']
     rest = [i for i in result['deleted'] if i['kind'] != 'meta']
     done, errors, failed_backups = [], [], set()
-    refused = _delete_keys(store, [k for i in metas for k in i['_keys']])
+    refused = store.delete_keys([k for i in metas for k in i['_keys']])
     for item in metas:
         bad = [refused[k] for k in item['_keys'] if k in refused]
         if bad:
@@ -106,7 +75,7 @@ def apply(store, result):
     for item in rest:
         if item not in rest_ok:
             errors.append({'path': item['path'], 'error': 'skipped: its .meta could not be removed'})
-    refused = _delete_keys(store, [k for i in rest_ok for k in i['_keys']])
+    refused = store.delete_keys([k for i in rest_ok for k in i['_keys']])
     for item in rest_ok:
         bad = [refused[k] for k in item['_keys'] if k in refused]
         if bad:

@@ -61,6 +61,7 @@ MULTIPART_THRESHOLD = 64 * 1024 * 1024
 ATTEMPTS = 4
 CONNECT_TIMEOUT_S = 5
 READ_TIMEOUT_S = 60
+DELETE_BATCH = 1000
 
 
 class S3Error(errors.PgBackupError):
@@ -184,25 +185,33 @@ class S3Store(object):
         uploaded.append(self.upload_file(meta_path, os.path.relpath(meta_path, root)))
         return self.uri(os.path.relpath(backup_path, root)), uploaded
 
+    def list(self, relprefix=''):
+        """The storage interface's listing (wal/store.py): ``{'relpath', 'path' (the key), 'size', 'mtime'}``."""
+        return wals3.list_objects(self.client, self._call, self.bucket, self.prefix, relprefix.replace(os.sep, '/'))
+
     def list_keys(self, relprefix):
-        keys = []
-        token = None
-        while True:
-            kwargs = {'Bucket': self.bucket, 'Prefix': self.key(relprefix)}
-            if token:
-                kwargs['ContinuationToken'] = token
-            page = self._call('list %s' % self.uri(relprefix), lambda: self.client.list_objects_v2(**kwargs))
-            keys.extend(obj['Key'] for obj in page.get('Contents', []))
-            if not page.get('IsTruncated'):
-                return keys
-            token = page.get('NextContinuationToken')
+        return [item['path'] for item in self.list(relprefix)]
+
+    def open(self, relpath):
+        key = self.key(relpath)
+        return self._call('read s3://%s/%s' % (self.bucket, key),
+                          lambda: self.client.get_object(Bucket=self.bucket, Key=key))['Body']
 
     def read_json(self, key):
-        def fetch():
-            return self.client.get_object(Bucket=self.bucket, Key=key)['Body'].read()
-
-        body = self._call('read s3://%s/%s' % (self.bucket, key), fetch)
+        body = self.open(key[len(self.prefix):]).read()
         return json.loads(body.decode('utf-8'))
+
+    def delete_keys(self, keys):
+        """Delete keys in batches of up to DELETE_BATCH (the DeleteObjects limit); returns ``{key: error}``
+        of those S3 refused."""
+        refused = {}
+        for start in range(0, len(keys), DELETE_BATCH):
+            batch = keys[start:start + DELETE_BATCH]
+            response = self._call('delete in s3://%s' % self.bucket, lambda b=batch: self.client.delete_objects(
+                Bucket=self.bucket, Delete={'Objects': [{'Key': k} for k in b], 'Quiet': True}))
+            refused.update((err.get('Key'), '%s: %s' % (err.get('Code'), err.get('Message')))
+                           for err in response.get('Errors', []))
+        return refused
 
     def list_metas(self, kind_dir='full'):
         """The ``.meta`` of every backup in ``kind_dir``, one per backup (the runbook's name when there are two)."""

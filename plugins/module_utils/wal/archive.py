@@ -12,6 +12,7 @@ from .names import (INFO_FILE, LONG_HEADER, archive_info_document, parse_archive
                     iso_time, name_of_stored, parse_segment_name, read_long_header, stored_name, stored_names, wal_kind)
 from .durable import (CHUNK, cleanup_stale_tmp, ensure_dir, fsync_dir, fsync_file, open_tmp, publish_no_replace,
                       remove_quietly, tmp_name, write_all)
+from .store import LocalStore, merge
 from .codec import (check_level, compress_into, decompress_into, file_sha256, new_sha256, raw_sha256, resolve_codec,
                     zstd_decompress_to)
 
@@ -69,48 +70,37 @@ def find_segment(repo, name):
 
 
 def list_archive(repo):
-    """Every archived file: dicts with name, file, date, path, size, compression, kind, mtime."""
+    """Every archived file: dicts with name, file, date, path, relpath, size, compression, kind, mtime."""
+    return wal_entries(LocalStore(repo))
+
+
+def wal_entries(store):
+    """The archived WAL files of a store's listing (local or S3: one parser for both), by name then date.
+    Temporary names, ``archive.json`` and anything that is not a WAL name are left out."""
     entries = []
-    for date in _date_dirs(repo, newest_first=False):
-        directory = os.path.join(wal_dir(repo), date)
+    for item in store.list('wal/'):
+        parts = item['relpath'].split('/')
+        if len(parts) != 3 or not is_date_dir(parts[1]) or parts[2].startswith('.'):
+            continue
+        name = name_of_stored(parts[2])
         try:
-            files = os.listdir(directory)
-        except OSError as exc:
-            if exc.errno == errno.ENOENT:
-                continue
-            raise
-        for filename in files:
-            if filename.startswith('.'):
-                continue
-            name = name_of_stored(filename)
-            try:
-                kind = wal_kind(name)
-            except ValueError:
-                continue
-            path = os.path.join(directory, filename)
-            st = os.lstat(path)
-            entries.append({'name': name, 'file': filename, 'date': date, 'path': path,
-                            'relpath': 'wal/%s/%s' % (date, filename), 'size': st.st_size,
-                            'compression': codec_of(filename), 'kind': kind, 'mtime': st.st_mtime})
+            kind = wal_kind(name)
+        except ValueError:
+            continue
+        entries.append(dict(item, name=name, file=parts[2], date=parts[1], compression=codec_of(parts[2]), kind=kind))
     entries.sort(key=lambda e: (e['name'], e['date']))
     return entries
 
 
 def merged_archive(repo, s3archive=None):
-    """The one merge of the local archive with its S3 copy: one entry per name, local first (``location``
-    ``local``), the S3-only ones with ``location`` ``s3`` and their key as ``path``; recovery fetches from
-    either. Each entry carries ``archived_at`` (mtime), the earlier of its copies: safe from then on."""
-    by_name = {}
-    for entry in list_archive(repo):
-        by_name[entry['name']] = dict(entry, location='local')
-    if s3archive is not None:
-        for entry in s3archive.list_archive():
-            local = by_name.get(entry['name'])
-            if local is None:
-                by_name[entry['name']] = dict(entry, location='s3')
-            else:
-                local['mtime'] = min(local['mtime'], entry['mtime'])
-    return sorted(by_name.values(), key=lambda e: e['name'])
+    """The local archive and its S3 copy as one list (``store.merge``): one entry per name, by name.
+    ``location`` is ``local``, ``both`` or ``s3``; an S3-only entry's ``path`` is its key, and recovery
+    fetches from either. ``mtime`` is the earlier of the two copies: the segment is safe from then on."""
+    def earlier(local, remote):
+        local['mtime'] = min(local['mtime'], remote['mtime'])
+
+    remote = s3archive.list_archive() if s3archive is not None else None
+    return sorted(merge(list_archive(repo), remote, key=lambda e: e['name'], both=earlier), key=lambda e: e['name'])
 
 
 def read_archive_info(repo):
@@ -264,37 +254,24 @@ def _push_local(path, name, repo, codec, level, now, encryption=None, want_sha=T
         new_sha = _source_sha256(path)
         _compare_local(existing, name, new_sha, encryption)
         return 'duplicate', existing, new_sha
-    # ensure_dir fsyncs the parent of a directory it creates: wal/ in the
-    # repository, the date directory in wal/.
-    base = wal_dir(repo)
-    ensure_dir(base)
-    directory = os.path.join(base, _utc_date(now))
-    ensure_dir(directory)
+    # LocalStore.write creates wal/ and the date directory durably (their parents fsynced), and publishes
+    # by link(2): a concurrent push of the same name cannot be replaced.
+    store = LocalStore(repo)
     filename = stored_name(name, codec, encryption)
-    final = os.path.join(directory, filename)
-    cleanup_stale_tmp(directory, filename)
-    tmp = tmp_name(directory, filename)
-    fd = open_tmp(tmp)
+    relpath = 'wal/%s/%s' % (_utc_date(now), filename)
+    cleanup_stale_tmp(os.path.dirname(store.path(relpath)), filename)
+
+    def fill(fd):
+        with open(path, 'rb') as src:
+            return compress_into(src, fd, codec, level, encryption, digest=want_sha)
+
     try:
-        try:
-            with open(path, 'rb') as src:
-                new_sha = compress_into(src, fd, codec, level, encryption, digest=want_sha)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            publish_no_replace(tmp, final)
-        except OSError as exc:
-            if exc.errno != errno.EEXIST:
-                raise
-            # A concurrent push of the same name won the race: same rule as a duplicate.
-            remove_quietly(tmp)
-            new_sha = new_sha or _source_sha256(path)
-            _compare_local(final, name, new_sha, encryption)
-            return 'duplicate', final, new_sha
-    except BaseException:
-        remove_quietly(tmp)
-        raise
+        final, new_sha = store.write(relpath, fill)
+    except FileExistsError as exc:
+        # A concurrent push of the same name won the race: same rule as a duplicate.
+        new_sha = _source_sha256(path)
+        _compare_local(exc.filename, name, new_sha, encryption)
+        return 'duplicate', exc.filename, new_sha
     return 'archived', final, new_sha
 
 

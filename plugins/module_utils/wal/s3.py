@@ -7,10 +7,10 @@ import os
 import sys
 
 from .errors import S3Failure, WalArchiveError
-from .names import (DEFAULT_S3_PREFIX, INFO_FILE, archive_info_document, codec_of, is_date_dir, is_encrypted, name_of_stored,
-                    parse_archive_info, stored_names, wal_kind)
+from .names import (DEFAULT_S3_PREFIX, INFO_FILE, archive_info_document, codec_of, is_date_dir, is_encrypted,
+                    parse_archive_info, stored_names)
 from .durable import CHUNK
-from .codec import decompress_into
+from .codec import decompress_into, new_sha256
 
 
 def _normalize_prefix(prefix):
@@ -42,6 +42,36 @@ def no_credentials_advice(exc):
             '(~/.aws/credentials) for root and for the server\'s OS user, who runs the archive command; on Debian '
             'the cluster\'s /etc/postgresql/<version>/<cluster>/environment also reaches the archive command'
             % (exc, user))
+
+
+def pages(client, call, action, bucket, prefix, delimiter=None):
+    """The pages of one ListObjectsV2 listing, each request made through ``call(action, request)``, which
+    turns botocore's errors into the caller's (the archive command's, or the collection's S3Store's)."""
+    token = None
+    while True:
+        kwargs = {'Bucket': bucket, 'Prefix': prefix}
+        if delimiter:
+            kwargs['Delimiter'] = delimiter
+        if token:
+            kwargs['ContinuationToken'] = token
+        page = call(action, lambda: client.list_objects_v2(**kwargs))
+        yield page
+        if not page.get('IsTruncated'):
+            return
+        token = page.get('NextContinuationToken')
+
+
+def list_objects(client, call, bucket, prefix, relprefix=''):
+    """The storage interface's ``list`` (store.py) for S3: every object under ``prefix + relprefix`` as
+    ``{'relpath', 'path' (the key), 'size', 'mtime'}``, sorted by relpath."""
+    found = []
+    for page in pages(client, call, 'list s3://%s/%s%s' % (bucket, prefix, relprefix), bucket, prefix + relprefix):
+        for obj in page.get('Contents', []):
+            # LastModified is tz-aware UTC (botocore)
+            found.append({'relpath': obj['Key'][len(prefix):], 'path': obj['Key'], 'size': obj['Size'],
+                          'mtime': obj['LastModified'].timestamp()})
+    found.sort(key=lambda item: item['relpath'])
+    return found
 
 
 class S3Archive(object):
@@ -91,19 +121,11 @@ class S3Archive(object):
             raise S3Failure('S3 %s failed: %s' % (action, exc))
 
     def _list(self, prefix, delimiter=None):
-        keys, prefixes, token = [], [], None
-        while True:
-            kwargs = {'Bucket': self.bucket, 'Prefix': prefix}
-            if delimiter:
-                kwargs['Delimiter'] = delimiter
-            if token:
-                kwargs['ContinuationToken'] = token
-            page = self._call('list %s' % self.uri(prefix), lambda: self.client.list_objects_v2(**kwargs))
+        keys, prefixes = [], []
+        for page in pages(self.client, self._call, 'list %s' % self.uri(prefix), self.bucket, prefix, delimiter):
             keys.extend(obj['Key'] for obj in page.get('Contents', []))
             prefixes.extend(p['Prefix'] for p in page.get('CommonPrefixes', []))
-            if not page.get('IsTruncated'):
-                return keys, prefixes
-            token = page.get('NextContinuationToken')
+        return keys, prefixes
 
     def find(self, name):
         """Key of the archived copy of ``name`` under any date prefix, or None.
@@ -123,34 +145,31 @@ class S3Archive(object):
                     return key
         return None
 
+    def list(self, relprefix=''):
+        """The storage interface's listing (see store.py): ``path`` is the key."""
+        return list_objects(self.client, self._call, self.bucket, self.prefix, relprefix)
+
+    def open(self, relpath):
+        key = self.key(relpath)
+        return self._call('read %s' % self.uri(key), lambda: self.client.get_object(Bucket=self.bucket, Key=key))['Body']
+
+    def put(self, relpath, fileobj):
+        """One PUT (S3 shows an object only once whole) with its sha256, checked by HEAD afterwards."""
+        fileobj.seek(0)
+        digest = new_sha256()
+        for chunk in iter(lambda: fileobj.read(CHUNK), b''):
+            digest.update(chunk)
+        size = fileobj.tell()
+        return self.upload(fileobj, self.key(relpath), size, digest.hexdigest())
+
+    def delete(self, relpath):
+        key = self.key(relpath)
+        self._call('delete %s' % self.uri(key), lambda: self.client.delete_object(Bucket=self.bucket, Key=key))
+
     def list_archive(self):
         """Every archived object, in the shape of the local ``list_archive`` (``path`` is the key)."""
-        base = self.key('wal/')
-        entries = []
-        token = None
-        while True:
-            kwargs = {'Bucket': self.bucket, 'Prefix': base}
-            if token:
-                kwargs['ContinuationToken'] = token
-            page = self._call('list %s' % self.uri(base), lambda: self.client.list_objects_v2(**kwargs))
-            for obj in page.get('Contents', []):
-                parts = obj['Key'][len(base):].split('/')
-                if len(parts) != 2 or not is_date_dir(parts[0]) or parts[1].startswith('.'):
-                    continue
-                name = name_of_stored(parts[1])
-                try:
-                    kind = wal_kind(name)
-                except ValueError:
-                    continue
-                entries.append({'name': name, 'file': parts[1], 'date': parts[0], 'path': obj['Key'],
-                                'relpath': 'wal/%s/%s' % (parts[0], parts[1]), 'size': obj['Size'],
-                                'compression': codec_of(parts[1]), 'kind': kind,
-                                'mtime': int(obj['LastModified'].timestamp())})  # botocore: tz-aware UTC
-            if not page.get('IsTruncated'):
-                break
-            token = page.get('NextContinuationToken')
-        entries.sort(key=lambda e: (e['name'], e['date']))
-        return entries
+        from .archive import wal_entries
+        return wal_entries(self)
 
     def read_text(self, key):
         obj = self._call('read %s' % self.uri(key), lambda: self.client.get_object(Bucket=self.bucket, Key=key))
@@ -175,12 +194,14 @@ class S3Archive(object):
         return self._call('check %s' % self.uri(key),
                           lambda: self.client.head_object(Bucket=self.bucket, Key=key))
 
-    def upload(self, fileobj, key, size, sha256, raw_sha):
+    def upload(self, fileobj, key, size, sha256, raw_sha=None):
         """PUT with SSE and checksums in metadata, then HEAD: done only when both agree."""
         fileobj.seek(0)
+        metadata = {'sha256': sha256}
+        if raw_sha:
+            metadata['raw-sha256'] = raw_sha
         self._call('upload %s' % self.uri(key), lambda: self.client.put_object(
-            Bucket=self.bucket, Key=key, Body=fileobj, ContentLength=size,
-            Metadata={'sha256': sha256, 'raw-sha256': raw_sha}, **self.sse))
+            Bucket=self.bucket, Key=key, Body=fileobj, ContentLength=size, Metadata=metadata, **self.sse))
         head = self.head(key)
         meta = head.get('Metadata', {})
         if head.get('ContentLength') != size or meta.get('sha256') != sha256:
