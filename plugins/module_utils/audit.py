@@ -25,7 +25,7 @@ import time
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import fsutil, osuser, repository
 
-AUDIT_FILE = 'audit.log'
+AUDIT_FILE = repository.AUDIT_FILE
 # Result keys copied into the line when a module returns them; all are names or counts, never secrets.
 RESULT_FIELDS = ('backup', 'target_db', 'mode', 'kind', 'status', 'report_path', 'restart_required',
                  'freed_bytes', 'recovered_to', 'encryption_key_id')

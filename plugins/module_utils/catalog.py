@@ -11,9 +11,8 @@ import subprocess
 import time
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import compression, encryption, fsutil, pipeline, repository
-
-
 from ansible_collections.modulo.pgbackup.plugins.module_utils.wal import archive as walarchive
+
 KIND_DIRS = {'logical': 'full', 'physical': 'base'}
 
 

@@ -14,9 +14,8 @@ import os
 import shutil
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import encryption, errors
-
-
 from ansible_collections.modulo.pgbackup.plugins.module_utils.wal import names as walnames
+
 CODECS = ('gzip', 'zstd', 'lz4', 'none')
 # gzip and zstd as the WAL archive command has them (one range for a codec, whatever compresses).
 DEFAULT_LEVEL = dict(walnames.DEFAULT_LEVEL, lz4=1)

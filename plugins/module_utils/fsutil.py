@@ -21,9 +21,8 @@ import shutil
 import time
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import errors, osuser
-
-
 from ansible_collections.modulo.pgbackup.plugins.module_utils.wal import durable as waldurable
+
 TMP_PREFIX = '.tmp-'
 DIR_MODE = 0o700
 FILE_MODE = 0o600

@@ -41,7 +41,7 @@ DEFAULTS = {
 NEXT_BACKUP_FACTOR = 1.0 + reports.MAX_SIZE_GROWTH
 BACKUP_REPORT_RE = repository.BACKUP_REPORT_RE
 DRILL_REPORT_RE = repository.DRILL_REPORT_RE
-HEALTH_FILE = 'health.json'
+HEALTH_FILE = repository.HEALTH_FILE
 
 
 def thresholds(**given):
@@ -201,13 +201,12 @@ def newest_drill(repo, store=None):
     path, doc = _newest_json(repo.path('restore-tests'), DRILL_REPORT_RE)
     if store is None:
         return path, doc
-    base = store.key('restore-tests/')
-    names = [k[len(base):] for k in store.list_keys('restore-tests/') if k.startswith(base)]
+    names = [item['relpath'][len('restore-tests/'):] for item in store.list('restore-tests/')]
     names = sorted((n for n in names if DRILL_REPORT_RE.match(n)), key=_drill_order, reverse=True)
     for name in names:
         if path and _drill_order(os.path.basename(path)) >= _drill_order(name):
             break
-        remote = store.read_json(store.key('restore-tests/' + name))
+        remote = store.read_json('restore-tests/' + name)
         if isinstance(remote, dict):
             return store.uri('restore-tests/' + name), remote
     return path, doc

@@ -20,13 +20,13 @@ import os
 import re
 import socket
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import errors, fsutil
+from ansible_collections.modulo.pgbackup.plugins.module_utils import errors, fsutil, repository
 
 STEPS = ('assess', 'stop', 'restore', 'verify', 'start')
 STATUSES = ('ok', 'failed')
 ID_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}\Z')
 DEFAULT_RTO_S = 30 * 60
-REPORT_PREFIX = 'incident_'
+REPORT_PREFIX = repository.INCIDENT_PREFIX
 
 
 class IncidentError(errors.PgBackupError):

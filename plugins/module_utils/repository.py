@@ -39,6 +39,14 @@ DRILL_REPORT_RE = re.compile('^' + DRILL_REPORT + _REPORT_TAIL)
 # Everything retention ages in logs/ (verify reports carry the database: verify_<db>_<stamp>.json).
 LOG_REPORT_RE = re.compile(r'^(?:%s|%s|%s|%s_[A-Za-z0-9_-]+)' % (BACKUP_REPORT, RETENTION_REPORT, DRILL_REPORT,
                                                                  VERIFY_REPORT) + _REPORT_TAIL)
+# Files of logs/ rewritten in place, never aged out.
+HEALTH_FILE, AUDIT_FILE = 'health.json', 'audit.log'
+KEPT_LOGS = {HEALTH_FILE: 'the latest health check (playbooks/health-check.yml rewrites it)',
+             AUDIT_FILE: 'the audit log: one line per operation, kept for compliance (rotate it with logrotate)'}
+# Emergency recovery records are evidence, never aged out: logs/incident_<id>.json (incident.py) and
+# logs/dr_simulation_<id>.md (playbooks/dr-simulation.yml).
+INCIDENT_PREFIX = 'incident_'
+KEPT_LOG_RE = re.compile(r'^(?:%s[A-Za-z0-9][A-Za-z0-9_.-]*\.json|dr_simulation_[A-Za-z0-9_.-]+\.md)\Z' % INCIDENT_PREFIX)
 
 
 class RepositoryError(errors.PgBackupError):
@@ -167,17 +175,16 @@ class Repository(object):
             self.check_readable()
             return entries, problems
         names = sorted(os.listdir(directory))
+
+        def load(filename):
+            with open(os.path.join(directory, filename)) as handle:
+                return json.load(handle)
+
         metas = meta_files_by_backup(n for n in names if not n.startswith(fsutil.TMP_PREFIX))
-        for name in sorted(metas):
-            meta_file = os.path.join(directory, metas[name][0])
-            try:
-                with open(meta_file) as handle:
-                    meta = json.load(handle)
-            except (OSError, ValueError) as exc:
-                problems.append({'path': meta_file, 'problem': 'unreadable .meta: %s' % exc})
-                continue
-            if not isinstance(meta, dict):
-                problems.append({'path': meta_file, 'problem': 'unreadable .meta: not a JSON object'})
+        for name, meta_file, meta, problem in read_metas(metas, load):
+            meta_file = os.path.join(directory, meta_file)
+            if problem:
+                problems.append({'path': meta_file, 'problem': problem})
                 continue
             meta['path'] = os.path.join(directory, meta.get('file', name))
             meta['meta_path'] = meta_file
@@ -239,6 +246,23 @@ def meta_files_by_backup(filenames):
         # The runbook's name is the longer one (``.sql.gz.meta`` against ``.meta``).
         files.sort(key=lambda f: (-len(f), f))
     return found
+
+
+def read_metas(metas, load):
+    """Read the ``.meta`` of each backup of ``meta_files_by_backup``'s answer with ``load(filename)`` (a local
+    directory's or the S3 mirror's): ``(name, meta file, meta, problem)`` by name, where an unreadable or
+    non-object ``.meta`` is a problem, never a backup. Errors of the store itself (S3 unreachable) pass."""
+    for name in sorted(metas):
+        meta_file = metas[name][0]
+        try:
+            meta = load(meta_file)
+        except (OSError, ValueError) as exc:
+            yield name, meta_file, None, 'unreadable .meta: %s' % exc
+            continue
+        if not isinstance(meta, dict):
+            yield name, meta_file, None, 'unreadable .meta: not a JSON object'
+            continue
+        yield name, meta_file, meta, None
 
 
 def is_complete(meta):

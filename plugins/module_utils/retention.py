@@ -50,24 +50,16 @@ import datetime
 import errno
 import json
 import os
-import re
 import shutil
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import errors, fsutil, repository
-
-
 from ansible_collections.modulo.pgbackup.plugins.module_utils.wal import names as walnames
+
 DAY = datetime.timedelta(days=1)
 TMP_MAX_AGE = DAY
 BACKUP_DIRS = ('full', 'base')
 SCANNED_DIRS = ('full', 'base', 'wal', 'logs', 'restore-tests')
 REPORT_RES = {'logs': repository.LOG_REPORT_RE, 'restore-tests': repository.DRILL_REPORT_RE}
-# Files of logs/ that are rewritten in place, never aged out.
-KEPT_LOGS = {'health.json': 'the latest health check (playbooks/health-check.yml rewrites it)',
-             'audit.log': 'the audit log: one line per operation, kept for compliance (rotate it with logrotate)'}
-# Emergency recovery records (incident reports, DR simulation lessons) are evidence: never aged out.
-KEPT_LOG_RE = re.compile(r'^(?:incident_[A-Za-z0-9][A-Za-z0-9_.-]*\.json|dr_simulation_[A-Za-z0-9_.-]+\.md)\Z')
-DATE_RE = re.compile(r'^\d{8}\Z')
 
 
 class RetentionError(errors.PgBackupError):
@@ -144,7 +136,7 @@ def local_inventory(repo):
     for sub in SCANNED_DIRS:
         for name in _listdir(repo.path(sub)):
             path = repo.path(sub, name)
-            if sub == 'wal' and DATE_RE.match(name) and os.path.isdir(path) and not os.path.islink(path):
+            if sub == 'wal' and walnames.is_date_dir(name) and os.path.isdir(path) and not os.path.islink(path):
                 for filename in _listdir(path):
                     units.append(_local_unit('wal/%s/%s' % (name, filename), os.path.join(path, filename)))
             else:
@@ -335,7 +327,7 @@ def _decide_wal(out, units, needed, pol, now):
             else:
                 out.unknown(unit, 'not a WAL date directory or file this collection writes')
             continue
-        if len(parts) != 3 or not DATE_RE.match(parts[1]):
+        if len(parts) != 3 or not walnames.is_date_dir(parts[1]):
             out.unknown(unit, 'not a WAL date directory or file this collection writes')
             continue
         if parts[2].startswith(fsutil.TMP_PREFIX):
@@ -391,9 +383,9 @@ def _decide_reports(out, sub, units, pol, now):
                 out.delete(unit, 'report', 'report %s days old (more than %d days)' % (_days(age), pol['report_days']))
             else:
                 out.keep(unit, 'report', 'report %s days old (keep %d days)' % (_days(age), pol['report_days']))
-        elif sub == 'logs' and name in KEPT_LOGS:
-            out.keep(unit, 'report', KEPT_LOGS[name])
-        elif sub == 'logs' and KEPT_LOG_RE.match(name):
+        elif sub == 'logs' and name in repository.KEPT_LOGS:
+            out.keep(unit, 'report', repository.KEPT_LOGS[name])
+        elif sub == 'logs' and repository.KEPT_LOG_RE.match(name):
             out.keep(unit, 'report', 'incident record of an emergency recovery: kept until deleted by hand')
         elif sub == 'restore-tests' and name.startswith('.'):
             out.keep(unit, 'scratch', 'working directory of a restore or drill: removed by its own run')
@@ -474,7 +466,7 @@ def apply_local(repo, result, today=None):
     for directory in sorted(touched):
         parent, date = os.path.split(directory)
         # Today's directory may be about to receive the next segment from the archive command.
-        if parent == repo.path('wal') and DATE_RE.match(date) and date != today:
+        if parent == repo.path('wal') and walnames.is_date_dir(date) and date != today:
             try:
                 os.rmdir(directory)
                 continue

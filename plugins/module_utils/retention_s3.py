@@ -39,7 +39,7 @@ def inventory(store):
 def meta_loader(store):
     def load(relpath):
         try:
-            return store.read_json(store.key(relpath))
+            return store.read_json(relpath)
         except S3Error as exc:
             raise ValueError(str(exc))
     return load

@@ -18,10 +18,9 @@ import json
 import os
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import errors, fsutil, repository
+from ansible_collections.modulo.pgbackup.plugins.module_utils.wal import names as walnames, s3 as wals3
 
 # boto3 is imported by the first S3Store, not here: importing it takes a fifth of a second, every
-
-from ansible_collections.modulo.pgbackup.plugins.module_utils.wal import names as walnames, s3 as wals3
 # module imports this file, and most runs never touch S3.
 HAS_BOTO3 = importlib.util.find_spec('boto3') is not None
 
@@ -197,9 +196,8 @@ class S3Store(object):
         return self._call('read s3://%s/%s' % (self.bucket, key),
                           lambda: self.client.get_object(Bucket=self.bucket, Key=key))['Body']
 
-    def read_json(self, key):
-        body = self.open(key[len(self.prefix):]).read()
-        return json.loads(body.decode('utf-8'))
+    def read_json(self, relpath):
+        return json.loads(self.open(relpath).read().decode('utf-8'))
 
     def delete_keys(self, keys):
         """Delete keys in batches of up to DELETE_BATCH (the DeleteObjects limit); returns ``{key: error}``
@@ -214,13 +212,15 @@ class S3Store(object):
         return refused
 
     def list_metas(self, kind_dir='full'):
-        """The ``.meta`` of every backup in ``kind_dir``, one per backup (the runbook's name when there are two)."""
+        """The ``.meta`` of every backup in ``kind_dir``, one per backup (the runbook's name when there are two),
+        read as the local repository reads its own (``repository.read_metas``); an unreadable one is left out."""
         metas = []
-        base = self.key(kind_dir + '/')
-        names = dict((key[len(base):], key) for key in self.list_keys(kind_dir + '/')
-                     if key.startswith(base) and '/' not in key[len(base):])
-        for files in repository.meta_files_by_backup(names).values():
-            meta = self.read_json(names[files[0]])
+        names = [item['relpath'][len(kind_dir) + 1:] for item in self.list(kind_dir + '/')]
+        found = repository.meta_files_by_backup(n for n in names if '/' not in n)
+        for _name, _meta_file, meta, problem in repository.read_metas(
+                found, lambda filename: self.read_json(kind_dir + '/' + filename)):
+            if problem:
+                continue
             meta['s3_uri'] = self.uri(os.path.join(kind_dir, meta.get('file', meta.get('name', ''))))
             meta['location'] = 's3'
             metas.append(meta)

@@ -19,8 +19,8 @@ from conftest import SCHEMA_SQL
 from test_pitr import SCRIPT, args_for, make_repo
 from test_walarchive_cluster import archiver, segments, switch_wal, wait_for
 from ansible_collections.modulo.pgbackup.plugins.module_utils import repository
-
 from ansible_collections.modulo.pgbackup.plugins.module_utils.wal import names as walnames
+
 PREFIX = 'database-backups/'
 
 

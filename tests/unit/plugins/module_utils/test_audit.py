@@ -12,7 +12,6 @@ import pytest
 from ansible.module_utils.testing import patch_module_args
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import audit, repository
-
 from ansible_collections.modulo.pgbackup.plugins.module_utils.wal import errors as walerrors
 from ansible_collections.modulo.pgbackup.plugins.module_utils.module_base import PgBackupModule
 

@@ -7,10 +7,8 @@ import subprocess
 import pytest
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import compression, encryption, pipeline
-
-# The WAL tests' own segments and fixtures (``repo`` here is a directory, not the conftest's Repository).
-
 from ansible_collections.modulo.pgbackup.plugins.module_utils.wal import archive as walarchive, errors as walerrors
+# The WAL tests' own segments and fixtures (``repo`` here is a directory, not the conftest's Repository).
 from ansible_collections.modulo.pgbackup.tests.unit.plugins.module_utils.test_walarchive import (  # noqa: F401  # pylint: disable=unused-import
     make_segment, pg_wal, repo, sha, temp_files)
 

@@ -9,8 +9,6 @@ import stat
 import pytest
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import catalog, incident
-
-
 from ansible_collections.modulo.pgbackup.plugins.module_utils.wal import archive as walarchive
 from ansible_collections.modulo.pgbackup.tests.unit.plugins.module_utils.fakerepo import make_meta
 
