@@ -949,6 +949,7 @@ TARGETS = [
     ('logical_backup.pg_backup_default', 'time_ratio', 0.8, '<='),
     ('logical_backup.pg_backup_default', 'size_ratio', 0.5, '<='),
     ('logical_restore.backup_restore_default', 'time_ratio', 0.5, '<='),
+    ('logical_restore.backup_restore_default', 'time_ratio', 0.9, '<='),
     ('physical_backup.pg_backup', 'time_ratio', 1.1, '<='),
     ('physical_restore.backup_restore', 'time_ratio', 1.2, '<='),
     ('archive_push.project', 'rate_ratio', 1.0, '>='),

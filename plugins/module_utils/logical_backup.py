@@ -117,9 +117,11 @@ def _dump_argv(conn, p, snapshot, jobs, out_path=None):
     return argv
 
 
-def count_rows(session):
-    """Exact row count of every ordinary table, in the session's snapshot."""
-    tables = session.query(TABLES_SQL)
+def count_rows(session, tables=None):
+    """Exact row count of every ordinary table (or of ``tables``, (schema, name) pairs), in the session's
+    snapshot."""
+    if tables is None:
+        tables = session.query(TABLES_SQL)
     if not tables:
         return {}
     parts = ["SELECT %s, count(*) FROM %s.%s" % (

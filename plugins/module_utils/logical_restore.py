@@ -18,9 +18,9 @@ import re
 import time
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import compression, encryption, errors, fsutil, pipeline, repository
-from ansible_collections.modulo.pgbackup.plugins.module_utils.logical_backup import database_rows
+from ansible_collections.modulo.pgbackup.plugins.module_utils.logical_backup import TABLES_SQL, count_rows
 from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import (
-    PgError, psql_query, quote_ident, quote_literal)
+    PgError, PsqlSession, psql_query, quote_ident, quote_literal)
 
 DBNAME_RE = re.compile(r'^[A-Za-z_][A-Za-z0-9_-]{0,62}\Z')
 SYSTEM_DBS = ('postgres', 'template0', 'template1')
@@ -139,11 +139,56 @@ def _restore_argv(conn, meta, path, staging, jobs):
     return argv + [path]
 
 
+# The load's index builds (the dump's CREATE INDEX, pg_restore's post-data) sort in maintenance_work_mem;
+# the server's default (64 MB) spills a large table's sort to disk. The load's sessions share an eighth of
+# the host's memory, at most 2 GB each (an index build gains little beyond that).
+MAINTENANCE_SHARE = 8
+MAINTENANCE_CAP = 2 * 1024 ** 3
+LOOPBACK = ('localhost', '127.0.0.1', '::1')
+
+
+def host_memory(meminfo='/proc/meminfo'):
+    """MemTotal of this host in bytes, or None where /proc/meminfo cannot be read."""
+    try:
+        with open(meminfo) as handle:
+            for line in handle:
+                if line.startswith('MemTotal:'):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def maintenance_work_mem(memory, sessions, server_setting):
+    """Bytes of maintenance_work_mem for each of the load's ``sessions``, or None to keep the server's
+    ``server_setting`` (bytes): never less than what the DBA configured."""
+    if not memory:
+        return None
+    share = min(memory // MAINTENANCE_SHARE // max(1, sessions), MAINTENANCE_CAP)
+    share -= share % (1024 * 1024)
+    return share if share > server_setting else None
+
+
+def load_options(conn, staging, jobs, log=None, meminfo='/proc/meminfo'):
+    """Settings for the load's sessions (``{name: value}``, sent as PGOPTIONS). Only when the server runs on
+    this host (socket or loopback), whose memory is the one measured: elsewhere the server's own settings."""
+    if not (conn.over_socket() or conn.login_host in LOOPBACK):
+        return {}
+    rows = psql_query(conn, "SELECT setting::bigint * 1024 FROM pg_settings WHERE name = 'maintenance_work_mem'",
+                      db=staging, log=log)
+    share = maintenance_work_mem(host_memory(meminfo), jobs or 1, int(rows[0][0]))
+    return {'maintenance_work_mem': '%dMB' % (share // (1024 * 1024))} if share else {}
+
+
 def load(conn, meta, staging, jobs=None, log=None, workdir=None, keys=None):
-    """Load the dump into the (empty, existing) staging database; ``keys`` decrypt an encrypted one."""
+    """Load the dump into the (empty, existing) staging database; ``keys`` decrypt an encrypted one.
+    Returns the session settings the load ran with (``load_options``)."""
     path = meta['path']
     fmt = meta.get('format', 'plain')
     env = conn.env(staging)
+    options = load_options(conn, staging, jobs if fmt != 'plain' else 1, log=log)
+    if options:
+        env['PGOPTIONS'] = ' '.join('-c %s=%s' % item for item in sorted(options.items()))
     tmp_plain = None
     try:
         stages, stdin_path = compression.read_stages(path, keys) if fmt != 'directory' else ([], None)
@@ -151,7 +196,7 @@ def load(conn, meta, staging, jobs=None, log=None, workdir=None, keys=None):
             psql = conn.command('psql', '-X', '-q', '--no-password', '-v', 'ON_ERROR_STOP=1',
                                 '--single-transaction', '-o', '/dev/null', '-d', staging)
             pipeline.run(stages + [psql], env=env, stdin_path=stdin_path, log=log)
-            return
+            return options
         if stages:
             # pg_restore -j needs a seekable file: decrypt/decompress next to the backup first.
             tmp_plain = fsutil.tmp_path_for(os.path.join(workdir or os.path.dirname(path),
@@ -159,6 +204,7 @@ def load(conn, meta, staging, jobs=None, log=None, workdir=None, keys=None):
             pipeline.run(stages, env=env, stdout_path=tmp_plain, log=log)
             path = tmp_plain
         pipeline.run([_restore_argv(conn, meta, path, staging, jobs)], env=env, log=log)
+        return options
     except encryption.EncryptionError as exc:
         raise RestoreError('restore of %s failed, the target database was not touched: %s' % (meta['name'], exc))
     except pipeline.PipelineError as exc:
@@ -167,6 +213,48 @@ def load(conn, meta, staging, jobs=None, log=None, workdir=None, keys=None):
     finally:
         if tmp_plain:
             fsutil.remove_quietly(tmp_plain)
+
+
+# What each table of a database just loaded received, as the server counted it during the load: a fresh
+# database (template0) had no rows, and a restore deletes none, so inserted minus deleted is its row count.
+LOADED_ROWS_SQL = """
+SELECT n.nspname, c.relname, s.n_tup_ins - s.n_tup_del
+FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind = 'r'
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'
+"""
+# PostgreSQL 15 keeps statistics in shared memory, flushed by a backend before it acknowledges the commit
+# that ends an idle transaction; older servers sent them to a collector, possibly late or lost.
+STATS_TRUSTED_SQL = ("SELECT current_setting('server_version_num')::int >= 150000 "
+                     "AND current_setting('track_counts')::bool")
+LOAD_SESSIONS_SQL = ("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                     "AND pid <> pg_backend_pid()")
+LOAD_SESSIONS_WAIT_S = 5
+
+
+def loaded_rows(conn, db, expected, log=None):
+    """Row counts of a database the restore just loaded, checked against the ``.meta`` without reading every
+    table again: the server's own count of the rows the load inserted (pg_stat_user_tables), and an exact
+    ``count(*)`` only for the tables where that differs from ``expected`` (or on a server whose statistics
+    cannot be trusted), so a difference reported is always a real one.
+
+    Returns ``(rows, recounted)``: the counts by table, and the tables counted with ``count(*)``."""
+    with PsqlSession(conn, db=db, log=log) as session:
+        trusted = session.query(STATS_TRUSTED_SQL)[0][0] == 't'
+        if trusted:
+            # pg_restore --jobs workers flush their last statistics when they exit: wait for them to go.
+            deadline = time.time() + LOAD_SESSIONS_WAIT_S
+            while int(session.query(LOAD_SESSIONS_SQL)[0][0]) and time.time() < deadline:
+                time.sleep(0.1)
+        session.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY')
+        tables = session.query(TABLES_SQL)
+        loaded = dict(('%s.%s' % (s, t), int(n)) for s, t, n in session.query(LOADED_ROWS_SQL)) if trusted else {}
+        rows = dict(('%s.%s' % (s, t), loaded.get('%s.%s' % (s, t))) for s, t in tables)
+        recount = [(s, t) for s, t in tables if rows['%s.%s' % (s, t)] != expected.get('%s.%s' % (s, t))]
+        rows.update(count_rows(session, recount))
+        session.query('COMMIT')
+    return rows, sorted('%s.%s' % pair for pair in recount)
 
 
 def compare_rows(expected, actual):
@@ -210,8 +298,8 @@ def restore(conn, meta, target_db, confirm=None, keep_old=True, jobs=None, log=N
     except PgError as exc:
         raise RestoreError('cannot create the staging database %s: %s' % (staging, exc))
     try:
-        load(conn, meta, staging, jobs=jobs, log=log, keys=keys)
-        restored_rows = database_rows(conn, staging, log=log)
+        options = load(conn, meta, staging, jobs=jobs, log=log, keys=keys)
+        restored_rows, recounted = loaded_rows(conn, staging, meta.get('table_rows') or {}, log=log)
         diffs = compare_rows(meta.get('table_rows') or {}, restored_rows)
         if diffs:
             raise RestoreError('restored row counts differ from the backup\'s .meta in %d table(s): %s; '
@@ -245,4 +333,5 @@ def restore(conn, meta, target_db, confirm=None, keep_old=True, jobs=None, log=N
         'old_db': None if dropped_old else old_name, 'old_db_dropped': dropped_old,
         'duration_s': round(time.time() - started, 3), 'table_rows': restored_rows,
         'rows_match': True, 'row_total': sum(restored_rows.values()),
+        'rows_recounted': recounted, 'load_settings': options,
     }

@@ -180,6 +180,21 @@ restore:
     rows_match:
       description: True when every table's row count equals the C(.meta) (or the recovered copy for PITR).
       type: bool
+    rows_recounted:
+      description:
+        - Logical restore, the tables counted again with C(count(*)). The others were checked with the rows
+          the server counted while loading them (C(pg_stat_user_tables), PostgreSQL 15 and later), which
+          spares reading the whole database a second time; a table whose count differs from the C(.meta)
+          is always counted again, so a reported difference is a real one.
+      type: list
+      elements: str
+    load_settings:
+      description:
+        - Logical restore, the session settings the load ran with. C(maintenance_work_mem) for the index
+          builds is an eighth of the host's memory shared by the load's sessions (O(jobs) for custom and
+          directory dumps), at most 2 GB each, set only when that is more than the server's own setting and
+          the server runs on this host (Unix socket or loopback).
+      type: dict
     recovery:
       description:
         - For point-in-time recovery, the target, the base backup used, where recovery stopped (C(stop),

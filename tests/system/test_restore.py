@@ -151,3 +151,77 @@ def test_file_without_meta_is_not_trusted(ansible, pg, modulo_db, backup_root, c
 def test_pitr_options_fail_clearly(ansible, pg, backup_root, conn_args):
     res = restore(ansible, conn_args, backup_root, target_db='x', target_time='2026-11-24 14:30:00')
     assert res.get('failed') and 'point-in-time' in res['msg']
+
+
+def test_rows_are_checked_from_the_load_and_a_difference_is_counted_again(ansible, pg, modulo_db, backup_root, conn_args):
+    """The restored database is not read a second time: the server counted the rows while loading them.
+    A table whose count differs from the .meta is counted with count(*), so the error shows real numbers;
+    where statistics are off, every table is counted."""
+    import json
+    taken = backup(ansible, conn_args, backup_root, modulo_db)
+    target = modulo_db + '_rows'
+    try:
+        res = restore(ansible, conn_args, backup_root, target_db=target)
+        assert not res.get('failed'), res.get('msg')
+        assert res['restore']['rows_recounted'] == []
+        assert res['restore']['table_rows'] == table_rows(pg, target) == taken['meta']['table_rows']
+        pg.psql('DROP DATABASE %s WITH (FORCE)' % target)
+
+        pg.psql('ALTER SYSTEM SET track_counts = off')
+        pg.psql('SELECT pg_reload_conf()')
+        try:
+            res = restore(ansible, conn_args, backup_root, target_db=target)
+        finally:
+            pg.psql('ALTER SYSTEM RESET track_counts')
+            pg.psql('SELECT pg_reload_conf()')
+        assert not res.get('failed'), res.get('msg')
+        assert res['restore']['rows_recounted'] == sorted(taken['meta']['table_rows'])
+        assert res['restore']['table_rows'] == taken['meta']['table_rows']
+        pg.psql('DROP DATABASE %s WITH (FORCE)' % target)
+
+        meta_path = taken['path'] + '.meta'
+        with open(meta_path) as handle:
+            meta = json.load(handle)
+        meta['table_rows']['public.orders'] -= 1
+        with open(meta_path, 'w') as handle:
+            json.dump(meta, handle)
+        res = restore(ansible, conn_args, backup_root, target_db=target)
+        assert res.get('failed')
+        assert 'row counts differ' in res['msg']
+        assert '"table": "public.orders", "expected": 2999, "restored": 3000' in res['msg'], res['msg']
+        assert pg.psql("SELECT count(*) FROM pg_database WHERE datname LIKE '%s%%'" % target) == '0'
+    finally:
+        pg.psql('DROP DATABASE IF EXISTS %s WITH (FORCE)' % target)
+
+
+def test_the_load_builds_indexes_with_a_share_of_the_hosts_memory(ansible, pg, modulo_db, backup_root, conn_args):
+    """maintenance_work_mem reaches every session of the load: the server's own sort trace shows it."""
+    from ansible_collections.modulo.pgbackup.plugins.module_utils import logical_restore
+    backup(ansible, conn_args, backup_root, modulo_db, format='custom', compression='gzip')
+    target = modulo_db + '_mwm'
+    with open(pg.log, 'rb') as handle:
+        handle.seek(0, 2)
+        offset = handle.tell()
+    pg.psql('ALTER SYSTEM SET trace_sort = on')
+    pg.psql('SELECT pg_reload_conf()')
+    try:
+        res = restore(ansible, conn_args, backup_root, target_db=target, jobs=2)
+    finally:
+        pg.psql('ALTER SYSTEM RESET trace_sort')
+        pg.psql('SELECT pg_reload_conf()')
+    try:
+        assert not res.get('failed'), res.get('msg')
+        share = logical_restore.maintenance_work_mem(logical_restore.host_memory(), 2, 64 * 1024 * 1024)
+        assert share, 'this host has too little memory for the test'
+        assert res['restore']['load_settings'] == {'maintenance_work_mem': '%dMB' % (share // 1024 // 1024)}
+        with open(pg.log, 'rb') as handle:
+            handle.seek(offset)
+            trace = handle.read().decode('utf-8', 'replace')
+        # Each index build's main sort runs in maintenance_work_mem (a unique index's second spool, for dead
+        # rows, runs in work_mem, 4 MB): none may be left at the server's 64 MB.
+        sorts = [line for line in trace.splitlines() if 'begin index sort' in line]
+        with_share = [line for line in sorts if 'workMem = %d,' % (share // 1024) in line]
+        assert len(with_share) >= 3, sorts or trace[-2000:]
+        assert not [line for line in sorts if 'workMem = 65536,' in line], sorts
+    finally:
+        pg.psql('DROP DATABASE IF EXISTS %s WITH (FORCE)' % target)

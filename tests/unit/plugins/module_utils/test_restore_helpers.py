@@ -207,3 +207,32 @@ def test_resolve_by_path_reads_a_meta_under_the_older_name(repo):
     found = logical_restore.resolve_backup(repo, legacy)
     assert found['name'] == 'modulo_full_20261101_020000' and found['path'] == legacy
     assert logical_restore.resolve_backup(repo, 'modulo_full_20261101_020000')['path'] == legacy
+
+
+# --- maintenance_work_mem for the load ------------------------------------------------------------
+
+GB = 1024 ** 3
+MB = 1024 ** 2
+
+
+@pytest.mark.parametrize('memory,sessions,server,expected', [
+    (16 * GB, 1, 64 * MB, 2 * GB),            # an eighth of 16 GB, the cap
+    (4 * GB, 1, 64 * MB, 512 * MB),           # an eighth of 4 GB
+    (4 * GB, 4, 64 * MB, 128 * MB),           # shared by four pg_restore jobs
+    (64 * GB, 2, 64 * MB, 2 * GB),            # never more than 2 GB a session
+    (24 * GB, 2, 4 * GB, None),               # the DBA's larger setting is kept
+    (512 * MB, 1, 64 * MB, None),             # a small host: no more than the default, keep the server's
+    (None, 1, 64 * MB, None),                 # memory unknown
+    (3 * GB + 12345, 1, 64 * MB, 384 * MB),   # whole megabytes
+])
+def test_maintenance_work_mem_is_a_share_of_the_host_and_never_lowers_the_servers(memory, sessions, server, expected):
+    assert logical_restore.maintenance_work_mem(memory, sessions, server) == expected
+
+
+def test_host_memory_reads_memtotal(tmp_path):
+    meminfo = tmp_path / 'meminfo'
+    meminfo.write_text('MemTotal:       24567808 kB\nMemFree:         1234 kB\n')
+    assert logical_restore.host_memory(str(meminfo)) == 24567808 * 1024
+    assert logical_restore.host_memory(str(tmp_path / 'missing')) is None
+    meminfo.write_text('MemFree: 1 kB\n')
+    assert logical_restore.host_memory(str(meminfo)) is None
