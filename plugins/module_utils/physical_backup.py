@@ -3,8 +3,8 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Physical base backups for point-in-time recovery.
 
-``pg_basebackup`` in tar format with server-side zstd, a fast checkpoint and a
-manifest, *without* WAL: the WAL comes from the archive, like every other
+``pg_basebackup`` in tar format with server-side zstd, a fast checkpoint (or a spread
+one, and a rate limit, to spare a busy server) and a manifest, *without* WAL: the WAL comes from the archive, like every other
 segment a PITR replays.  That is why a base backup is only marked complete
 once the archive holds every segment from its start to its stop; until then
 it has no ``.meta`` and nothing will ever try to restore from it.
@@ -36,14 +36,45 @@ class ArchivingNotConfigured(PhysicalBackupError):
     pass
 
 
-def plan(repo, prefix, codec='zstd', level=None, now=None, workers=None):
+CHECKPOINTS = ('fast', 'spread')
+# pg_basebackup --max-rate: kilobytes per second, or with a k or M suffix, from 32 kB/s to 1024 MB/s.
+MAX_RATE_RE = re.compile(r'^([0-9]+)([kM]?)\Z')
+MAX_RATE_RANGE_KB = (32, 1024 * 1024)
+
+
+def max_rate_kb(text):
+    """``max_rate`` as kilobytes per second (None: unlimited), or PhysicalBackupError saying what is accepted."""
+    if text in (None, ''):
+        return None
+    match = MAX_RATE_RE.match(str(text).strip())
+    rate = int(match.group(1)) * (1024 if match.group(2) == 'M' else 1) if match else None
+    if rate is None or not MAX_RATE_RANGE_KB[0] <= rate <= MAX_RATE_RANGE_KB[1]:
+        raise PhysicalBackupError('max_rate %r is not accepted: kilobytes per second, or a number with k or M '
+                                  '(e.g. 50M), from 32k to 1024M' % (text,))
+    return rate
+
+
+def plan(repo, prefix, codec='zstd', level=None, now=None, workers=None, checkpoint='fast', max_rate=None):
     if codec not in ('zstd', 'gzip', 'lz4', 'none'):
         raise PhysicalBackupError('compression for physical backups must be zstd, gzip, lz4 or none')
+    if checkpoint not in CHECKPOINTS:
+        raise PhysicalBackupError('checkpoint must be fast or spread, not %r' % (checkpoint,))
     now = now or repository.utcnow()
     name = repository.backup_name(prefix, 'base', now)
     return {'name': name, 'file': name, 'path': repo.path('base', name),
             'meta_path': repo.meta_path('base', name), 'compression': codec,
-            'compression_level': level, 'workers': workers, 'started': now}
+            'compression_level': level, 'workers': workers, 'started': now,
+            'checkpoint': checkpoint, 'max_rate_kb': max_rate_kb(max_rate)}
+
+
+def _basebackup_argv(conn, p, pgdata):
+    """pg_basebackup of the plan into ``pgdata`` (``-``: a tar on stdout), without WAL, with a manifest."""
+    argv = conn.command('pg_basebackup', '--pgdata=%s' % pgdata, '--format=tar', '--wal-method=none',
+                        '--checkpoint=%s' % p.get('checkpoint', 'fast'), '--manifest-checksums=SHA256',
+                        '--label=%s' % p['name'], '--no-password', '--verbose')
+    if p.get('max_rate_kb'):
+        argv.append('--max-rate=%dk' % p['max_rate_kb'])
+    return argv
 
 
 def check_archiving(conn, log=None):
@@ -146,8 +177,7 @@ def _encrypted_stream(conn, p, tmp, keys, log, watch):
     fsutil.ensure_dir(tmp)
     suffix = repository.COMPRESSION_SUFFIX[p['compression']] + encryption.SUFFIX
     archive = os.path.join(tmp, 'base.tar' + suffix)
-    stages = [conn.command('pg_basebackup', '--pgdata=-', '--format=tar', '--wal-method=none', '--checkpoint=fast',
-                           '--manifest-checksums=SHA256', '--label=%s' % p['name'], '--no-password', '--verbose')]
+    stages = [_basebackup_argv(conn, p, '-')]
     if p['compression'] != 'none':
         stages.append(compression.compress_argv(p['compression'], p['compression_level'] or
                                                 compression.DEFAULT_LEVEL[p['compression']], threads=2))
@@ -187,10 +217,7 @@ def take(conn, repo, p, wait_archive_s=300, log=None, keys=None):
     tmp = fsutil.tmp_path_for(p['path'])
     start = time.time()
     encrypted = keys is not None and keys.enabled
-    argv = conn.command('pg_basebackup', '--pgdata=%s' % tmp, '--format=tar', '--wal-method=none',
-                        '--checkpoint=fast', '--manifest-checksums=SHA256', '--label=%s' % p['name'],
-                        '--no-password', '--verbose') + _compress_arg(p['compression'], p['compression_level'],
-                                                                      p.get('workers'))
+    argv = _basebackup_argv(conn, p, tmp) + _compress_arg(p['compression'], p['compression_level'], p.get('workers'))
     try:
         try:
             if encrypted:
@@ -222,6 +249,7 @@ def take(conn, repo, p, wait_archive_s=300, log=None, keys=None):
         'format_version': repository.FORMAT_VERSION, 'name': p['name'], 'file': p['name'],
         'type': 'physical', 'database': None, 'format': 'tar', 'compression': p['compression'],
         'compression_level': p['compression_level'],
+        'checkpoint': p.get('checkpoint', 'fast'), 'max_rate_kb': p.get('max_rate_kb'),
         'started_at': repository.iso(p['started']), 'finished_at': repository.iso(repository.utcnow()),
         'duration_s': round(time.time() - start, 3), 'size_bytes': size, 'sha256': digest,
         'server_version': facts['server_version'], 'system_identifier': facts['system_identifier'],

@@ -18,6 +18,7 @@ __metaclass__ = type
 from ansible_collections.modulo.pgbackup.plugins.module_utils import retention
 from ansible_collections.modulo.pgbackup.plugins.module_utils.s3store import S3Error
 
+
 def inventory(store):
     """Units like retention.local_inventory, from a listing of the keys under the store's prefix."""
     units = {}

@@ -102,6 +102,25 @@ options:
         A base backup whose WAL is not archived by then is discarded and the task fails.
     type: int
     default: 300
+  checkpoint:
+    description:
+      - For O(type=physical), the checkpoint the base backup starts with (C(pg_basebackup --checkpoint)).
+      - C(fast) starts at once and writes every dirty buffer as fast as the disks allow.
+      - C(spread) waits for a checkpoint paced by the server's C(checkpoint_completion_target), so a busy
+        server sees no burst of writes, at the price of a later start (up to C(checkpoint_timeout)).
+      - Only for O(type=physical).
+    type: str
+    choices: [ fast, spread ]
+    default: fast
+  max_rate:
+    description:
+      - For O(type=physical), the most the server sends per second (C(pg_basebackup --max-rate)), so the
+        backup's reads leave the disks to the application. Kilobytes per second, or a number with C(k) or
+        C(M), from C(32k) to C(1024M), e.g. C(100M). Unset, the backup reads as fast as it can.
+      - The limit counts what the server sends, after its own compression (the default C(zstd)), so the
+        server reads the data directory faster than that by the compression ratio.
+      - Only for O(type=physical).
+    type: str
 attributes:
   check_mode:
     support: full
@@ -205,6 +224,8 @@ def main():
             lock_wait=dict(type='int', default=0),
             only_if_archiving=dict(type='bool', default=False),
             wait_archive=dict(type='int', default=300),
+            checkpoint=dict(type='str', default='fast', choices=['fast', 'spread']),
+            max_rate=dict(type='str'),
         ),
         supports_check_mode=True,
     )
@@ -216,7 +237,8 @@ def main():
     with module.errors_fail():
         request = backups.Request(kind=p['type'], db=p['db'], fmt=p['format'], compression=p['compression'],
                                   compression_level=p['compression_level'], jobs=p['jobs'],
-                                  name_prefix=p['name_prefix'], lock_wait=p['lock_wait'], wait_archive=p['wait_archive'])
+                                  name_prefix=p['name_prefix'], lock_wait=p['lock_wait'], wait_archive=p['wait_archive'],
+                                  checkpoint=p['checkpoint'], max_rate=p['max_rate'])
         run = backups.Backup(request, Connection.from_params(p, db='postgres' if physical else None),
                              repository.Repository(p['backup_root'], p['pg_os_user']),
                              encryption.Keys.from_params(p), s3=common.s3_store(p) if p['upload'] else None,

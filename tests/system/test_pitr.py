@@ -237,3 +237,47 @@ def test_a_date_without_time_is_refused_not_read_as_midnight(ansible, history):
     """What an unquoted -e target_time="2026-11-24 14:30:00" turns into."""
     res = pitr(ansible, history, 'never_made', target_time=history['marks']['time'][:10])
     assert res.get('failed') and 'no time of day' in res['msg'] and 'quote' in res['msg']
+
+
+def test_a_base_backup_can_spare_a_busy_server_with_a_spread_checkpoint_and_a_rate_limit(ansible, new_cluster, backup_root):
+    repo = make_repo(backup_root)
+    cluster = new_cluster(settings={
+        'archive_mode': 'on', 'wal_level': 'replica', 'log_checkpoints': 'on',
+        'archive_command': "'/usr/bin/python3 %s push --repo %s %%p %%f'" % (SCRIPT, repo),
+        # a spread checkpoint lasts checkpoint_completion_target x checkpoint_timeout: 3 s here
+        'checkpoint_timeout': "'30s'", 'checkpoint_completion_target': '0.1'})
+    with open(cluster.log, 'rb') as handle:
+        offset = handle.seek(0, 2)
+    started = time.time()
+    # Uncompressed, so that what the server sends is the whole cluster (the limit applies after the
+    # server's compression).
+    res = ansible.task('modulo.pgbackup.pg_backup', args_for(cluster, repo, type='physical', wait_archive=60,
+                                                             checkpoint='spread', max_rate='2M', compression='none'))
+    elapsed = time.time() - started
+    assert not res.get('failed'), res.get('msg')
+    basebackup = [argv for argv in res['executed_commands'] if os.path.basename(argv[0]) == 'pg_basebackup']
+    assert len(basebackup) == 1 and '--checkpoint=spread' in basebackup[0] and '--max-rate=2048k' in basebackup[0]
+    meta = res['backup']['meta']
+    assert meta['checkpoint'] == 'spread' and meta['max_rate_kb'] == 2048
+    with open(cluster.log, 'rb') as handle:
+        handle.seek(offset)
+        log = handle.read().decode('utf-8', 'replace')
+    # The server's own account: the backup's checkpoint was requested without "immediate".
+    starts = [line for line in log.splitlines() if 'checkpoint starting:' in line and 'wait' in line]
+    assert starts and not [line for line in starts if 'immediate' in line], starts
+    # The server cannot send the backup faster than the limit (a lower bound, whatever the machine).
+    assert meta['size_bytes'] > 16 * 1024 * 1024
+    assert elapsed >= meta['size_bytes'] / (2 * 1024 * 1024.0) * 0.8, (elapsed, meta['size_bytes'])
+
+
+@pytest.mark.parametrize('args,message', [
+    (dict(type='physical', max_rate='10G'), "max_rate '10G' is not accepted"),
+    (dict(type='physical', max_rate='16k'), "max_rate '16k' is not accepted"),
+    (dict(type='logical', max_rate='50M'), 'checkpoint and max_rate are settings of a base backup'),
+    (dict(type='logical', checkpoint='spread'), 'checkpoint and max_rate are settings of a base backup'),
+])
+def test_rate_and_checkpoint_mistakes_are_refused_before_anything_runs(ansible, pg, backup_root, args, message):
+    res = ansible.task('modulo.pgbackup.pg_backup', dict(args_for(pg, backup_root), **args))
+    assert res.get('failed') and message in res['msg'], res.get('msg')
+    assert not [argv for argv in res.get('executed_commands', [])
+                if os.path.basename(argv[0]) in ('pg_basebackup', 'pg_dump')]

@@ -37,9 +37,12 @@ class Request(object):
     """What to back up and how, as typed values (the module's options, checked)."""
 
     def __init__(self, kind=LOGICAL, db='modulodb', fmt='plain', compression=None, compression_level=None,
-                 jobs=2, name_prefix='modulo', lock_wait=0, wait_archive=300):
+                 jobs=2, name_prefix='modulo', lock_wait=0, wait_archive=300, checkpoint='fast', max_rate=None):
         if kind not in (LOGICAL, PHYSICAL):
             raise errors.PgBackupError('type must be logical or physical, not %r' % kind)
+        if kind == LOGICAL and (checkpoint != 'fast' or max_rate):
+            raise errors.PgBackupError('checkpoint and max_rate are settings of a base backup (type: physical); '
+                                       'a logical backup (pg_dump) takes no checkpoint and has no rate limit')
         if jobs < 1:
             raise errors.PgBackupError('jobs must be 1 or more')
         self.kind = kind
@@ -52,6 +55,8 @@ class Request(object):
         self.name_prefix = name_prefix
         self.lock_wait = lock_wait
         self.wait_archive = wait_archive
+        self.checkpoint = checkpoint
+        self.max_rate = max_rate
 
     @property
     def section(self):
@@ -105,7 +110,8 @@ class Backup(object):
     def _new_plan(self):
         r = self.request
         if r.kind == PHYSICAL:
-            return physical_backup.plan(self.repo, r.name_prefix, r.compression, r.compression_level, workers=r.jobs)
+            return physical_backup.plan(self.repo, r.name_prefix, r.compression, r.compression_level, workers=r.jobs,
+                                        checkpoint=r.checkpoint, max_rate=r.max_rate)
         return logical_backup.plan(self.repo, r.db, r.fmt, r.compression, r.compression_level, r.name_prefix,
                                    logical_backup.pg_dump_major(self.conn), encrypted=self.keys.enabled)
 
