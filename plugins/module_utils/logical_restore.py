@@ -248,13 +248,13 @@ def loaded_rows(conn, db, expected, log=None):
             while int(session.query(LOAD_SESSIONS_SQL)[0][0]) and time.time() < deadline:
                 time.sleep(0.1)
         session.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY')
-        tables = session.query(TABLES_SQL)
+        tables = dict(('%s.%s' % (s, t), (s, t)) for s, t in session.query(TABLES_SQL))
         loaded = dict(('%s.%s' % (s, t), int(n)) for s, t, n in session.query(LOADED_ROWS_SQL)) if trusted else {}
-        rows = dict(('%s.%s' % (s, t), loaded.get('%s.%s' % (s, t))) for s, t in tables)
-        recount = [(s, t) for s, t in tables if rows['%s.%s' % (s, t)] != expected.get('%s.%s' % (s, t))]
-        rows.update(count_rows(session, recount))
+        rows = dict((name, loaded.get(name)) for name in tables)
+        recount = sorted(name for name in tables if rows[name] != expected.get(name))
+        rows.update(count_rows(session, [tables[name] for name in recount]))
         session.query('COMMIT')
-    return rows, sorted('%s.%s' % pair for pair in recount)
+    return rows, recount
 
 
 def compare_rows(expected, actual):

@@ -3,11 +3,12 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Physical base backups for point-in-time recovery.
 
-``pg_basebackup`` in tar format with server-side zstd, a fast checkpoint (or a spread
-one, and a rate limit, to spare a busy server) and a manifest, *without* WAL: the WAL comes from the archive, like every other
-segment a PITR replays.  That is why a base backup is only marked complete
-once the archive holds every segment from its start to its stop; until then
-it has no ``.meta`` and nothing will ever try to restore from it.
+``pg_basebackup`` in tar format with server-side zstd, a fast checkpoint (or a
+spread one and a rate limit, to spare a busy server) and a manifest, *without*
+WAL: the WAL comes from the archive, like every other segment a PITR replays.
+That is why a base backup is only marked complete once the archive holds every
+segment from its start to its stop; until then it has no ``.meta`` and nothing
+will ever try to restore from it.
 """
 
 from __future__ import absolute_import, division, print_function

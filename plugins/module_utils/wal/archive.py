@@ -10,7 +10,7 @@ import time
 from .errors import Conflict, FatalError, NotFound, WalArchiveError
 from .names import (INFO_FILE, LONG_HEADER, archive_info_document, parse_archive_info, codec_of, format_lsn, is_date_dir, is_encrypted,
                     iso_time, name_of_stored, parse_segment_name, read_long_header, stored_name, stored_names, wal_kind)
-from .durable import (CHUNK, cleanup_stale_tmp, ensure_dir, fsync_dir, fsync_file, open_tmp, publish_no_replace,
+from .durable import (CHUNK, cleanup_stale_tmp, fsync_dir, fsync_file, open_tmp,
                       remove_quietly, tmp_name, write_all)
 from .store import LocalStore, merge
 from .codec import (check_level, compress_into, decompress_into, file_sha256, new_sha256, raw_sha256, resolve_codec,
@@ -136,25 +136,10 @@ def recorded_sysid(repo):
 
 
 def write_archive_info(repo, sysid, seg_size=None):
-    """Record the cluster this archive belongs to; never replaces an existing record."""
-    directory = wal_dir(repo)
-    ensure_dir(directory)
-    final = os.path.join(directory, INFO_FILE)
-    tmp = tmp_name(directory, INFO_FILE)
+    """Record the cluster this archive belongs to; never replaces an existing record (FileExistsError)."""
     import json
     data = (json.dumps(archive_info_document(sysid, seg_size), indent=2, sort_keys=True) + '\n').encode('utf-8')
-    fd = open_tmp(tmp)
-    try:
-        try:
-            write_all(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        publish_no_replace(tmp, final)
-    except BaseException:
-        remove_quietly(tmp)
-        raise
-    return final
+    return LocalStore(repo).write('wal/' + INFO_FILE, lambda fd: write_all(fd, data))[0]
 
 
 def _refuse_sysid(name, found, recorded, where):

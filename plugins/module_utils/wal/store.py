@@ -36,8 +36,6 @@ BOTH = 'both'
 class LocalStore(object):
     """Files under ``root`` on this host."""
 
-    location = LOCAL
-
     def __init__(self, root):
         self.root = os.path.normpath(root)
 
