@@ -8,6 +8,8 @@ import pwd
 import stat
 import subprocess
 
+from ansible_collections.modulo.pgbackup.plugins.module_utils import logical_restore
+
 SCHEMA_TABLES = ['billing.invoices', 'public.customers', 'public.order_items', 'public.orders', 'public.products']
 
 
@@ -79,10 +81,29 @@ def test_backup_info_lists_the_backup_and_refuses_an_unknown_name(prod):
 
 def test_backup_restore_into_a_new_database_and_refusal_over_an_existing_one(prod):
     backup(prod)
-    res = prod.task('modulo.pgbackup.backup_restore', {'target_db': 'modulodb_copy'})
+    server_log = prod.host.lsclusters()[6]
+    offset = os.path.getsize(server_log)
+    prod.host.psql('ALTER SYSTEM SET trace_sort = on')
+    prod.host.psql('SELECT pg_reload_conf()')
+    try:
+        res = prod.task('modulo.pgbackup.backup_restore', {'target_db': 'modulodb_copy'})
+    finally:
+        prod.host.psql('ALTER SYSTEM RESET trace_sort')
+        prod.host.psql('SELECT pg_reload_conf()')
     try:
         assert res.get('failed') is not True, res.get('msg')
         assert rows(prod.host, 'modulodb_copy') == rows(prod.host, 'modulodb')
+        # Over sudo and the Debian socket (psql run through runuser): the row check came from the load's
+        # statistics, and the load's session setting reached the server (its own sort trace says so).
+        assert res['restore']['rows_recounted'] == []
+        share = logical_restore.maintenance_work_mem(logical_restore.host_memory(), 1, 64 * 1024 * 1024)
+        assert res['restore']['load_settings'] == {'maintenance_work_mem': '%dMB' % (share // 1024 // 1024)}
+        with open(server_log, 'rb') as handle:
+            handle.seek(offset)
+            sorts = [line for line in handle.read().decode('utf-8', 'replace').splitlines()
+                     if 'begin index sort' in line]
+        assert [line for line in sorts if 'workMem = %d,' % (share // 1024) in line], sorts
+        assert not [line for line in sorts if 'workMem = 65536,' in line], sorts
         refused = prod.task('modulo.pgbackup.backup_restore', {'target_db': 'modulodb_copy'})
         assert refused['failed'] is True and 'set confirm: modulodb_copy' in refused['msg'], refused['msg']
     finally:
