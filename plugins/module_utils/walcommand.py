@@ -30,7 +30,7 @@ from ansible_collections.modulo.pgbackup.plugins.module_utils import errors, fsu
 # Every module of the package, imported by name so that Ansible ships them with the modules that install it.
 from ansible_collections.modulo.pgbackup.plugins.module_utils.wal import (
     archive as _archive, cli as walcli, codec as _codec, durable as _durable, errors as _errors, names as _names, s3 as _s3,
-    store as _store)
+    spool as _spool, store as _store)
 
 SYSTEM_PYTHON = '/usr/bin/python3'
 # -S: no site-packages at start-up.  The command needs the standard library only (wal/s3.py adds
@@ -42,7 +42,7 @@ LIB_SUFFIX = '.lib'
 PACKAGE = 'pgbackup_wal'
 SETTINGS_MODULE = 'pgbackup_wal_settings'
 PACKAGE_MODULES = (('errors', _errors), ('names', _names), ('durable', _durable), ('codec', _codec),
-                   ('store', _store), ('s3', _s3), ('archive', _archive), ('cli', walcli))
+                   ('store', _store), ('s3', _s3), ('archive', _archive), ('spool', _spool), ('cli', walcli))
 COMMAND_MODE = 0o755
 LIBRARY_MODE = 0o644
 

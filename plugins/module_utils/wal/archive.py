@@ -287,12 +287,14 @@ def _push_s3(s3, path, name, relpath, local_final, codec, level, raw_sha, encryp
         return 'archived', s3.upload(handle, key, size, digest.hexdigest(), raw_sha)
 
 
-def push(path, name, repo=None, compression='auto', level=None, s3=None, s3_only=False, now=None, encryption=None):
+def push(path, name, repo=None, compression='auto', level=None, s3=None, s3_only=False, now=None, encryption=None,
+         s3archive=None):
     """Archive ``path`` as ``name`` (archive_command's %p and %f).
 
     ``s3`` is a dict (bucket, prefix, endpoint_url, region) or None; ``encryption`` a dict
     (recipient: the age public key segments are encrypted for; identities: key files that
-    decrypt, for comparing a re-pushed segment) or None.  Returns
+    decrypt, for comparing a re-pushed segment) or None; ``s3archive`` an S3Archive for those
+    settings made once for many pushes (the background pusher's threads share one client).  Returns
     a dict (name, status, path, relpath, s3_uri, s3_status); raises
     WalArchiveError (Conflict for a different file under the same name) when
     the file is not durable in every configured destination.
@@ -316,7 +318,7 @@ def push(path, name, repo=None, compression='auto', level=None, s3=None, s3_only
     level = check_level(codec, level)
     # Only segments carry data; .history and .backup files (timeline and LSN bookkeeping) stay readable.
     encryption = encryption if header and encryption and encryption.get('recipient') else None
-    store = _s3_archive(s3)
+    store = s3archive or _s3_archive(s3)
     if header:
         _check_sysid(name, header, repo if local else None, store)
     result = {'name': name, 'kind': kind, 'status': None, 'path': None, 'relpath': None,
@@ -360,7 +362,7 @@ def _restore(source, codec, dest, encryption=None, encrypted=False):
         raise
 
 
-def fetch(name, dest, repo=None, s3=None, s3_only=False, encryption=None):
+def fetch(name, dest, repo=None, s3=None, s3_only=False, encryption=None, s3archive=None):
     """Restore the archived ``name`` to ``dest`` (restore_command's %f and %p).
 
     Returns 'local' or 's3' (where it came from).  Raises NotFound when no
@@ -377,7 +379,7 @@ def fetch(name, dest, repo=None, s3=None, s3_only=False, encryption=None):
             if found:
                 _restore(found, codec_of(found), dest, encryption, is_encrypted(found))
                 return 'local'
-        store = _s3_archive(s3)
+        store = s3archive or _s3_archive(s3)
         if store:
             key = store.find(name)
             if key:

@@ -52,7 +52,7 @@ Exit codes (PostgreSQL's rules):
   of retrying; nothing in this collection runs one.
 
 Durability (the model is pgBackRest's archive-push): a temporary file
-``.tmp-<file>.<pid>`` is written in the date directory, fsynced, published
+``.tmp-<file>.<pid>.<thread>`` is written in the date directory, fsynced, published
 under its final name with link(2) (which, unlike rename, never replaces an
 existing file, even when two pushes of the same segment race), then the
 directory is fsynced (and ``wal/`` when the date directory was new).  Only then
@@ -72,7 +72,8 @@ from .names import CODECS, DEFAULT_S3_PREFIX
 from .archive import fetch, push, status
 
 SETTINGS_KEYS = ('repo', 'compression', 'level', 's3_bucket', 's3_prefix', 's3_endpoint_url', 'aws_region', 's3_only',
-                 's3_sse', 'encryption_recipient', 'encryption_key_files')
+                 's3_sse', 'encryption_recipient', 'encryption_key_files', 'archive_async', 'async_workers',
+                 'async_queue_max')
 
 
 def settings_source(settings):
@@ -173,6 +174,38 @@ def _say(message):
     sys.stderr.flush()
 
 
+def _async(settings):
+    """The spool's keyword arguments from the settings (its own defaults where they are unset)."""
+    return dict((arg, settings[key]) for arg, key in (('workers', 'async_workers'), ('queue_max', 'async_queue_max'))
+                if settings.get(key))
+
+
+class _One(object):
+    """One push or fetch with these settings; the background processes of archive_async call them from several
+    threads, which share one S3 client made by ``prepare`` before they start."""
+
+    def __init__(self, settings):
+        self.settings = settings
+        self.s3archive = None
+
+    def prepare(self):
+        s3 = s3_settings(self.settings)
+        if s3:
+            from .s3 import s3_archive
+            self.s3archive = s3_archive(s3)
+
+    def push(self, path, name):
+        settings = self.settings
+        return push(path, name, repo=settings.get('repo'), compression=settings.get('compression') or 'auto',
+                    level=settings.get('level'), s3=s3_settings(settings), s3_only=bool(settings.get('s3_only')),
+                    encryption=_encryption(settings), s3archive=self.s3archive)
+
+    def fetch(self, name, dest):
+        settings = self.settings
+        return fetch(name, dest, repo=settings.get('repo'), s3=s3_settings(settings),
+                     s3_only=bool(settings.get('s3_only')), encryption=_encryption(settings), s3archive=self.s3archive)
+
+
 class _Call(object):
     """One call: the command, its two arguments (``wal_name`` is the WAL file's name for push and fetch)."""
 
@@ -200,16 +233,22 @@ def main(argv=None, settings=None):
     fatal = EXIT_FATAL if call.command == 'fetch' else EXIT_FAIL
     try:
         if call.command == 'push':
-            result = push(call.first, call.second, repo=settings.get('repo'),
-                          compression=settings.get('compression') or 'auto', level=settings.get('level'),
-                          s3=s3_settings(settings), s3_only=bool(settings.get('s3_only')),
-                          encryption=_encryption(settings))
+            one = _One(settings)
+            if settings.get('archive_async'):
+                from .spool import push_async
+                result = push_async(call.first, call.second, one.push, prepare=one.prepare, **_async(settings))
+            else:
+                result = one.push(call.first, call.second)
             if 'duplicate' in (result['status'], result['s3_status']):
                 _say('%s was already archived with identical content (%s); nothing rewritten'
                      % (call.wal_name, result['path'] or result['s3_uri']))
         elif call.command == 'fetch':
-            fetch(call.first, call.second, repo=settings.get('repo'), s3=s3_settings(settings),
-                  s3_only=bool(settings.get('s3_only')), encryption=_encryption(settings))
+            one = _One(settings)
+            if settings.get('archive_async'):
+                from .spool import fetch_prefetch
+                fetch_prefetch(call.first, call.second, one.fetch, prepare=one.prepare, **_async(settings))
+            else:
+                one.fetch(call.first, call.second)
         else:
             if not settings.get('repo'):
                 raise WalArchiveError('status needs --repo')

@@ -3,6 +3,7 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Durable files: temporary names, fsync, publishing without ever replacing a file, stale temporaries."""
 
+import _thread
 import errno
 import os
 import time
@@ -53,7 +54,9 @@ def ensure_dir(path):
 
 
 def tmp_name(directory, filename):
-    return os.path.join(directory, '%s%s.%d' % (TMP_PREFIX, filename, os.getpid()))
+    """``.tmp-<file>.<pid>.<thread>``: the background pusher's threads can write the same file at once
+    (``archive.json``, on the first pushes), each into its own temporary file."""
+    return os.path.join(directory, '%s%s.%d.%d' % (TMP_PREFIX, filename, os.getpid(), _thread.get_ident()))
 
 
 def publish_no_replace(tmp, final):
@@ -105,7 +108,7 @@ def cleanup_stale_tmp(directory, filename):
         if not entry.startswith(prefix):
             continue
         try:
-            pid = int(entry[len(prefix):])
+            pid = int(entry[len(prefix):].split('.')[0])
             path = os.path.join(directory, entry)
             if time.time() - os.lstat(path).st_mtime < STALE_TMP_S:
                 continue

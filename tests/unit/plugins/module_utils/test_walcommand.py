@@ -114,7 +114,7 @@ def test_the_package_and_settings_come_before_the_launcher():
     # The package and its settings first: the launcher must never be there without them.
     assert [(path, mode) for path, _content, mode in files] == [
         (lib + 'pgbackup_wal/%s.py' % name, 0o644)
-        for name in ('__init__', 'errors', 'names', 'durable', 'codec', 'store', 's3', 'archive', 'cli')] + [
+        for name in ('__init__', 'errors', 'names', 'durable', 'codec', 'store', 's3', 'archive', 'spool', 'cli')] + [
         (lib + 'pgbackup_wal_settings.py', 0o644), (command, 0o755)]
     assert ("sys.path.insert(0, '%s')" % lib.rstrip('/')).encode() in files[-1][1]
     with open(walarchive.__file__.replace('.pyc', '.py'), 'rb') as handle:
