@@ -32,10 +32,13 @@ import time
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import encryption, errors, liveserver, osuser, walcommand
 from ansible_collections.modulo.pgbackup.plugins.module_utils.wal import (
-    archive as walarchive, codec as walcodec, durable as waldurable, errors as walerrors, names as walnames, s3 as wals3)
+    archive as walarchive, codec as walcodec, durable as waldurable, errors as walerrors, names as walnames, s3 as wals3,
+    spool as walspool)
 from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import PgError, psql_query, quote_literal
 
 DEFAULT_COMMAND_PATH = '/usr/local/lib/modulo-pgbackup/pgbackup-wal'
+ASYNC_WORKERS = walspool.DEFAULT_WORKERS
+ASYNC_QUEUE_MAX = walspool.DEFAULT_QUEUE_MAX
 SYSTEM_PYTHON = walcommand.SYSTEM_PYTHON
 PARENT_MODE = 0o755
 REPO_DIR_MODE = 0o700
@@ -65,8 +68,11 @@ def commands(command_path):
         raise ArchivingError(str(exc))
 
 
-def command_settings(repo, compression='auto', level=None, s3=None, encryption=None):
+def command_settings(repo, compression='auto', level=None, s3=None, encryption=None, archive_async=None):
     """The command's settings (wal/cli.py SETTINGS_KEYS); ``s3`` is common.s3_settings() or None.
+
+    ``archive_async`` (a dict with ``workers`` and ``queue_max``, or None) turns on the background pusher and
+    the prefetcher (wal/spool.py).
 
     ``encryption`` ({'recipient', 'identities'}) names the public key segments are encrypted for and the
     key *files* that decrypt them; the keys themselves are never copied into the settings.
@@ -85,6 +91,9 @@ def command_settings(repo, compression='auto', level=None, s3=None, encryption=N
     if encryption:
         settings['encryption_recipient'] = encryption.get('recipient')
         settings['encryption_key_files'] = list(encryption.get('identities') or [])
+    if archive_async:
+        settings.update(archive_async=True, async_workers=archive_async['workers'],
+                        async_queue_max=archive_async['queue_max'])
     return settings
 
 
@@ -111,11 +120,15 @@ class Request(object):
 
     def __init__(self, backup_root, state='present', archive_timeout=60, compression='auto', compression_level=None,
                  verify=True, verify_timeout=60, pg_os_user='postgres', key_file=None, old_key_files=None,
-                 key_env=None):
+                 key_env=None, archive_async=False, async_workers=ASYNC_WORKERS, async_queue_max=ASYNC_QUEUE_MAX):
         if state not in ('present', 'absent'):
             raise ArchivingError('state must be present or absent, not %r' % (state,))
         if archive_timeout < 0 or verify_timeout < 1:
             raise ArchivingError('archive_timeout must be 0 or more and verify_timeout 1 or more')
+        if not (1 <= async_workers <= 32 and 1 <= async_queue_max <= 1024):
+            raise ArchivingError('archive_async_workers must be 1 to 32 and archive_async_queue_max 1 to 1024 '
+                                 '(got %s and %s)' % (async_workers, async_queue_max))
+        self.archive_async = {'workers': async_workers, 'queue_max': async_queue_max} if archive_async else None
         self.backup_root, self.state, self.archive_timeout = os.path.abspath(backup_root), state, archive_timeout
         self.compression, self.compression_level = compression or 'auto', compression_level
         self.verify, self.verify_timeout, self.pg_os_user = verify, verify_timeout, pg_os_user or 'postgres'
@@ -752,7 +765,7 @@ def run(conn, request, result, s3=None, check_mode=False, log=None, warn=None, c
                  'can archive into it only if it runs as that user'
                  % (osuser.current_user(), request.pg_os_user, osuser.current_user()))
         settings = command_settings(repo, request.compression, request.compression_level, s3,
-                                    wal_encryption(request))
+                                    wal_encryption(request), request.archive_async)
         # The installed command is the very code the collection tests and imports (walcommand).
         try:
             command_files = walcommand.files(command_path, settings)

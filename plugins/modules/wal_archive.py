@@ -103,6 +103,30 @@ options:
       - Seconds to wait for the segment to appear in the archive.
     type: int
     default: 60
+  archive_async:
+    description:
+      - Archive asynchronously, ahead of PostgreSQL. The call for a segment starts a background pusher (a child of
+        the command, as the server's OS user) that pushes every C(.ready) file with O(archive_async_workers)
+        threads, and acknowledges the segment only once it is durable in every destination, as a synchronous push
+        does. A pusher that dies loses nothing; the call then pushes the segment itself.
+      - The same setting makes C(fetch) (restore_command) prefetch the next O(archive_async_queue_max) segments
+        during recovery, into C(pg_wal/pgbackup/in/), which takes up to that many segments of disk beside C(pg_wal).
+      - The spool is C(pg_wal/pgbackup/), which base backups leave out. Nothing is ever dropped when the archive
+        falls behind; watch the C(.ready) backlog instead.
+    type: bool
+    default: false
+  archive_async_workers:
+    description:
+      - Pushes (or prefetches) running at once with O(archive_async=true), 1 to 32. Compression runs in them,
+        so more than the host's free cores gains nothing locally; S3 uploads gain from more.
+    type: int
+    default: 4
+  archive_async_queue_max:
+    description:
+      - How far ahead of PostgreSQL the background pusher goes (segments durable but not yet acknowledged,
+        plus pushes running), and how many segments the prefetcher keeps ready, 1 to 1024.
+    type: int
+    default: 16
   command_path:
     description:
       - Where the archive command is installed (mode 0755; missing parent directories are created 0755).
@@ -161,6 +185,13 @@ EXAMPLES = r'''
     archive_timeout: 300
     s3_bucket: modulo-backups
     aws_region: eu-west-1
+
+- name: A busy primary archiving to S3, pushing up to 8 segments at once ahead of the archiver
+  modulo.pgbackup.wal_archive:
+    backup_root: /var/backups/postgresql
+    s3_bucket: modulo-backups
+    archive_async: true
+    archive_async_workers: 8
 
 - name: Turn archiving off (the archive is kept)
   modulo.pgbackup.wal_archive:
@@ -279,6 +310,9 @@ def main():
             upload=dict(type='bool', default=True),
             verify=dict(type='bool', default=True),
             verify_timeout=dict(type='int', default=60),
+            archive_async=dict(type='bool', default=False),
+            archive_async_workers=dict(type='int', default=archiving.ASYNC_WORKERS),
+            archive_async_queue_max=dict(type='int', default=archiving.ASYNC_QUEUE_MAX),
             command_path=dict(type='path', default=archiving.DEFAULT_COMMAND_PATH),
             restart=dict(type='bool', default=False),
             **common.service_argspec()
@@ -299,7 +333,8 @@ def main():
             p['backup_root'], state=p['state'], archive_timeout=p['archive_timeout'], compression=p['compression'],
             compression_level=p['compression_level'], verify=p['verify'], verify_timeout=p['verify_timeout'],
             pg_os_user=p['pg_os_user'], key_file=p['encryption_key_file'], old_key_files=p['encryption_old_key_files'],
-            key_env=p['encryption_key_env'])
+            key_env=p['encryption_key_env'], archive_async=p['archive_async'], async_workers=p['archive_async_workers'],
+            async_queue_max=p['archive_async_queue_max'])
         archiving.run(conn, request, result, s3=s3, check_mode=module.check_mode, log=log, warn=module.warn,
                       control=control)
     except EXPLAINED_ERRORS as exc:
