@@ -128,7 +128,7 @@ class ClusterRecovery(object):
             window = liveserver.LogWindow(self.control.log_path())
             self._start(window)
             scratch.wait_promoted(lambda sql: psql_query(self.conn, sql, db='postgres'), self.timeout_s,
-                                  _Watch(self.control, window))
+                                  _Watch(self.control, window), self.pgdata)
             state['promoted'] = True
         except ERRORS as exc:
             cause = pitr.explain_short_recovery(str(exc), base, repo_root)

@@ -191,7 +191,7 @@ class ScratchRecovery(scratch.PrivateCluster):
             # A recovery that stops short may end before pg_ctl's wait does (start fails) or after it (the wait
             # sees the server stop): which one is a matter of timing, the explanation must not depend on it.
             self.server.start(timeout_s)
-            scratch.wait_promoted(self.query, timeout_s, self.server)
+            scratch.wait_promoted(self.query, timeout_s, self.server, self.pgdata)
         except scratch.ScratchError as exc:
             raise scratch.ScratchError(explain_short_recovery(str(exc), base, repo_root))
         outcome = self.server.recovery_outcome()

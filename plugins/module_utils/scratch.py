@@ -22,10 +22,16 @@ import time
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import (
     archiving, compression, encryption, fsutil, liveserver, osuser, pipeline, untar, walcommand)
-from ansible_collections.modulo.pgbackup.plugins.module_utils.wal import codec as walcodec, errors as walerrors
+from ansible_collections.modulo.pgbackup.plugins.module_utils.wal import codec as walcodec, errors as walerrors, spool as walspool
 from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import Connection, psql_query
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import errors
+
+
+# Recovery replays one segment at a time and waits for each restore_command: the restores prefetch the next
+# segments (restored from the repository or downloaded from S3) while it replays, at the cost of
+# queue_max segments of disk in the restored pg_wal.
+PREFETCH = {'workers': 4, 'queue_max': 8}
 
 
 class ScratchError(errors.PgBackupError):
@@ -33,7 +39,7 @@ class ScratchError(errors.PgBackupError):
 
 
 def install_wal_command(workdir, repo_root, s3_settings=None, os_user=None, keys=None):
-    """A private copy of the archive command for restore_command (no host install needed).
+    """A private copy of the archive command for restore_command (no host install needed), prefetching.
 
     With ``keys``, the fetch decrypts with the same identities (readable by the server's OS user).
     """
@@ -41,7 +47,7 @@ def install_wal_command(workdir, repo_root, s3_settings=None, os_user=None, keys
     if keys is not None and (keys.enabled or keys.old_key_files):
         encryption = {'identities': keys.identities()}
         keys.grant(os_user)
-    settings = archiving.command_settings(repo_root, s3=s3_settings, encryption=encryption)
+    settings = archiving.command_settings(repo_root, s3=s3_settings, encryption=encryption, archive_async=PREFETCH)
     try:
         script = walcommand.install(os.path.join(workdir, 'pgbackup-wal'), settings)
     except walcommand.WalCommandError as exc:
@@ -218,18 +224,22 @@ class PrivateCluster(object):
     def close(self):
         try:
             self.server.stop('immediate')
+            walspool.finish_prefetch(os.path.join(self.pgdata, 'pg_wal'))
         finally:
             shutil.rmtree(self.workdir, ignore_errors=True)
             shutil.rmtree(self.socket_dir, ignore_errors=True)
 
 
-def wait_promoted(query, timeout_s, server):
-    """Poll ``pg_is_in_recovery()`` until false; fail early if the server died."""
+def wait_promoted(query, timeout_s, server, pgdata=None):
+    """Poll ``pg_is_in_recovery()`` until false; fail early if the server died. Once promoted, the prefetcher
+    of ``pgdata``'s restore_command is stopped and what it fetched ahead removed."""
     deadline = time.time() + timeout_s
     pause = 0.05    # a short recovery ends within a few polls; a long one is not polled 5 times a second
     while time.time() < deadline:
         try:
             if query('SELECT pg_is_in_recovery()')[0][0] == 'f':
+                if pgdata:
+                    walspool.finish_prefetch(os.path.join(pgdata, 'pg_wal'))
                 return
         except Exception:  # noqa: BLE001  the server may still be starting
             pass

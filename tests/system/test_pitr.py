@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils.wal import archive as walarchive, names as walnames
+from ansible_collections.modulo.pgbackup.plugins.module_utils.wal import archive as walarchive, names as walnames, spool as walspool
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(ROOT, 'tools', 'pgbackup_wal.py')
@@ -185,6 +185,9 @@ def test_cluster_mode_and_a_second_pitr_across_the_timeline_switch(ansible, hist
         auto_conf = handle.read()
     assert 'recovery_target' not in auto_conf and 'restore_command' not in auto_conf
     assert not os.path.exists(os.path.join(cluster.pgdata, 'recovery.signal'))
+    # restore_command prefetched (its spool is in pg_wal), and nothing it fetched ahead outlives the recovery
+    prefetched = os.path.join(cluster.pgdata, 'pg_wal', walspool.SPOOL, walspool.IN)
+    assert os.listdir(prefetched) == [] and not walspool.running(prefetched)
     # the promoted server archives its new timeline into the same archive
     insert_batch(cluster, history['db'], 1001, 1010)
     wait_archived(cluster, repo)
