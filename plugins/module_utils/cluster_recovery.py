@@ -19,7 +19,6 @@ by itself; the error then says what failed and in which state the server was lef
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
-import json
 import os
 import shutil
 
@@ -46,11 +45,10 @@ class ClusterRecoveryError(errors.PgBackupError):
 
 def restored_size(base):
     """Bytes the unpacked base backup takes: its manifest's file sizes, else (encrypted, remote) its size."""
-    try:
-        with open(os.path.join(base.get('path') or '', 'backup_manifest')) as handle:
-            return sum(int(f.get('Size', 0)) for f in json.load(handle).get('Files', [])), 'manifest'
-    except (OSError, ValueError, AttributeError, TypeError):
-        return int(base.get('size_bytes') or 0), 'compressed size (no readable manifest)'
+    size = scratch.manifest_size(base.get('path') or '')
+    if size is not None:
+        return size, 'manifest'
+    return int(base.get('size_bytes') or 0), 'compressed size (no readable manifest)'
 
 
 class _Watch(object):

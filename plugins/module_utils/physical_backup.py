@@ -20,7 +20,7 @@ import re
 import subprocess
 import time
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import compression, encryption, errors, fsutil, pipeline, repository
+from ansible_collections.modulo.pgbackup.plugins.module_utils import compression, encryption, errors, fsutil, pipeline, progress, repository
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils.wal import archive as walarchive, names as walnames
 from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import psql_query, server_facts
@@ -107,13 +107,28 @@ def archiver_failing(conn, log=None):
     return 'last failed WAL %s at %s, last archived %s' % tuple(rows[0])
 
 
+# The server's own account of a running base backup (PostgreSQL 13+): its phase and bytes streamed of the total
+# it estimated from the data directory's size.
+PROGRESS_SQL = 'SELECT phase, backup_streamed, coalesce(backup_total, 0) FROM pg_stat_progress_basebackup LIMIT 1'
+
+
+def report_progress(conn):
+    """Pass the server's progress of the base backup to the open progress report."""
+    rows = psql_query(conn, PROGRESS_SQL, db='postgres')
+    if rows:
+        phase, streamed, total = rows[0]
+        progress.report(phase, done=int(streamed), total=int(total) or None)
+
+
 def _watch_archiver(conn, limit_s):
-    """pg_basebackup waits for the archive without a limit: give up when archiving keeps failing."""
+    """pg_basebackup waits for the archive without a limit: give up when archiving keeps failing. The same
+    loop reports the backup's progress."""
     def watch(procs):
         failing_since = None
         while procs[0].poll() is None:
             try:
                 failing = archiver_failing(conn)
+                report_progress(conn)
             except Exception:  # noqa: BLE001  a monitoring query must not break the backup
                 failing = None
             if failing and failing_since is None:
@@ -236,6 +251,7 @@ def take(conn, repo, p, wait_archive_s=300, log=None, keys=None):
         # The stop LSN points just past the last record: the last segment needed holds the byte before it.
         wal_stop = walnames.segment_name(timeline, walnames.parse_lsn(stop_lsn) - 1)
         needed = walnames.wal_range(wal_start, wal_stop)
+        progress.report('waiting for the backup\'s WAL (%s) in the archive' % wal_stop)
         missing = wait_for_wal(repo.root, needed, wait_archive_s)
         if missing:
             raise PhysicalBackupError(

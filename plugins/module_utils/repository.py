@@ -41,8 +41,12 @@ LOG_REPORT_RE = re.compile(r'^(?:%s|%s|%s|%s_[A-Za-z0-9_-]+)' % (BACKUP_REPORT, 
                                                                  VERIFY_REPORT) + _REPORT_TAIL)
 # Files of logs/ rewritten in place, never aged out.
 HEALTH_FILE, AUDIT_FILE = 'health.json', 'audit.log'
+# progress.py's files: the state of the latest (or running) base backup and restore.
+PROGRESS_FILES = {'backup': 'progress-backup.json', 'restore': 'progress-restore.json'}
 KEPT_LOGS = {HEALTH_FILE: 'the latest health check (playbooks/health-check.yml rewrites it)',
-             AUDIT_FILE: 'the audit log: one line per operation, kept for compliance (rotate it with logrotate)'}
+             AUDIT_FILE: 'the audit log: one line per operation, kept for compliance (rotate it with logrotate)',
+             PROGRESS_FILES['backup']: 'progress of the latest base backup (each one rewrites it)',
+             PROGRESS_FILES['restore']: 'progress of the latest restore (each one rewrites it)'}
 # Emergency recovery records are evidence, never aged out: logs/incident_<id>.json (incident.py) and
 # logs/dr_simulation_<id>.md (playbooks/dr-simulation.yml).
 INCIDENT_PREFIX = 'incident_'
@@ -55,6 +59,11 @@ class RepositoryError(errors.PgBackupError):
 
 def utcnow():
     return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+
+
+def progress_path(root, kind):
+    """``logs/progress-backup.json`` or ``logs/progress-restore.json`` of the repository at ``root``."""
+    return os.path.join(root, 'logs', PROGRESS_FILES[kind])
 
 
 def iso(ts):

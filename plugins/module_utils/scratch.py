@@ -21,7 +21,7 @@ import tempfile
 import time
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import (
-    archiving, compression, encryption, fsutil, liveserver, osuser, pipeline, untar, walcommand)
+    archiving, compression, encryption, fsutil, liveserver, osuser, pipeline, progress, untar, walcommand)
 from ansible_collections.modulo.pgbackup.plugins.module_utils.wal import codec as walcodec, errors as walerrors, spool as walspool
 from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import Connection, psql_query
 
@@ -83,6 +83,15 @@ def extract_base(base_dir, pgdata, os_user=None, log=None, keys=None):
         raise ScratchError('cannot unpack %s: %s' % (archive, detail))
 
 
+def manifest_size(base_dir):
+    """Bytes of the files a base backup's manifest lists (about what unpacking writes), or None without one."""
+    try:
+        with open(os.path.join(base_dir, 'backup_manifest')) as handle:
+            return sum(int(f.get('Size', 0)) for f in json.load(handle).get('Files', []))
+    except (OSError, ValueError, AttributeError, TypeError):
+        return None
+
+
 def _unpack_in_process(archive, codec, pgdata, os_user, log, keys):
     """Decrypt, decompress and unpack in this process (see untar: twice as fast as zstd | tar)."""
     encrypted = encryption.is_encrypted(archive)
@@ -96,8 +105,10 @@ def _unpack_in_process(archive, codec, pgdata, os_user, log, keys):
         if log is not None:
             log.add(keys.decrypt_argv(archive))
     uid, gid = osuser.ids(os_user)
+    chunks = progress.counting(walcodec.content_chunks(archive, codec, settings, encrypted),
+                               'unpacking the base backup', manifest_size(os.path.dirname(archive)))
     try:
-        untar.extract(walcodec.content_chunks(archive, codec, settings, encrypted), pgdata, uid, gid)
+        untar.extract(chunks, pgdata, uid, gid)
     except walerrors.WalArchiveError as exc:
         raise ScratchError('cannot unpack %s: %s' % (archive, encryption.explain(str(exc))))
     except (untar.UntarError, OSError) as exc:
@@ -230,6 +241,9 @@ class PrivateCluster(object):
             shutil.rmtree(self.socket_dir, ignore_errors=True)
 
 
+REPLAY_SQL = 'SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn(), pg_last_xact_replay_timestamp()'
+
+
 def wait_promoted(query, timeout_s, server, pgdata=None):
     """Poll ``pg_is_in_recovery()`` until false; fail early if the server died. Once promoted, the prefetcher
     of ``pgdata``'s restore_command is stopped and what it fetched ahead removed."""
@@ -237,10 +251,12 @@ def wait_promoted(query, timeout_s, server, pgdata=None):
     pause = 0.05    # a short recovery ends within a few polls; a long one is not polled 5 times a second
     while time.time() < deadline:
         try:
-            if query('SELECT pg_is_in_recovery()')[0][0] == 'f':
+            in_recovery, replayed, replay_time = query(REPLAY_SQL)[0]
+            if in_recovery == 'f':
                 if pgdata:
                     walspool.finish_prefetch(os.path.join(pgdata, 'pg_wal'))
                 return
+            progress.report('replaying WAL', replay_lsn=replayed or None, replay_time=replay_time or None)
         except Exception:  # noqa: BLE001  the server may still be starting
             pass
         if not server.running():

@@ -17,7 +17,7 @@ __metaclass__ = type
 import os
 import time
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import errors, logical_backup, physical_backup
+from ansible_collections.modulo.pgbackup.plugins.module_utils import errors, logical_backup, physical_backup, progress
 from ansible_collections.modulo.pgbackup.plugins.module_utils import report as reports
 from ansible_collections.modulo.pgbackup.plugins.module_utils.s3store import S3Error
 
@@ -127,11 +127,14 @@ class Backup(object):
         return plan
 
     # -- the backup --------------------------------------------------------------------------------
+    @progress.reported('backup', lambda run: 'base backup' if run.request.kind == PHYSICAL
+                       else 'backup of database %s' % run.request.db)
     def run(self):
         r = self.request
         self.repo.ensure()
         started, backup = self.plan['started'], None
         try:
+            progress.report('waiting for the repository lock' if r.lock_wait else 'starting')
             with self.repo.lock('backup', wait_s=r.lock_wait):
                 self.plan = self._unused_plan()
                 started = self.plan['started']
@@ -140,6 +143,7 @@ class Backup(object):
                 entries, _problems = self.repo.scan(r.section)
                 checks = reports.thresholds(meta, reports.previous_backup(entries, meta))
                 if self.s3:
+                    progress.report('uploading %s to S3' % progress.human_bytes(meta['size_bytes']))
                     backup['s3_uri'], _objects = self.s3.upload_backup(
                         self.repo.root, self.plan['path'], self.plan['meta_path'], extra_paths=self._extra_files(meta))
         except errors.EXPLAINED_ERRORS + (OSError,) as exc:
@@ -161,6 +165,7 @@ class Backup(object):
             return physical_backup.take(self.conn, self.repo, self.plan, wait_archive_s=r.wait_archive, log=self.log,
                                         keys=self.keys)
         logical_backup.check_database_reachable(self.conn, r.db, log=self.log)
+        progress.report('pg_dump of %s' % r.db)
         return logical_backup.take(self.conn, self.repo, self.plan, jobs=r.jobs, log=self.log, keys=self.keys)
 
     def _extra_files(self, meta):

@@ -17,7 +17,7 @@ __metaclass__ = type
 import os
 import time
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import cluster_recovery, errors, logical_restore, pitr, repository
+from ansible_collections.modulo.pgbackup.plugins.module_utils import cluster_recovery, errors, logical_restore, pitr, progress, repository
 from ansible_collections.modulo.pgbackup.plugins.module_utils.wal import s3 as wals3
 
 DATABASE, CLUSTER = 'database', 'cluster'
@@ -92,14 +92,17 @@ class LogicalRestore(object):
     def would(self):
         return 'would restore %s into %s' % (self.backup['name'], self.request.target_db)
 
+    @progress.reported('restore', lambda run: 'restore of %s into %s' % (run.backup['name'], run.request.target_db))
     def run(self):
         r, meta = self.request, self.backup
         try:
             self.repo.ensure()
             with self.repo.lock('restore-%s' % r.target_db):
                 if meta.get('location') == 's3':
+                    progress.report('downloading from S3')
                     meta['path'] = self.s3.download_backup(self.repo.root, meta)
                     meta['location'] = 'both'
+                progress.report('loading')
                 outcome = logical_restore.restore(self.conn, meta, r.target_db, confirm=r.confirm, keep_old=r.keep_old,
                                                   jobs=r.jobs, log=self.log, keys=self.keys)
         except OSError as exc:
@@ -158,12 +161,15 @@ class PointInTimeRecovery(object):
             self.description, self.backup['name'], self.request.mode,
             (', ' + self.cluster.describe()) if self.cluster is not None else '')
 
+    @progress.reported('restore', lambda run: 'point-in-time recovery from %s' % run.backup['name'])
     def run(self):
         r, base, started = self.request, self.backup, time.time()
         warnings = []
         try:
             self.repo.ensure()
+            progress.report('starting', target=self.description)
             if base.get('location') == 's3':
+                progress.report('downloading the base backup from S3')
                 base['path'] = self.s3.download_backup(self.repo.root, base, kind_dir='base')
             if r.mode == DATABASE:
                 reached, outcome = self._into_database()

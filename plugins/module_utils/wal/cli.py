@@ -69,7 +69,6 @@ import sys
 
 from .errors import EXIT_FAIL, EXIT_FATAL, EXIT_OK, NotFound, WalArchiveError
 from .names import CODECS, DEFAULT_S3_PREFIX
-from .archive import fetch, push, status
 
 SETTINGS_KEYS = ('repo', 'compression', 'level', 's3_bucket', 's3_prefix', 's3_endpoint_url', 'aws_region', 's3_only',
                  's3_sse', 'encryption_recipient', 'encryption_key_files', 'archive_async', 'async_workers',
@@ -195,12 +194,16 @@ class _One(object):
             self.s3archive = s3_archive(s3)
 
     def push(self, path, name):
+        # Imported here: with archive_async, most calls only acknowledge what the pusher did (spool.py) and
+        # never need the archive code, codecs or the store.
+        from .archive import push
         settings = self.settings
         return push(path, name, repo=settings.get('repo'), compression=settings.get('compression') or 'auto',
                     level=settings.get('level'), s3=s3_settings(settings), s3_only=bool(settings.get('s3_only')),
                     encryption=_encryption(settings), s3archive=self.s3archive)
 
     def fetch(self, name, dest):
+        from .archive import fetch
         settings = self.settings
         return fetch(name, dest, repo=settings.get('repo'), s3=s3_settings(settings),
                      s3_only=bool(settings.get('s3_only')), encryption=_encryption(settings), s3archive=self.s3archive)
@@ -253,6 +256,7 @@ def main(argv=None, settings=None):
             if not settings.get('repo'):
                 raise WalArchiveError('status needs --repo')
             import json
+            from .archive import status
             sys.stdout.write(json.dumps(status(settings['repo']), indent=2, sort_keys=True) + '\n')
         return EXIT_OK
     except NotFound as exc:
