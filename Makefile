@@ -90,8 +90,10 @@ lint: bootstrap
 	antsibull-changelog lint
 
 # Side by side with the runbook's commands and pgBackRest, on one pgbench database of BENCH_SCALE.
+# The dated results (JSON and Markdown) go to bench/results/, committed; the ratio history image is redrawn from them.
 bench: bootstrap
 	$(PY) bench/bench.py --scale $(BENCH_SCALE) --workdir $(BENCH_WORKDIR)
+	$(PY) bench/plot.py
 
 # A small run in every `make test`, so the benchmark keeps working; checks its output, not its ratios.
 bench-smoke: bootstrap

@@ -104,6 +104,8 @@ def _label(name, cmdline):
         return 'archive command (python)'
     if name.startswith('postgres'):
         return 'postgres server'
+    if 'moto_server' in cmdline or 'DomainDispatcherApplication' in cmdline:
+        return 'S3 server (moto)'
     return name
 
 
@@ -132,15 +134,18 @@ class Sampler(object):
         mine = _descendants(table, [os.getpid()])
         postmasters = [pid for pid in self.server_pids() if pid in table]
         server = (_descendants(table, postmasters) | set(postmasters)) - mine
+        # archive_async's pusher and prefetcher leave their parent (the command PostgreSQL ran) behind and
+        # live on their own: found by what they run.
+        detached = set(pid for pid, row in table.items() if 'pgbackup-wal' in row[4]) - mine - server
         total = controller = 0
-        for pid in mine | server:
+        for pid in mine | server | detached:
             _ppid, name, rss, cpu, cmdline = table[pid]
-            label = _label(name, cmdline)
+            label = _label(name, cmdline) + (', background' if pid in detached else '')
             if first:
                 self.cpu_base[pid] = cpu
             self.cpu_last[pid] = (label, cpu)
-            if pid in server and label == 'postgres server':
-                continue  # the server's memory is not the tool's; its CPU is reported
+            if (pid in server and label == 'postgres server') or label == 'S3 server (moto)':
+                continue  # the servers' memory is not the tool's; their CPU is reported
             if label == 'ansible-playbook (controller)':
                 controller += rss
             else:
@@ -586,7 +591,9 @@ class Bench(object):
                     rows_ok=rows_project == self.scale * 100000, **mem)
 
     def pgbackrest_restore(self, name, *options, **kwargs):
-        """pgbackrest restore into an empty directory, then start it and wait for promotion."""
+        """pgbackrest restore into an empty directory, then start it and wait for promotion (``conf``: another
+        configuration than the bench's)."""
+        conf = kwargs.get('conf', self.pgbr_conf)
         target = pgsandbox.Cluster(self.base, name=name)
         server_dir(target.dir, 0o755)
         server_dir(target.socket_dir, 0o755)
@@ -595,8 +602,8 @@ class Bench(object):
         query = kwargs.get('query', 'SELECT count(*) FROM pgbench_accounts')
 
         def restore_and_start():
-            self.pgbackrest('--pg1-path=%s' % target.pgdata, '--archive-mode=off', '--target-action=promote',
-                            *(list(options) + ['restore']))
+            run(['pgbackrest', '--config=%s' % conf, '--stanza=%s' % STANZA, '--pg1-path=%s' % target.pgdata,
+                 '--archive-mode=off', '--target-action=promote'] + list(options) + ['restore'], as_server=True)
             run([self.bin('pg_ctl'), '-D', target.pgdata, '-l', target.log, '-w', '-t', '3600',
                  '-o', '-p %d -k %s' % (target.port, target.socket_dir), 'start'], as_server=True)
             wait_promoted(target)
@@ -636,43 +643,126 @@ class Bench(object):
                     rows_match_pgbackrest=rows_project == rows_ref_all,
                     stopped=(result.get('restore') or {}).get('recovery', {}).get('stop'), **mem)
 
+    def start_s3(self):
+        """moto's S3 on loopback over TLS (pgBackRest speaks only HTTPS to S3), with a certificate of its own
+        that both tools verify; returns the endpoint URL."""
+        if getattr(self, 's3', None):
+            return self.s3.url
+        s3dir = server_dir(os.path.join(self.base, 's3'), 0o755)
+        cert, key = os.path.join(s3dir, 'cert.pem'), os.path.join(s3dir, 'key.pem')
+        run(['openssl', 'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '2', '-subj', '/CN=127.0.0.1',
+             '-addext', 'subjectAltName=IP:127.0.0.1,DNS:127.0.0.1', '-keyout', key, '-out', cert])
+        os.chmod(cert, 0o644)
+        self.s3 = pgsandbox.S3Server(s3dir, tls=(cert, key)).start()
+        self.s3_cert = cert
+        # The collection's modules and the servers they start (restore_command) read these.
+        os.environ.update(self.s3.env())
+        os.environ['AWS_CA_BUNDLE'] = cert
+        return self.s3.url
+
+    def pitr_s3(self):
+        """PITR with the base backup and every WAL segment fetched from S3 (moto over TLS on loopback): the
+        collection (an empty local repository: all of it from S3, WAL prefetched) against pgBackRest
+        restoring from its own S3 repository, same target, same server."""
+        url = self.start_s3()
+        client = self.s3.client()
+        for bucket in ('bench-project', 'bench-pgbackrest'):
+            client.create_bucket(Bucket=bucket)
+        s3 = {'s3_bucket': 'bench-project', 's3_endpoint_url': url, 'aws_region': 'us-east-1', 's3_prefix': 'bench/'}
+        project = self.project_command_for(self.project_archive_command, self.repo, s3_bucket='bench-project',
+                                           s3_prefix='bench/', s3_endpoint_url=url, aws_region='us-east-1')
+        conf_dir = server_dir(os.path.join(self.base, 'pgbackrest-s3'), 0o755)
+        for sub in ('log', 'lock', 'spool'):
+            server_dir(os.path.join(conf_dir, sub))
+        conf = os.path.join(conf_dir, 'pgbackrest.conf')
+        with open(conf, 'w') as handle:
+            handle.write(
+                '[global]\nrepo1-type=s3\nrepo1-s3-endpoint=127.0.0.1\nrepo1-storage-port=%d\nrepo1-s3-uri-style=path\n'
+                'repo1-storage-ca-file=%s\nrepo1-s3-bucket=bench-pgbackrest\nrepo1-s3-key=testing\n'
+                'repo1-s3-key-secret=testing\nrepo1-s3-region=us-east-1\nrepo1-path=/bench\nlog-path=%s/log\n'
+                'lock-path=%s/lock\nprocess-max=2\ncompress-type=zst\nstart-fast=y\nrepo1-retention-full=99\n'
+                # its restore_command prefetches too (archive-get with archive-async), as the collection's does
+                'archive-async=y\nspool-path=%s/spool\n'
+                'log-level-console=warn\nlog-level-file=off\n\n[%s]\npg1-path=%s\npg1-port=%d\npg1-socket-path=%s\n'
+                'pg1-user=postgres\n' % (self.s3.port, self.s3_cert, conf_dir, conf_dir, conf_dir, STANZA, self.cluster.pgdata,
+                                         self.cluster.port, self.cluster.socket_dir))
+        os.chmod(conf, 0o644)
+        pgbr = ['pgbackrest', '--config=%s' % conf, '--stanza=%s' % STANZA]
+        run(pgbr + ['stanza-create'], as_server=True)
+        # The server started before S3 was: its archive command gets the credentials (and the certificate to
+        # trust) in its own line, as a host's environment file would give them.
+        creds = ' '.join('%s=%s' % (k, shlex.quote(os.environ[k]))
+                         for k in ('AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'AWS_CA_BUNDLE'))
+        self.set_archive_command('env %s %s && %s archive-push %%p' % (creds, project, ' '.join(pgbr)))
+        self.wait_archived()
+        self.task('pg_backup', self.conn_args(type='physical', **s3))
+        self.wait_archived()
+        run(pgbr + ['--type=full', 'backup'], as_server=True)
+        offset_s = self.args.pitr_offset
+        start = time.time()
+        run([self.bin('pgbench'), '-n', '-c', '4', '-j', '2', '-T', str(offset_s + max(5, offset_s // 4)),
+             'modulodb'], env=self.cluster.env())
+        target_time = utc_iso(start + offset_s).replace('T', ' ')
+        self.wait_archived()
+        self.set_archive_command('%s && %s' % (self.project_archive_command, self.pgbr_archive_command))
+        query = "SELECT count(*) FROM pgbench_history WHERE mtime <= '%s'" % target_time
+        ref_elapsed, ref_mem, rows_ref = self.pgbackrest_restore('pitr-s3-pgbackrest', '--type=time',
+                                                                 '--target=%s' % target_time, query=query, conf=conf)
+        target = self.new_target('pitr-s3-project')
+        empty = server_dir(os.path.join(self.base, 'repo-from-s3'))
+        args = dict(self.conn_args(target, mode='cluster', target_time=target_time, pgdata=target.pgdata,
+                                   confirm=target.pgdata), backup_root=empty, **s3)
+        result, elapsed, mem = self.task('backup_restore', args)
+        rows = int(self.psql('SELECT count(*) FROM pgbench_history', db='modulodb', cluster=target))
+        self.drop_target(target)
+        self.record('pitr_s3.pgbackrest', method='pgbackrest restore --type=time from its S3 repository, start to promoted',
+                    target_time=target_time, time_s=round(ref_elapsed, 2), reference=True, history_rows=rows_ref, **ref_mem)
+        self.record('pitr_s3.backup_restore', method='backup_restore mode=cluster target_time, base and WAL from S3, '
+                    'to promoted', target_time=target_time, time_s=round(elapsed, 2),
+                    time_ratio=round(elapsed / ref_elapsed, 2),
+                    time_ratio_without_ansible=self.net_ratio(elapsed, ref_elapsed), history_rows=rows,
+                    rows_match_pgbackrest=rows == rows_ref,
+                    base_from=(result.get('backup') or {}).get('location'), **mem)
+
+    def archive_load(self, label, command, clients):
+        """pgbench -c ``clients`` with ``command`` archiving: the .ready backlog watched, the archiver's counts."""
+        self.set_archive_command(command)
+        self.wait_archived()
+        failed_before = int(self.psql('SELECT failed_count FROM pg_stat_archiver'))
+        archived_before = int(self.psql('SELECT archived_count FROM pg_stat_archiver'))
+        peak = [0]
+        done = threading.Event()
+
+        def watch():
+            while not done.wait(0.25):
+                try:
+                    peak[0] = max(peak[0], self.ready_count())
+                except OSError:
+                    pass
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        try:
+            run([self.bin('pgbench'), '-n', '-c', str(clients), '-j', '2', '-T', str(self.args.load_seconds),
+                 'modulodb'], env=self.cluster.env())
+        finally:
+            done.set()
+            watcher.join()
+        at_end = self.ready_count()
+        self.wait_archived()  # and the segment in progress, so every run archives at least one
+        stats = self.psql('SELECT archived_count, failed_count FROM pg_stat_archiver').split('|')
+        return dict(ready_backlog_peak=peak[0], ready_backlog_at_end=at_end,
+                    segments_archived=int(stats[0]) - archived_before, failures=int(stats[1]) - failed_before)
+
     def archive_under_load(self):
         for label, command in (('project', self.project_archive_command), ('pgbackrest', self.pgbr_archive_command)):
-            self.set_archive_command(command)
-            self.wait_archived()
-            failed_before = int(self.psql('SELECT failed_count FROM pg_stat_archiver'))
-            archived_before = int(self.psql('SELECT archived_count FROM pg_stat_archiver'))
-            peak = [0]
-            done = threading.Event()
-
-            def watch():
-                while not done.wait(0.25):
-                    try:
-                        peak[0] = max(peak[0], self.ready_count())
-                    except OSError:
-                        pass
-            watcher = threading.Thread(target=watch)
-            watcher.start()
-            try:
-                run([self.bin('pgbench'), '-n', '-c', '4', '-j', '2', '-T', str(self.args.load_seconds), 'modulodb'],
-                    env=self.cluster.env())
-            finally:
-                done.set()
-                watcher.join()
-            at_end = self.ready_count()
-            self.wait_archived()  # and the segment in progress, so every run archives at least one
-            stats = self.psql('SELECT archived_count, failed_count FROM pg_stat_archiver').split('|')
+            entry = self.archive_load(label, command, clients=4)
             self.record('archive_load.%s' % label, method='%s under pgbench -c 4 -T %d' % (
                 'the collection\'s archive command' if label == 'project' else 'pgbackrest archive-push',
-                self.args.load_seconds),
-                ready_backlog_peak=peak[0], ready_backlog_at_end=at_end,
-                segments_archived=int(stats[0]) - archived_before, failures=int(stats[1]) - failed_before,
-                reference=label == 'pgbackrest')
+                self.args.load_seconds), reference=label == 'pgbackrest', **entry)
         self.set_archive_command('%s && %s' % (self.project_archive_command, self.pgbr_archive_command))
 
-    def archive_push_cost(self):
-        """Sequential pushes of the same real segments, one process per segment as PostgreSQL runs them."""
-        wanted = self.args.segments
+    def real_segments(self, wanted):
+        """The names of ``wanted`` real segments of this cluster, restored into ``<base>/segments`` (0755)."""
         names = sorted(name for name, _date in _archived_segments(self.repo))
         rows, first, rounds = self.scale * 100000, 1, 0
         while len(names) < wanted and rounds < wanted:
@@ -693,7 +783,14 @@ class Bench(object):
         # restore_command), given a copy of its configuration that points at this measurement's own
         # directory: the command line keeps the installed shape, which the command reads fastest.
         fetch = self.project_command_for(self.project_restore_command, self.repo).replace('%f %p', '$f %s/$f' % seg_dir)
-        shell('cd %s && for f in %s; do %s || exit 1; done' % (seg_dir, ' '.join(names), fetch), as_server=True)
+        missing = [n for n in names if not os.path.exists(os.path.join(seg_dir, n))]
+        if missing:
+            shell('cd %s && for f in %s; do %s || exit 1; done' % (seg_dir, ' '.join(missing), fetch), as_server=True)
+        return names, seg_dir
+
+    def archive_push_cost(self):
+        """Sequential pushes of the same real segments, one process per segment as PostgreSQL runs them."""
+        names, seg_dir = self.real_segments(self.args.segments)
         methods = [
             ('cp', 'cp (runbook)', 'cp %s/$f {dest}/$f' % seg_dir, None),
             ('project', 'the collection\'s archive command (wal_archive install, compression auto)',
@@ -762,15 +859,103 @@ class Bench(object):
             entry = self.results['measurements']['archive_fetch.%s' % label]
             entry['rate_ratio'] = round(entry['segments_per_s'] / ref_rate, 2)
 
-    def project_command_for(self, command, repo):
-        """The installed command line, for a copy of the installed command whose settings name ``repo``.
+    def async_settings(self):
+        return {'archive_async': True, 'async_workers': self.args.async_workers, 'async_queue_max': 16}
+
+    def pgbackrest_async_conf(self, dest, pg_path):
+        """A copy of the bench's pgBackRest configuration: archive-async with its own repository and spool."""
+        conf = os.path.join(dest, 'pgbackrest.conf')
+        with open(self.pgbr_conf) as handle:
+            text = handle.read()
+        text = text.replace('repo1-path=%s/repo' % os.path.dirname(self.pgbr_conf), 'repo1-path=%s/repo' % dest)
+        text = text.replace('spool-path=%s/spool' % os.path.dirname(self.pgbr_conf), 'spool-path=%s/spool' % dest)
+        text = text.replace('archive-async=n', 'archive-async=y').replace('pg1-path=%s' % self.cluster.pgdata,
+                                                                         'pg1-path=%s' % pg_path)
+        with open(conf, 'w') as handle:
+            handle.write(text)
+        os.chmod(conf, 0o644)
+        for sub in ('repo', 'spool'):
+            server_dir(os.path.join(dest, sub))
+        return conf
+
+    def archive_async(self):
+        """Asynchronous archiving against pgBackRest's archive-async, both driven the way PostgreSQL's archiver
+        drives them: offline over the same real segments (a pg_wal with every one ready, the archiver's loop:
+        the oldest .ready, then .done on success), then live under pgbench -c 8 on the bench's cluster."""
+        names, seg_dir = self.real_segments(self.args.async_segments)
+        loops = []
+        for label in ('project', 'pgbackrest'):
+            dest = server_dir(os.path.join(self.base, 'async-%s' % label), 0o755)
+            data = server_dir(os.path.join(dest, 'data'))
+            wal = server_dir(os.path.join(data, 'pg_wal'))
+            status = server_dir(os.path.join(wal, 'archive_status'))
+            for name in names:
+                os.link(os.path.join(seg_dir, name), os.path.join(wal, name))
+                open(os.path.join(status, name + '.ready'), 'w').close()
+            chown_to_server_user(*[os.path.join(status, n + '.ready') for n in names])
+            if label == 'project':
+                command = self.project_command_for(self.project_archive_command, server_dir(os.path.join(dest, 'repo')),
+                                                   **self.async_settings())
+            else:
+                # pgBackRest reads the cluster's pg_control from pg1-path before it pushes.
+                global_dir = server_dir(os.path.join(data, 'global'))
+                shutil.copy(os.path.join(self.cluster.pgdata, 'global', 'pg_control'), global_dir)
+                chown_to_server_user(os.path.join(global_dir, 'pg_control'))
+                conf = self.pgbackrest_async_conf(dest, data)
+                # The stanza is made against the real cluster (it asks the server); archive-push only reads pg_wal.
+                run(['pgbackrest', '--config=%s' % conf, '--stanza=%s' % STANZA, '--pg1-path=%s' % self.cluster.pgdata,
+                     'stanza-create'], as_server=True)
+                command = 'pgbackrest --config=%s --stanza=%s archive-push %%p' % (conf, STANZA)
+            step = command.replace('%p', 'pg_wal/$f').replace('%f', '$f')
+            script = ('cd %s && for f in %s; do %s || exit 1; mv pg_wal/archive_status/$f.ready '
+                      'pg_wal/archive_status/$f.done; done' % (data, ' '.join(names), step))
+            loops.append((label, dest, script))
+        for label, dest, script in loops:
+            _o, elapsed, mem = self.timed(lambda: shell(script, as_server=True))
+            self.record('archive_async_push.%s' % label,
+                        method='%s, archiver loop over %d ready segments' % (
+                            'the collection\'s archive command, archive_async (workers %d)' % self.args.async_workers
+                            if label == 'project' else 'pgbackrest archive-push, archive-async=y process-max=2',
+                            len(names)),
+                        segments=len(names), time_s=round(elapsed, 2), segments_per_s=round(len(names) / elapsed, 1),
+                        reference=label == 'pgbackrest', **mem)
+        ref = self.results['measurements']['archive_async_push.pgbackrest']['segments_per_s']
+        entry = self.results['measurements']['archive_async_push.project']
+        entry['rate_ratio'] = round(entry['segments_per_s'] / ref, 2)
+        archived = sorted(n for n, _d in _archived_segments(os.path.join(self.base, 'async-project', 'repo')))
+        entry['all_archived'] = archived == names
+        for label in ('project', 'pgbackrest'):
+            shutil.rmtree(os.path.join(self.base, 'async-%s' % label, 'data', 'pg_wal'), ignore_errors=True)
+
+        # Live: the bench's cluster under pgbench -c 8, each command in turn.
+        project = self.project_command_for(self.project_archive_command, self.repo, **self.async_settings())
+        conf = self.pgbackrest_async_conf(server_dir(os.path.join(self.base, 'async-live'), 0o755), self.cluster.pgdata)
+        # The same stanza's repository as the synchronous command: pgBackRest then has every segment so far.
+        with open(conf) as handle:
+            text = handle.read().replace('repo1-path=%s/repo' % os.path.join(self.base, 'async-live'),
+                                         'repo1-path=%s/repo' % os.path.dirname(self.pgbr_conf))
+        with open(conf, 'w') as handle:
+            handle.write(text)
+        pgbr = 'pgbackrest --config=%s --stanza=%s archive-push %%p' % (conf, STANZA)
+        for label, command in (('project', project), ('pgbackrest', pgbr)):
+            self.set_archive_command(command)
+            entry = self.archive_load(label, command, clients=8)
+            self.record('archive_async_load.%s' % label, method='%s under pgbench -c 8 -T %d' % (
+                'archive_async' if label == 'project' else 'pgbackrest archive-async', self.args.load_seconds),
+                reference=label == 'pgbackrest', **entry)
+        self.set_archive_command('%s && %s' % (self.project_archive_command, self.pgbr_archive_command))
+
+    def project_command_for(self, command, repo, **settings):
+        """The installed command line, for a copy of the installed command whose settings name ``repo``
+        (and ``settings`` over the installed ones).
 
         The copy is installed by the same code as wal_archive's (walcommand.install), with the installed
         settings but the repository, so the line keeps its shape and the command its start-up cost."""
         installed = shlex.split(command)[2]
-        copy = os.path.join(self.base, 'wal-command-%s' % hashlib.sha256(repo.encode()).hexdigest()[:12], 'pgbackup-wal')
+        key = json.dumps([repo, settings], sort_keys=True)
+        copy = os.path.join(self.base, 'wal-command-%s' % hashlib.sha256(key.encode()).hexdigest()[:12], 'pgbackup-wal')
         if not os.path.exists(copy):
-            walcommand.install(copy, dict(walcommand.installed_settings(installed), repo=repo))
+            walcommand.install(copy, dict(walcommand.installed_settings(installed), repo=repo, **settings))
             os.chmod(os.path.dirname(copy), 0o755)
         return command.replace(shlex.quote(installed), shlex.quote(copy), 1)
 
@@ -894,6 +1079,8 @@ class Bench(object):
                 cluster.destroy()
             if self.cluster is not None:
                 self.cluster.destroy()
+            if getattr(self, 's3', None) is not None:
+                self.s3.stop()
             if not self.args.keep:
                 shutil.rmtree(self.base, ignore_errors=True)
         return self.results
@@ -926,18 +1113,19 @@ def wait_promoted(cluster, timeout=3600):
 # Results: JSON and a Markdown table, and the smoke check
 # ---------------------------------------------------------------------------------------------
 
-PHASES = ('logical_backup', 'logical_restore', 'physical', 'pitr', 'archive_under_load', 'archive_push_cost',
-          'emergency_recovery')
+PHASES = ('logical_backup', 'logical_restore', 'physical', 'pitr', 'pitr_s3', 'archive_under_load',
+          'archive_push_cost', 'archive_async', 'emergency_recovery')
 # What a phase needs run before it: the restores use the logical phase's backups, the rest WAL archiving.
 PREREQUISITES = dict([('logical_restore', 'logical_backup')] + [
     (phase, 'configure_archiving')
-    for phase in ('physical', 'pitr', 'archive_under_load', 'archive_push_cost', 'emergency_recovery')])
+    for phase in ('physical', 'pitr', 'pitr_s3', 'archive_under_load', 'archive_push_cost', 'archive_async',
+                  'emergency_recovery')])
 
 
 def phases_to_run(only=None):
     """The Bench methods to run, in order: all, or ``only`` those plus what they need set up first."""
-    order = ['setup', 'logical_backup', 'logical_restore', 'configure_archiving', 'physical', 'pitr',
-             'archive_under_load', 'archive_push_cost', 'emergency_recovery']
+    order = ['setup', 'logical_backup', 'logical_restore', 'configure_archiving', 'physical', 'pitr', 'pitr_s3',
+             'archive_under_load', 'archive_push_cost', 'archive_async', 'emergency_recovery']
     if not only:
         return order
     wanted = set(only) | {'setup'}
@@ -954,7 +1142,10 @@ TARGETS = [
     ('physical_restore.backup_restore', 'time_ratio', 1.2, '<='),
     ('archive_push.project', 'rate_ratio', 1.0, '>='),
     ('archive_load.project', 'ready_backlog_peak', 2, '<='),
+    ('archive_async_push.project', 'rate_ratio', 1.5, '>='),
+    ('archive_async_load.project', 'ready_backlog_peak', 2, '<='),
     ('pitr.backup_restore', 'time_ratio', 1.2, '<='),
+    ('pitr_s3.backup_restore', 'time_ratio', 1.0, '<='),
     ('emergency_recovery', 'time_s', 60, '<='),
 ]
 
@@ -1009,7 +1200,7 @@ def markdown(results):
         lines.append('| %s | %s | %s | %s | %s | %s | %s | %s | %s |' % (
             key, entry.get('method', '').replace('|', '\\|'), _fmt(time_s), _fmt(size / MB if size else None), throughput,
             _fmt(ratio), _fmt(entry.get('time_ratio_without_ansible')), _fmt(entry.get('size_ratio')), _fmt(entry.get('peak_rss_mb'))))
-    load = [(k, v) for k, v in results['measurements'].items() if k.startswith('archive_load.')]
+    load = [(k, v) for k, v in results['measurements'].items() if k.startswith(('archive_load.', 'archive_async_load.'))]
     if load:
         lines += ['', '| archiving under load | segments archived | peak .ready backlog | .ready at end | failures |',
                   '|---|---:|---:|---:|---:|']
@@ -1058,9 +1249,12 @@ def write_results(results, out_dir):
 REQUIRED = ('logical_backup.pg_dump_gzip', 'logical_backup.pg_backup_default', 'logical_restore.gunzip_psql',
             'logical_restore.backup_restore_default', 'physical_backup.pgbackrest', 'physical_backup.pg_backup',
             'physical_restore.pgbackrest', 'physical_restore.backup_restore', 'pitr.pgbackrest',
-            'pitr.backup_restore', 'archive_push.cp', 'archive_push.project', 'archive_push.pgbackrest',
+            'pitr.backup_restore', 'pitr_s3.pgbackrest', 'pitr_s3.backup_restore', 'archive_push.cp', 'archive_push.project',
+            'archive_push.pgbackrest',
             'archive_fetch.cp', 'archive_fetch.project', 'archive_fetch.pgbackrest',
-            'archive_load.project', 'archive_load.pgbackrest', 'emergency_recovery')
+            'archive_load.project', 'archive_load.pgbackrest', 'archive_async_push.project',
+            'archive_async_push.pgbackrest', 'archive_async_load.project', 'archive_async_load.pgbackrest',
+            'emergency_recovery')
 
 
 def check(json_path):
@@ -1074,7 +1268,7 @@ def check(json_path):
         if not entry:
             problems.append('%s missing' % key)
             continue
-        if not key.startswith('archive_load.') and not (entry.get('time_s') or 0) > 0:
+        if not key.startswith(('archive_load.', 'archive_async_load.')) and not (entry.get('time_s') or 0) > 0:
             problems.append('%s has no positive time_s' % key)
         if entry.get('identical') is False:
             problems.append('%s fetched a segment that differs from the original' % key)
@@ -1085,7 +1279,7 @@ def check(json_path):
         if key.startswith(('logical_backup.pg_backup', 'logical_restore.backup_restore', 'physical_')) and \
                 not entry.get('reference') and not (entry.get('peak_rss_mb') or 0) > 0:
             problems.append('%s has no peak RSS' % key)
-        if key.startswith('archive_load.') and (entry.get('segments_archived') or 0) < 1:
+        if key.startswith(('archive_load.', 'archive_async_load.')) and (entry.get('segments_archived') or 0) < 1:
             problems.append('%s archived no segment' % key)
     emergency = measurements.get('emergency_recovery') or {}
     if 'skipped' in emergency:
@@ -1098,8 +1292,9 @@ def check(json_path):
                 problems.append('emergency_recovery: %s' % what)
         if not (emergency.get('peak_rss_mb') or 0) > 0:
             problems.append('emergency_recovery has no peak RSS')
-    if measurements.get('pitr.backup_restore', {}).get('rows_match_pgbackrest') is False:
-        problems.append('the two PITRs to the same time recovered different pgbench_history rows')
+    for key in ('pitr.backup_restore', 'pitr_s3.backup_restore'):
+        if measurements.get(key, {}).get('rows_match_pgbackrest') is False:
+            problems.append('%s: the two PITRs to the same time recovered different pgbench_history rows' % key)
     md_path = json_path[:-len('.json')] + '.md'
     if not os.path.exists(md_path):
         problems.append('%s missing' % md_path)
@@ -1124,6 +1319,8 @@ def main(argv=None):
     parser.add_argument('--pitr-offset', type=int, default=60, help='PITR target, seconds into a pgbench run')
     parser.add_argument('--load-seconds', type=int, default=120, help='length of the archiving load test')
     parser.add_argument('--segments', type=int, default=300, help='WAL segments pushed by each method')
+    parser.add_argument('--async-segments', type=int, default=600, help='ready segments for the asynchronous push')
+    parser.add_argument('--async-workers', type=int, default=4, help='archive_async_workers of the collection')
     parser.add_argument('--repeats', type=int, default=3,
                         help='runs of each compared pair (in turns; the median counts), and rounds of the WAL push')
     parser.add_argument('--smoke', action='store_true', help='short run: fewer variants, short loads')
@@ -1145,6 +1342,7 @@ def main(argv=None):
     if args.smoke:
         args.pitr_offset, args.load_seconds, args.segments = min(args.pitr_offset, 5), min(args.load_seconds, 5), \
             min(args.segments, 12)
+        args.async_segments = min(args.async_segments, 24)
         args.repeats = min(args.repeats, 2)
     if shutil.which('pgbackrest') is None:
         print('bench: pgbackrest is not installed (make bootstrap installs it)', file=sys.stderr)

@@ -167,14 +167,57 @@ class Cluster(object):
         return cls(base, port=data['port'])
 
 
-class S3Server(object):
-    """moto's server mode: a real HTTP S3 endpoint on 127.0.0.1."""
+# moto's application behind werkzeug with TLS and HTTP/1.1 keep-alive: moto_server's own TLS mode ends some
+# answers by closing the connection without a TLS close_notify, which pgBackRest (OpenSSL 3) reports as
+# "unexpected eof while reading".
+_MOTO_TLS = """
+import sys
+from werkzeug.serving import WSGIRequestHandler, run_simple
+from moto.server import DomainDispatcherApplication, create_backend_app
 
-    def __init__(self, workdir, port=None):
+
+class Handler(WSGIRequestHandler):
+    protocol_version = 'HTTP/1.1'
+
+    def finish(self):
+        super().finish()
+        # werkzeug closes every connection after its answer: end TLS properly first (close_notify).
+        try:
+            self.connection.settimeout(2)
+            self.connection.unwrap()
+        except Exception:
+            pass
+
+
+moto = DomainDispatcherApplication(create_backend_app)
+
+
+def app(environ, start_response):
+    # Every answer with its length, so the connection stays open instead of ending the body by closing.
+    answer = {}
+    body = b''.join(moto(environ, lambda status, headers, exc_info=None: answer.update(status=status, headers=headers)))
+    headers = answer['headers']
+    if environ['REQUEST_METHOD'] != 'HEAD' or not any(k.lower() == 'content-length' for k, _v in headers):
+        headers = [(k, v) for k, v in headers if k.lower() != 'content-length'] + [('Content-Length', str(len(body)))]
+    start_response(answer['status'], headers)
+    return [body]
+
+
+run_simple('127.0.0.1', int(sys.argv[1]), app, threaded=True, ssl_context=(sys.argv[2], sys.argv[3]),
+           request_handler=Handler)
+"""
+
+
+class S3Server(object):
+    """moto's server mode: a real HTTP S3 endpoint on 127.0.0.1 (HTTPS with ``tls=(cert, key)``: clients then
+    verify against ``cert``)."""
+
+    def __init__(self, workdir, port=None, tls=None):
         self.workdir = workdir
         self.port = port or free_port()
         self.proc = None
-        self.url = 'http://127.0.0.1:%d' % self.port
+        self.tls = tls
+        self.url = '%s://127.0.0.1:%d' % ('https' if tls else 'http', self.port)
 
     def start(self):
         os.makedirs(self.workdir, exist_ok=True)
@@ -182,7 +225,10 @@ class S3Server(object):
         if not os.path.exists(exe):
             exe = shutil.which('moto_server')
         self._log = open(os.path.join(self.workdir, 'moto.log'), 'ab')
-        self.proc = subprocess.Popen([exe, '-H', '127.0.0.1', '-p', str(self.port)],
+        argv = [exe, '-H', '127.0.0.1', '-p', str(self.port)]
+        if self.tls:
+            argv = [sys.executable, '-c', _MOTO_TLS, str(self.port), self.tls[0], self.tls[1]]
+        self.proc = subprocess.Popen(argv,
                                      stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.time() + 30
         while time.time() < deadline:
@@ -211,10 +257,13 @@ class S3Server(object):
                 'AWS_REGION': 'us-east-1', 'AWS_DEFAULT_REGION': 'us-east-1',
                 'AWS_ENDPOINT_URL': self.url}
 
-    def create_bucket(self, name):
+    def client(self):
         import boto3
-        client = boto3.client('s3', endpoint_url=self.url, region_name='us-east-1',
-                              aws_access_key_id='testing', aws_secret_access_key='testing')
+        return boto3.client('s3', endpoint_url=self.url, region_name='us-east-1', aws_access_key_id='testing',
+                            aws_secret_access_key='testing', verify=self.tls[0] if self.tls else None)
+
+    def create_bucket(self, name):
+        client = self.client()
         client.create_bucket(Bucket=name)
         return client
 

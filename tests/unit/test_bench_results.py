@@ -49,7 +49,7 @@ def complete_results():
     measurements = {}
     for key in bench.REQUIRED:
         entry = {'method': 'm | n', 'time_s': 1.5, 'size_bytes': 1000, 'peak_rss_mb': 12.0}
-        if key.startswith('archive_load.'):
+        if key.startswith(('archive_load.', 'archive_async_load.')):
             entry = {'method': 'load', 'segments_archived': 3, 'ready_backlog_peak': 1, 'ready_backlog_at_end': 0,
                      'failures': 0}
         measurements[key] = entry
@@ -122,7 +122,8 @@ def test_targets_are_judged_in_their_direction():
 
 def test_only_runs_the_phases_asked_for_after_their_setup():
     assert bench.phases_to_run() == ['setup', 'logical_backup', 'logical_restore', 'configure_archiving', 'physical',
-                                     'pitr', 'archive_under_load', 'archive_push_cost', 'emergency_recovery']
+                                     'pitr', 'pitr_s3', 'archive_under_load', 'archive_push_cost', 'archive_async',
+                                     'emergency_recovery']
     assert bench.phases_to_run(['logical_restore']) == ['setup', 'logical_backup', 'logical_restore']
     assert bench.phases_to_run(['pitr', 'physical']) == ['setup', 'configure_archiving', 'physical', 'pitr']
     assert all(hasattr(bench.Bench, name) for name in bench.phases_to_run())
