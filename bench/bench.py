@@ -869,8 +869,8 @@ class Bench(object):
             text = handle.read()
         text = text.replace('repo1-path=%s/repo' % os.path.dirname(self.pgbr_conf), 'repo1-path=%s/repo' % dest)
         text = text.replace('spool-path=%s/spool' % os.path.dirname(self.pgbr_conf), 'spool-path=%s/spool' % dest)
-        text = text.replace('archive-async=n', 'archive-async=y').replace('pg1-path=%s' % self.cluster.pgdata,
-                                                                         'pg1-path=%s' % pg_path)
+        text = text.replace('archive-async=n', 'archive-async=y')
+        text = text.replace('pg1-path=%s' % self.cluster.pgdata, 'pg1-path=%s' % pg_path)
         with open(conf, 'w') as handle:
             handle.write(text)
         os.chmod(conf, 0o644)

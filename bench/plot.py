@@ -111,7 +111,7 @@ def svg(history):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser = argparse.ArgumentParser(description=__doc__.split('\n', maxsplit=1)[0])
     parser.add_argument('--results', default=os.path.join(HERE, 'results'))
     parser.add_argument('--out', default=None, help='default: <results>/ratio-history.svg')
     args = parser.parse_args(argv)

@@ -8,7 +8,6 @@ pusher while the server writes, and check that every segment is in both places, 
 
 import os
 import signal
-import time
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils.wal import archive as walarchive, names as walnames
 from ansible_collections.modulo.pgbackup.plugins.module_utils.wal import spool as walspool
@@ -37,14 +36,14 @@ def pusher_pid(cluster):
 def write_segments(cluster, count):
     """``count`` segments of real changes (rows, index entries), each closed by a switch."""
     cluster.psql('CREATE TABLE IF NOT EXISTS load (id bigserial PRIMARY KEY, payload text)')
-    for _ in range(count):
+    for _segment in range(count):
         cluster.psql("INSERT INTO load (payload) SELECT repeat(md5(i::text), 4) FROM generate_series(1, 30000) i; "
                      "SELECT pg_switch_wal()")
     return cluster.psql('SELECT pg_walfile_name(pg_current_wal_lsn())')
 
 
-def test_async_archiving_keeps_up_survives_a_killed_pusher_and_mirrors_to_s3(s3_bucket, new_cluster, backup_root,
-                                                                               command_dir, ansible):
+def test_async_archiving_keeps_up_survives_a_killed_pusher_and_mirrors_to_s3(
+        s3_bucket, new_cluster, backup_root, command_dir, ansible):
     cluster = new_cluster()
     args = module_args(cluster, backup_root, command_dir, s3_bucket=s3_bucket['name'],
                        s3_endpoint_url=s3_bucket['url'], aws_region='us-east-1', archive_async=True,
@@ -59,11 +58,11 @@ def test_async_archiving_keeps_up_survives_a_killed_pusher_and_mirrors_to_s3(s3_
     # Write load, with the backlog watched the way an operator would: the .ready files in pg_wal.
     peak = 0
     current = None
-    for _round in range(4):
+    for batch in range(4):
         current = write_segments(cluster, 6)
         peak = max(peak, ready_count(cluster))
         pid = pusher_pid(cluster)
-        if _round == 1 and pid:
+        if batch == 1 and pid:
             # A pusher killed in the middle of its work: the archiver's next calls push what it left.
             os.kill(pid, signal.SIGKILL)
     last = cluster.psql('SELECT pg_walfile_name(pg_switch_wal())')
