@@ -186,12 +186,16 @@ class AnsibleRunner(object):
     def __init__(self, workdir):
         self.workdir = workdir
 
-    def env(self, extra=None):
+    def env(self, extra=None, inventory=None):
+        """The environment of ansible-playbook. With an ``inventory`` (hosts reached as their inventory says,
+        over ssh for tests/production), the hosts' temporary directory is Ansible's default, in the remote
+        user's home, as on a real host: tasks run with async need one the deploy user can create."""
         env = dict(os.environ)
         env.update(ANSIBLE_CONFIG=os.path.join(ROOT, 'ansible.cfg'), ANSIBLE_NOCOLOR='1',
                    ANSIBLE_FORCE_COLOR='0', ANSIBLE_LOCAL_TEMP=os.path.join(self.workdir, 'ansible-local'),
-                   ANSIBLE_REMOTE_TEMP=os.path.join(self.workdir, 'ansible-remote'),
                    PATH=VENV_BIN + os.pathsep + env.get('PATH', ''))
+        if inventory is None:
+            env['ANSIBLE_REMOTE_TEMP'] = os.path.join(self.workdir, 'ansible-remote')
         env.update(extra or {})
         return env
 
@@ -221,7 +225,7 @@ class AnsibleRunner(object):
             json.dump([play], handle)
         argv = [os.path.join(VENV_BIN, 'ansible-playbook'), '-i', inventory or 'localhost,'] + \
             ([] if inventory else ['-c', 'local']) + [path]
-        proc = subprocess.run(argv, cwd=ROOT, env=self.env(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        proc = subprocess.run(argv, cwd=ROOT, env=self.env(env, inventory), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         if not os.path.exists(out):
             raise AssertionError('ansible-playbook did not run the task:\n%s' % proc.stdout.decode()[-5000:])
         with open(out) as handle:
@@ -243,7 +247,7 @@ class AnsibleRunner(object):
             argv += ['--tags', tags]
         if check:
             argv.append('--check')
-        return subprocess.run(argv, cwd=ROOT, env=self.env(env), stdout=subprocess.PIPE,
+        return subprocess.run(argv, cwd=ROOT, env=self.env(env, inventory), stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, universal_newlines=True)
 
 

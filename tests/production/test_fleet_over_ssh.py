@@ -8,6 +8,7 @@ sessions and in its cluster's environment file, as an instance profile would), b
 the hosts and PostgreSQL runs the archive command outside any playbook.
 """
 
+import json
 import os
 import re
 import shutil
@@ -123,6 +124,10 @@ def test_a_fleet_over_ssh_backs_up_apart_drills_elsewhere_and_rebuilds_a_lost_ho
     assert all(counts[h]['failed'] == 0 for h in HOSTS), proc.stdout[-6000:]
     assert not keys(bucket, PREFIX + 'broken/')
     for name, host in hosts.items():
+        # The backups ran in the background (async) through sudo and reported their progress on the host.
+        with open(os.path.join(fleet['repos'], name, 'logs', 'progress-backup.json')) as handle:
+            progress = json.load(handle)
+        assert progress['operation'] == 'base backup' and progress['status'] == 'complete', progress
         assert_kept_apart(bucket, name, host.psql('SELECT system_identifier FROM pg_control_system()'))
         # the archive command's pushes reached S3 with the host's own credentials
         segment = host.switch_wal_and_wait()
