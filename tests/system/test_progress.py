@@ -54,6 +54,14 @@ def test_a_long_base_backup_and_a_recovery_show_their_progress(ansible, new_clus
     assert proc.returncode == 0, proc.stdout[-4000:]
     assert 'streaming database files' not in proc.stdout
 
+    # pgbackup_progress_interval 0: in the foreground (no temporary files on the host), no progress lines.
+    bases = len(os.listdir(os.path.join(repo, 'base')))
+    proc = ansible.playbook('nightly-backup.yml', extra_vars=dict(extra, pgbackup_progress_interval=0),
+                            env={'BACKUP_S3_BUCKET': ''})
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    assert 'streaming database files' not in proc.stdout and 'ansible_job_id' not in proc.stdout
+    assert len(os.listdir(os.path.join(repo, 'base'))) == bases + 2   # a new base backup and its .meta
+
 
 def test_a_failed_backup_says_so_in_the_progress_file_and_the_play(ansible, new_cluster, backup_root):
     repo = make_repo(backup_root)
