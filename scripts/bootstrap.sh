@@ -18,6 +18,8 @@ done
 [ -x /usr/sbin/runuser ] || command -v runuser >/dev/null 2>&1 || need_pkgs+=(util-linux)
 # pgBackRest is the reference the benchmark (make bench) measures against.
 command -v pgbackrest >/dev/null 2>&1 || need_pkgs+=(pgbackrest)
+# The benchmark's S3 speaks TLS (pgBackRest speaks nothing else to S3), with a certificate made by openssl.
+command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)
 "$PY" -c 'import venv, ensurepip' >/dev/null 2>&1 || need_pkgs+=(python3-venv)
 # The production-shaped tests (make production, molecule-production) build a host reached over ssh as a
 # sudo deploy user: they run as root only, so a normal user is not asked for these.
