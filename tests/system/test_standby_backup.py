@@ -6,6 +6,7 @@ WAL segment can then only reach the archive because the backup asked the primary
 neither archives nor switches WAL itself.
 """
 
+import json
 import os
 import pwd
 import shutil
@@ -226,3 +227,23 @@ def test_an_encrypted_base_backup_of_the_standby_restores(ansible, replicated, s
         assert count(primary, 'shop_encrypted') == 80
     finally:
         shutil.rmtree(keydir, ignore_errors=True)
+
+
+def test_the_nightly_playbook_takes_its_base_backup_from_the_standby(ansible, replicated):
+    """pgbackup_backup_from drives the backup role; the nightly dump reads from the same standby."""
+    primary, replica, repo, db = replicated['primary'], replicated['standby'], replicated['repo'], replicated['db']
+    insert_batch(primary, db, 1, 40)
+    replay_caught_up(primary, replica)
+    extra = dict(replica.connection_vars(), pgbackup_db=db, pgbackup_backup_root=repo, pgbackup_s3_bucket='',
+                 pgbackup_backup_from='standby', pgbackup_cleanup=False)
+    proc = ansible.playbook('nightly-backup.yml', extra_vars=extra, env={'BACKUP_S3_BUCKET': ''})
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    metas = [n for n in os.listdir(os.path.join(repo, 'base')) if n.endswith('.meta')]
+    assert len(metas) == 1, metas
+    with open(os.path.join(repo, 'base', metas[0])) as handle:
+        meta = json.load(handle)
+    assert meta['backup_from'] == 'standby' and meta['standby_port'] == replica.port
+    assert meta['primary_port'] == primary.port
+    dumps = [n for n in os.listdir(os.path.join(repo, 'full')) if n.endswith('.sql.gz.meta')]
+    with open(os.path.join(repo, 'full', dumps[0])) as handle:
+        assert json.load(handle)['table_rows'] == {'public.events': 40}
