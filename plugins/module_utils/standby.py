@@ -146,8 +146,8 @@ def check_primary(primary, system_identifier, log=None):
                           'archive holds the WAL (a cascading standby\'s upstream is not it)' % where(primary))
     if sysid != system_identifier:
         raise SourceError('the server at %s is another cluster (system identifier %s, the standby\'s is %s): '
-                          'primary_host must name the standby\'s own primary' % (where(primary), sysid,
-                                                                                system_identifier))
+                          'primary_host must name the standby\'s own primary'
+                          % (where(primary), sysid, system_identifier))
 
 
 def resolve(conn, backup_from=PRIMARY, primary_host=None, primary_port=None, max_replay_lag=None,

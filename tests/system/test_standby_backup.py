@@ -128,7 +128,7 @@ def test_pitr_from_a_base_backup_of_the_standby(ansible, replicated, sandbox_bas
             assert 'BACKUP FROM: standby' in handle.read()
         proc = subprocess.run([os.path.join(primary.bindir, 'pg_verifybackup'), '--no-parse-wal', '--manifest-path',
                                os.path.join(res['backup']['path'], 'backup_manifest'), unpacked],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True, check=False)
         assert proc.returncode == 0, proc.stdout
     finally:
         shutil.rmtree(unpacked, ignore_errors=True)
