@@ -133,8 +133,10 @@ options:
         backup's last segment is archived at once instead of at the next C(archive_timeout).
       - The primary is O(primary_host) and O(primary_port), or else the server the standby streams from
         (C(pg_stat_wal_receiver)). It is reached with the same O(login_user), O(login_password) and
-        O(ssl_mode), and must be reachable when the backup starts; that role needs to run C(pg_switch_wal())
-        there (a superuser, or C(GRANT EXECUTE ON FUNCTION pg_switch_wal() TO ...)).
+        O(ssl_mode), and must be reachable when the backup starts. That role should be allowed to run
+        C(pg_switch_wal()) there (a superuser, or C(GRANT EXECUTE ON FUNCTION pg_switch_wal() TO ...));
+        without it the last segment is archived at the primary's next C(archive_timeout), so keep
+        O(wait_archive) above that.
       - A backup from a standby starts at the standby's last restartpoint (the primary's last checkpoint it
         replayed), so O(checkpoint=fast) does not force a new checkpoint and restores may replay more WAL.
       - The C(.meta) records C(backup_from) (and for a standby C(standby_host), C(standby_port),

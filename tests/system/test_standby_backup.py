@@ -76,8 +76,8 @@ def replicated(ansible, new_cluster, sandbox_base, backup_root):
 
 
 def standby_backup(ansible, r, **extra):
-    return ansible.task('modulo.pgbackup.pg_backup', args_for(r['standby'], r['repo'], type='physical',
-                                                              backup_from='standby', wait_archive=60, **extra))
+    args = dict({'type': 'physical', 'backup_from': 'standby', 'wait_archive': 60}, **extra)
+    return ansible.task('modulo.pgbackup.pg_backup', args_for(r['standby'], r['repo'], **args))
 
 
 def basebackups(res):
@@ -247,3 +247,28 @@ def test_the_nightly_playbook_takes_its_base_backup_from_the_standby(ansible, re
     dumps = [n for n in os.listdir(os.path.join(repo, 'full')) if n.endswith('.sql.gz.meta')]
     with open(os.path.join(repo, 'full', dumps[0])) as handle:
         assert json.load(handle)['table_rows'] == {'public.events': 40}
+
+
+def test_without_the_right_to_switch_wal_the_backup_waits_for_archive_timeout(ansible, replicated):
+    """The least-privilege backup role (REPLICATION, pg_monitor, pg_read_all_data) may not run pg_switch_wal():
+    the backup's last segment then reaches the archive only at the primary's archive_timeout."""
+    primary, replica, db = replicated['primary'], replicated['standby'], replicated['db']
+    primary.psql('CREATE ROLE modulo_backup LOGIN REPLICATION IN ROLE pg_monitor, pg_read_all_data')
+    insert_batch(primary, db, 1, 30)
+    replay_caught_up(primary, replica)
+    as_role = {'login_user': 'modulo_backup'}
+
+    res = standby_backup(ansible, replicated, wait_archive=5, **as_role)
+    assert res.get('failed'), res.get('msg')
+    assert 'was not archived within 5 s' in res['msg'] and 'switch WAL' in res['msg'] \
+        and 'permission denied' in res['msg'], res['msg']
+    assert not [n for n in os.listdir(os.path.join(replicated['repo'], 'base')) if n.endswith('.meta')]
+
+    primary.psql('ALTER SYSTEM SET archive_timeout = 3')
+    primary.psql('SELECT pg_reload_conf()')
+    res = standby_backup(ansible, replicated, wait_archive=60, **as_role)
+    assert not res.get('failed'), res.get('msg')
+    meta = res['backup']['meta']
+    assert meta['backup_from'] == 'standby' and meta['status'] == 'complete'
+    for segment in walnames.wal_range(meta['wal_start'], meta['wal_stop']):
+        assert walarchive.find_segment(replicated['repo'], segment), segment
