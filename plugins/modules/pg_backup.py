@@ -316,6 +316,8 @@ def main():
         except backups.BackupFailed as exc:
             module.fail(str(exc), changed=exc.backup is not None, backup=exc.backup,
                         **({'report_path': exc.report_path} if exc.report_path else {}))
+    for warning in outcome.warnings:
+        module.warn(warning)
     if outcome.breached:
         module.warn('backup %s breached the runbook threshold(s): %s'
                     % (outcome.backup['meta']['name'], ', '.join(outcome.breached)))

@@ -272,3 +272,4 @@ def test_without_the_right_to_switch_wal_the_backup_waits_for_archive_timeout(an
     assert meta['backup_from'] == 'standby' and meta['status'] == 'complete'
     for segment in walnames.wal_range(meta['wal_start'], meta['wal_stop']):
         assert walarchive.find_segment(replicated['repo'], segment), segment
+    assert any('pg_switch_wal()' in w and 'archive_timeout' in w for w in res.get('warnings', [])), res.get('warnings')

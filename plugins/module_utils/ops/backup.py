@@ -87,8 +87,9 @@ class Outcome(object):
     """A completed backup: ``backup`` {path, meta, s3_uri}, the runbook ``thresholds`` it was checked
     against, its run report, and the message for the operator."""
 
-    def __init__(self, backup, thresholds, report_path, msg):
+    def __init__(self, backup, thresholds, report_path, msg, warnings=None):
         self.backup, self.thresholds, self.report_path, self.msg = backup, thresholds, report_path, msg
+        self.warnings = list(warnings or [])
 
     @property
     def breached(self):
@@ -173,7 +174,12 @@ class Backup(object):
             raise BackupFailed('the backup %s is complete, but its run report could not be written to %s: %s '
                                '(is the disk full or read-only?)' % (meta['name'], self.repo.path('logs'),
                                                                      exc.strerror or exc), backup=backup)
-        return Outcome(backup, checks, report_path, self._message(meta))
+        warnings = []
+        if self.source and self.source.switch_problem:
+            # The backup is complete (archive_timeout brought its last segment), but each run waits that long.
+            warnings.append('%s: the backup waited for archive_timeout instead; allow it pg_switch_wal() on the '
+                            'primary' % self.source.switch_problem)
+        return Outcome(backup, checks, report_path, self._message(meta), warnings=warnings)
 
     def _take(self):
         r = self.request
