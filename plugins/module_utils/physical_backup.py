@@ -17,10 +17,14 @@ __metaclass__ = type
 import json
 import os
 import re
+import shutil
 import subprocess
+import sys
+import tempfile
 import time
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import compression, encryption, errors, fsutil, pipeline, progress, repository
+from ansible_collections.modulo.pgbackup.plugins.module_utils import standby
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils.wal import archive as walarchive, names as walnames
 from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import psql_query, server_facts
@@ -120,15 +124,16 @@ def report_progress(conn):
         progress.report(phase, done=int(streamed), total=int(total) or None)
 
 
-def _watch_archiver(conn, limit_s):
-    """pg_basebackup waits for the archive without a limit: give up when archiving keeps failing. The same
-    loop reports the backup's progress."""
+def _watch_archiver(conn, limit_s, backup_conn=None):
+    """pg_basebackup waits for the archive without a limit: give up when archiving keeps failing (``conn``:
+    the server that archives). The same loop reports the backup's progress, from the server that sends it
+    (``backup_conn``, a standby; by default ``conn``)."""
     def watch(procs):
         failing_since = None
         while procs[0].poll() is None:
             try:
                 failing = archiver_failing(conn)
-                report_progress(conn)
+                report_progress(backup_conn or conn)
             except Exception:  # noqa: BLE001  a monitoring query must not break the backup
                 failing = None
             if failing and failing_since is None:
@@ -168,14 +173,43 @@ def wait_for_wal(repo_root, names, timeout_s, poll_s=0.5):
         time.sleep(poll_s)
 
 
+def manifest_points(text):
+    """(start LSN, timeline, end LSN) from a backup manifest's WAL-Ranges; None when it has none.
+
+    A backup spans several ranges when its server changed timeline during it (a standby whose primary was
+    promoted): it starts in the first and ends in the last.
+    """
+    try:
+        ranges = json.loads(text)['WAL-Ranges']
+        first, last = ranges[0], ranges[-1]
+        return first['Start-LSN'], int(last['Timeline']), last['End-LSN']
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None
+
+
+def label_fields(text):
+    """The ``backup_label`` a base backup starts with, as a dict (``START WAL LOCATION``, ``BACKUP FROM``...).
+
+    The WAL location line also names the segment in parentheses; only the LSN is kept.
+    """
+    fields = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(': ')
+        if sep:
+            fields[key.strip()] = value.strip()
+    if 'START WAL LOCATION' in fields:
+        fields['START WAL LOCATION'] = fields['START WAL LOCATION'].split(' ', 1)[0]
+    return fields
+
+
 def wal_points(backup_dir, stderr_text=''):
     """(start LSN, timeline, end LSN) from the backup manifest's WAL-Ranges (or pg_basebackup's output)."""
     try:
         with open(os.path.join(backup_dir, 'backup_manifest')) as handle:
-            ranges = json.load(handle)['WAL-Ranges']
-        first, last = ranges[0], ranges[-1]
-        return first['Start-LSN'], int(last['Timeline']), last['End-LSN']
-    except (OSError, ValueError, KeyError, IndexError):
+            points = manifest_points(handle.read())
+        if points:
+            return points
+    except OSError:
         pass
     start_match, end_match = START_RE.search(stderr_text), END_RE.search(stderr_text)
     if not start_match or not end_match:
@@ -184,16 +218,88 @@ def wal_points(backup_dir, stderr_text=''):
     return start_match.group(1), int(start_match.group(2)), end_match.group(1)
 
 
-def _encrypted_stream(conn, p, tmp, keys, log, watch):
-    """pg_basebackup to stdout | compress | age: one encrypted tar, the manifest inside it.
+# A pipeline stage between pg_basebackup and the compressor of an encrypted base backup: it passes the tar
+# through unchanged and keeps a copy of the named members (backup_label, backup_manifest) in a directory, so
+# the backup's WAL range is read from the backup itself, without decrypting it again. A standby archives no
+# .backup history file to read it from. Tar members are 512-byte headers and 512-byte padded data;
+# PostgreSQL's tar writer uses base-256 sizes past 8 GB.
+TAP_SCRIPT = r"""
+import os, sys
+outdir, wanted = sys.argv[1], set(sys.argv[2:])
+src, dst = sys.stdin.buffer, sys.stdout.buffer
+def read(n):
+    parts = []
+    while n:
+        chunk = src.read(min(n, 1 << 20))
+        if not chunk:
+            break
+        parts.append(chunk)
+        n -= len(chunk)
+    return b''.join(parts)
+def size_of(field):
+    if field[0] & 0x80:
+        return int.from_bytes(field[1:], 'big')
+    return int(field.strip(b'\0 ') or b'0', 8)
+while True:
+    header = read(512)
+    dst.write(header)
+    if len(header) < 512 or header == bytes(512):
+        break
+    name = header[:100].split(b'\0', 1)[0].decode('utf-8', 'replace')
+    size = size_of(header[124:136])
+    keep = [] if name in wanted and header[156:157] in (b'0', b'\0') else None
+    left = (size + 511) // 512 * 512
+    while left:
+        chunk = src.read(min(left, 1 << 20))
+        if not chunk:
+            sys.exit('tar stream truncated inside %s' % name)
+        dst.write(chunk)
+        left -= len(chunk)
+        if keep is not None:
+            keep.append(chunk)
+    if keep is not None:
+        with open(os.path.join(outdir, name), 'wb') as handle:
+            handle.write(b''.join(keep)[:size])
+while True:
+    chunk = src.read(1 << 20)
+    if not chunk:
+        break
+    dst.write(chunk)
+"""
+TAPPED = ('backup_label', 'backup_manifest')
+
+
+def tap_argv(outdir, python=None):
+    """The pipeline stage running TAP_SCRIPT, keeping backup_label and backup_manifest in ``outdir``."""
+    return [python or sys.executable, '-c', TAP_SCRIPT, outdir] + list(TAPPED)
+
+
+def tapped_points(outdir):
+    """(start LSN, timeline, end LSN, backup_label fields) from what the tap kept; None without a manifest."""
+    try:
+        with open(os.path.join(outdir, 'backup_manifest')) as handle:
+            points = manifest_points(handle.read())
+    except OSError:
+        return None
+    try:
+        with open(os.path.join(outdir, 'backup_label')) as handle:
+            label = label_fields(handle.read())
+    except OSError:
+        label = {}
+    return points + (label,) if points else None
+
+
+def _encrypted_stream(conn, p, tmp, keys, log, watch, tapdir):
+    """pg_basebackup to stdout | tap | compress | age: one encrypted tar, the manifest inside it.
 
     Server-side compression cannot be used here (pg_basebackup must add the manifest to the
-    stream it writes), so the host compresses; nothing unencrypted reaches the disk.
+    stream it writes), so the host compresses; nothing unencrypted reaches the disk but the
+    backup's label and manifest, kept by the tap in ``tapdir`` (private, removed after the run).
     """
     fsutil.ensure_dir(tmp)
     suffix = repository.COMPRESSION_SUFFIX[p['compression']] + encryption.SUFFIX
     archive = os.path.join(tmp, 'base.tar' + suffix)
-    stages = [_basebackup_argv(conn, p, '-')]
+    stages = [_basebackup_argv(conn, p, '-'), tap_argv(tapdir)]
     if p['compression'] != 'none':
         stages.append(compression.compress_argv(p['compression'], p['compression_level'] or
                                                 compression.DEFAULT_LEVEL[p['compression']], threads=2))
@@ -226,42 +332,64 @@ def backup_label_points(repo_root, label, timeout_s, poll_s=0.5):
         time.sleep(poll_s)
 
 
-def take(conn, repo, p, wait_archive_s=300, log=None, keys=None):
-    """Run the base backup planned by ``plan``; return its ``.meta``."""
+def take(conn, repo, p, wait_archive_s=300, log=None, keys=None, source=None):
+    """Run the base backup planned by ``plan``; return its ``.meta``.
+
+    ``source`` (standby.Source) says whether ``conn`` is the primary or a standby, and which server
+    archives the WAL; by default ``conn`` is the primary.
+    """
+    source = source or standby.Source(conn)
     facts = server_facts(conn, db='postgres', log=log)
-    check_archiving(conn, log=log)
+    check_archiving(source.archive_conn, log=log)
     tmp = fsutil.tmp_path_for(p['path'])
     start = time.time()
     encrypted = keys is not None and keys.enabled
     argv = _basebackup_argv(conn, p, tmp) + _compress_arg(p['compression'], p['compression_level'], p.get('workers'))
+    watch = _watch_archiver(source.archive_conn, wait_archive_s, backup_conn=conn)
+    tapdir = tempfile.mkdtemp(prefix='modulo-pgbackup-label-') if encrypted else None
     try:
         try:
             if encrypted:
-                _encrypted_stream(conn, p, tmp, keys, log, _watch_archiver(conn, wait_archive_s))
+                _encrypted_stream(conn, p, tmp, keys, log, watch, tapdir)
             else:
-                errs = pipeline.run([argv], env=conn.env('postgres'), log=log,
-                                    started=_watch_archiver(conn, wait_archive_s))
+                errs = pipeline.run([argv], env=conn.env('postgres'), log=log, started=watch)
         except pipeline.PipelineError as exc:
             raise PhysicalBackupError('pg_basebackup failed, nothing was kept: %s' % exc)
         if encrypted:
-            start_lsn, timeline, stop_lsn = backup_label_points(repo.root, p['name'], wait_archive_s)
+            tapped = tapped_points(tapdir)
+            if tapped:
+                start_lsn, timeline, stop_lsn = tapped[:3]
+            elif source.standby:
+                raise PhysicalBackupError('the base backup stream from the standby carried no backup manifest, so '
+                                          'its WAL range is unknown (a standby archives no .backup file); nothing '
+                                          'was kept')
+            else:
+                start_lsn, timeline, stop_lsn = backup_label_points(repo.root, p['name'], wait_archive_s)
         else:
             start_lsn, timeline, stop_lsn = wal_points(tmp, errs[0])
         wal_start = walnames.segment_name(timeline, walnames.parse_lsn(start_lsn))
         # The stop LSN points just past the last record: the last segment needed holds the byte before it.
         wal_stop = walnames.segment_name(timeline, walnames.parse_lsn(stop_lsn) - 1)
         needed = walnames.wal_range(wal_start, wal_stop)
+        # A standby does not switch WAL at the backup's end as a primary does: the primary must leave the
+        # stop segment before its archiver takes it.
+        source.close_segment(stop_lsn, log=log)
         progress.report('waiting for the backup\'s WAL (%s) in the archive' % wal_stop)
         missing = wait_for_wal(repo.root, needed, wait_archive_s)
         if missing:
             raise PhysicalBackupError(
                 'the base backup finished but the WAL it needs (%s) was not archived within %d s, so it '
-                'could never be restored and was discarded: check pg_stat_archiver and the archive_command'
-                % (', '.join(missing[:5]), wait_archive_s))
+                'could never be restored and was discarded: check pg_stat_archiver and the archive_command%s'
+                % (', '.join(missing[:5]), wait_archive_s,
+                   ' of the primary; %s' % source.switch_problem if source.switch_problem else
+                   ' of the primary' if source.standby else ''))
         size, digest = fsutil.publish_backup(tmp, p['path'])
     except BaseException:
         fsutil.remove_quietly(tmp)
         raise
+    finally:
+        if tapdir:
+            shutil.rmtree(tapdir, ignore_errors=True)
     meta = {
         'format_version': repository.FORMAT_VERSION, 'name': p['name'], 'file': p['name'],
         'type': 'physical', 'database': None, 'format': 'tar', 'compression': p['compression'],
@@ -274,6 +402,7 @@ def take(conn, repo, p, wait_archive_s=300, log=None, keys=None):
         'wal_start': wal_start, 'wal_stop': wal_stop, 'files': sorted(os.listdir(p['path'])),
         'tool': 'modulo.pgbackup', 'status': 'complete',
     }
+    meta.update(source.meta_fields())
     if encrypted:
         meta.update(keys.meta_fields())
     fsutil.write_json_atomic(p['meta_path'], meta)

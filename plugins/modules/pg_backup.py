@@ -121,6 +121,46 @@ options:
         server reads the data directory faster than that by the compression ratio.
       - Only for O(type=physical).
     type: str
+  backup_from:
+    description:
+      - For O(type=physical), which server the connection options name, so the read load of the base backup
+        can go to a replica.
+      - C(primary) backs up the primary; the task fails when the server is a standby (in recovery).
+      - C(standby) backs up a streaming standby (C(pg_basebackup) needs the C(REPLICATION) attribute on the
+        standby). The task fails when the server is not in recovery. The WAL comes from the primary's archive
+        (M(modulo.pgbackup.wal_archive) on the primary, into the same O(backup_root)); archiving is checked on
+        the primary, and after the backup the primary is asked to switch WAL (C(pg_switch_wal())) so the
+        backup's last segment is archived at once instead of at the next C(archive_timeout).
+      - The primary is O(primary_host) and O(primary_port), or else the server the standby streams from
+        (C(pg_stat_wal_receiver)). It is reached with the same O(login_user), O(login_password) and
+        O(ssl_mode), and must be reachable when the backup starts. That role should be allowed to run
+        C(pg_switch_wal()) there (a superuser, or C(GRANT EXECUTE ON FUNCTION pg_switch_wal() TO ...));
+        without it the last segment is archived at the primary's next C(archive_timeout), so keep
+        O(wait_archive) above that.
+      - A backup from a standby starts at the standby's last restartpoint (the primary's last checkpoint it
+        replayed), so O(checkpoint=fast) does not force a new checkpoint and restores may replay more WAL.
+      - The C(.meta) records C(backup_from) (and for a standby C(standby_host), C(standby_port),
+        C(primary_host), C(primary_port), C(replay_lag_s)); point-in-time recovery uses it like any other.
+    type: str
+    choices: [ primary, standby ]
+    default: primary
+  primary_host:
+    description:
+      - With O(backup_from=standby), the host (or Unix socket directory) of the standby's primary.
+      - Unset, the host the standby streams from (C(sender_host) of C(pg_stat_wal_receiver)).
+    type: str
+  primary_port:
+    description:
+      - With O(backup_from=standby), the port of the standby's primary.
+      - Unset, the port the standby streams from when O(primary_host) is unset too, else O(port).
+    type: int
+  max_replay_lag:
+    description:
+      - With O(backup_from=standby), refuse to start when the standby's replay lag is more than this many
+        seconds (the age of its last replayed commit while it has WAL left to replay, 0 while it has replayed
+        all it received), since its backup would hold data that old. C(0) turns the check off.
+    type: int
+    default: 300
 attributes:
   check_mode:
     support: full
@@ -153,6 +193,17 @@ EXAMPLES = r'''
     s3_bucket: modulo-backups
     aws_region: eu-west-1
   register: nightly
+
+- name: Base backup from a streaming standby, the WAL from the primary's archive
+  modulo.pgbackup.pg_backup:
+    backup_root: /var/backups/postgresql
+    type: physical
+    backup_from: standby
+    login_host: replica1.example.com
+    login_user: backup
+    login_password: "{{ vault_backup_password }}"
+    primary_host: db1.example.com
+    max_replay_lag: 120
 
 - name: Show where it went
   ansible.builtin.debug:
@@ -226,6 +277,10 @@ def main():
             wait_archive=dict(type='int', default=300),
             checkpoint=dict(type='str', default='fast', choices=['fast', 'spread']),
             max_rate=dict(type='str'),
+            backup_from=dict(type='str', default='primary', choices=['primary', 'standby']),
+            primary_host=dict(type='str'),
+            primary_port=dict(type='int'),
+            max_replay_lag=dict(type='int', default=300),
         ),
         supports_check_mode=True,
     )
@@ -238,7 +293,9 @@ def main():
         request = backups.Request(kind=p['type'], db=p['db'], fmt=p['format'], compression=p['compression'],
                                   compression_level=p['compression_level'], jobs=p['jobs'],
                                   name_prefix=p['name_prefix'], lock_wait=p['lock_wait'], wait_archive=p['wait_archive'],
-                                  checkpoint=p['checkpoint'], max_rate=p['max_rate'])
+                                  checkpoint=p['checkpoint'], max_rate=p['max_rate'], backup_from=p['backup_from'],
+                                  primary_host=p['primary_host'], primary_port=p['primary_port'],
+                                  max_replay_lag=p['max_replay_lag'])
         run = backups.Backup(request, Connection.from_params(p, db='postgres' if physical else None),
                              repository.Repository(p['backup_root'], p['pg_os_user']),
                              encryption.Keys.from_params(p), s3=common.s3_store(p) if p['upload'] else None,
@@ -259,6 +316,8 @@ def main():
         except backups.BackupFailed as exc:
             module.fail(str(exc), changed=exc.backup is not None, backup=exc.backup,
                         **({'report_path': exc.report_path} if exc.report_path else {}))
+    for warning in outcome.warnings:
+        module.warn(warning)
     if outcome.breached:
         module.warn('backup %s breached the runbook threshold(s): %s'
                     % (outcome.backup['meta']['name'], ', '.join(outcome.breached)))

@@ -17,7 +17,7 @@ __metaclass__ = type
 import os
 import time
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import errors, logical_backup, physical_backup, progress
+from ansible_collections.modulo.pgbackup.plugins.module_utils import errors, logical_backup, physical_backup, progress, standby
 from ansible_collections.modulo.pgbackup.plugins.module_utils import report as reports
 from ansible_collections.modulo.pgbackup.plugins.module_utils.s3store import S3Error
 
@@ -37,12 +37,23 @@ class Request(object):
     """What to back up and how, as typed values (the module's options, checked)."""
 
     def __init__(self, kind=LOGICAL, db='modulodb', fmt='plain', compression=None, compression_level=None,
-                 jobs=2, name_prefix='modulo', lock_wait=0, wait_archive=300, checkpoint='fast', max_rate=None):
+                 jobs=2, name_prefix='modulo', lock_wait=0, wait_archive=300, checkpoint='fast', max_rate=None,
+                 backup_from=standby.PRIMARY, primary_host=None, primary_port=None, max_replay_lag=300):
         if kind not in (LOGICAL, PHYSICAL):
             raise errors.PgBackupError('type must be logical or physical, not %r' % kind)
         if kind == LOGICAL and (checkpoint != 'fast' or max_rate):
             raise errors.PgBackupError('checkpoint and max_rate are settings of a base backup (type: physical); '
                                        'a logical backup (pg_dump) takes no checkpoint and has no rate limit')
+        if backup_from not in standby.SOURCES:
+            raise errors.PgBackupError('backup_from must be primary or standby, not %r' % (backup_from,))
+        if kind == LOGICAL and backup_from != standby.PRIMARY:
+            raise errors.PgBackupError('backup_from is a setting of a base backup (type: physical); a logical '
+                                       'backup (pg_dump) reads from whichever server login_host and port name')
+        if backup_from == standby.PRIMARY and (primary_host or primary_port):
+            raise errors.PgBackupError('primary_host and primary_port name the primary of a standby: they go with '
+                                       'backup_from: standby')
+        if max_replay_lag is not None and max_replay_lag < 0:
+            raise errors.PgBackupError('max_replay_lag must be 0 (no limit) or more seconds')
         if jobs < 1:
             raise errors.PgBackupError('jobs must be 1 or more')
         self.kind = kind
@@ -57,6 +68,10 @@ class Request(object):
         self.wait_archive = wait_archive
         self.checkpoint = checkpoint
         self.max_rate = max_rate
+        self.backup_from = backup_from
+        self.primary_host = primary_host
+        self.primary_port = primary_port
+        self.max_replay_lag = max_replay_lag
 
     @property
     def section(self):
@@ -72,8 +87,9 @@ class Outcome(object):
     """A completed backup: ``backup`` {path, meta, s3_uri}, the runbook ``thresholds`` it was checked
     against, its run report, and the message for the operator."""
 
-    def __init__(self, backup, thresholds, report_path, msg):
+    def __init__(self, backup, thresholds, report_path, msg, warnings=None):
         self.backup, self.thresholds, self.report_path, self.msg = backup, thresholds, report_path, msg
+        self.warnings = list(warnings or [])
 
     @property
     def breached(self):
@@ -85,6 +101,7 @@ class Backup(object):
     def __init__(self, request, conn, repo, keys, s3=None, log=None):
         self.request, self.conn, self.repo, self.keys, self.s3, self.log = request, conn, repo, keys, s3, log
         self.plan = None
+        self.source = None
 
     # -- before anything is written ------------------------------------------------------------------
     def prepare(self):
@@ -97,14 +114,18 @@ class Backup(object):
             self.keys.recipient()  # a bad key fails now, not after the backup
         self.plan = self._new_plan()
         if self.request.kind == PHYSICAL:
-            physical_backup.check_archiving(self.conn, log=self.log)
+            r = self.request
+            self.source = standby.resolve(self.conn, r.backup_from, r.primary_host, r.primary_port, r.max_replay_lag,
+                                          log=self.log)
+            physical_backup.check_archiving(self.source.archive_conn, log=self.log)
         where = self.request.section + '/' + (self.plan['file'] if self.request.kind == LOGICAL else self.plan['name'])
         return dict(path=self.plan['path'], meta=None, s3_uri=self.s3.uri(where) if self.s3 else None)
 
     def would(self):
         """What check mode says it would do."""
         if self.request.kind == PHYSICAL:
-            return 'would take a base backup of the cluster into %s' % self.plan['path']
+            return 'would take a base backup of the cluster%s into %s' % (
+                ' from the standby at %s' % standby.where(self.conn) if self.source and self.source.standby else '', self.plan['path'])
         return 'would back up database %s to %s' % (self.request.db, self.plan['path'])
 
     def _new_plan(self):
@@ -157,13 +178,18 @@ class Backup(object):
             raise BackupFailed('the backup %s is complete, but its run report could not be written to %s: %s '
                                '(is the disk full or read-only?)' % (meta['name'], self.repo.path('logs'),
                                                                      exc.strerror or exc), backup=backup)
-        return Outcome(backup, checks, report_path, self._message(meta))
+        warnings = []
+        if self.source and self.source.switch_problem:
+            # The backup is complete (archive_timeout brought its last segment), but each run waits that long.
+            warnings.append('%s: the backup waited for archive_timeout instead; allow it pg_switch_wal() on the '
+                            'primary' % self.source.switch_problem)
+        return Outcome(backup, checks, report_path, self._message(meta), warnings=warnings)
 
     def _take(self):
         r = self.request
         if r.kind == PHYSICAL:
             return physical_backup.take(self.conn, self.repo, self.plan, wait_archive_s=r.wait_archive, log=self.log,
-                                        keys=self.keys)
+                                        keys=self.keys, source=self.source)
         logical_backup.check_database_reachable(self.conn, r.db, log=self.log)
         progress.report('pg_dump of %s' % r.db)
         return logical_backup.take(self.conn, self.repo, self.plan, jobs=r.jobs, log=self.log, keys=self.keys)
@@ -174,8 +200,9 @@ class Backup(object):
 
     def _message(self, meta):
         if self.request.kind == PHYSICAL:
-            return 'base backup %s (%d bytes, %.1f s, WAL %s..%s archived)' % (
-                meta['name'], meta['size_bytes'], meta['duration_s'], meta['wal_start'], meta['wal_stop'])
+            return 'base backup %s%s (%d bytes, %.1f s, WAL %s..%s archived)' % (
+                meta['name'], ' from the standby at %s' % standby.where(self.conn) if self.source and self.source.standby else '',
+                meta['size_bytes'], meta['duration_s'], meta['wal_start'], meta['wal_stop'])
         return 'backed up database %s to %s (%d bytes, %.1f s)' % (
             self.request.db, self.plan['path'], meta['size_bytes'], meta['duration_s'])
 

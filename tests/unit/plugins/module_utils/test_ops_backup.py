@@ -24,8 +24,14 @@ def test_a_request_has_the_runbook_defaults_per_kind():
     assert backups.Request(compression='none').compression == 'none'
 
 
-@pytest.mark.parametrize('kwargs, message', [({'jobs': 0}, 'jobs must be 1 or more'),
-                                             ({'kind': 'snapshot'}, 'type must be logical or physical')])
+@pytest.mark.parametrize('kwargs, message', [
+    ({'jobs': 0}, 'jobs must be 1 or more'),
+    ({'kind': 'snapshot'}, 'type must be logical or physical'),
+    ({'backup_from': 'standby'}, 'backup_from is a setting of a base backup'),
+    ({'kind': 'physical', 'backup_from': 'replica'}, 'backup_from must be primary or standby'),
+    ({'kind': 'physical', 'primary_host': 'db1'}, 'they go with backup_from: standby'),
+    ({'kind': 'physical', 'backup_from': 'standby', 'max_replay_lag': -1}, 'max_replay_lag must be 0'),
+])
 def test_a_request_refuses_what_cannot_run(kwargs, message):
     with pytest.raises(errors.PgBackupError, match=message):
         backups.Request(**kwargs)
