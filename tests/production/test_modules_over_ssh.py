@@ -8,6 +8,8 @@ import pwd
 import stat
 import subprocess
 
+import prodhost
+
 from ansible_collections.modulo.pgbackup.plugins.module_utils import logical_restore
 
 SCHEMA_TABLES = ['billing.invoices', 'public.customers', 'public.order_items', 'public.orders', 'public.products']
@@ -243,5 +245,48 @@ def test_a_restart_through_pg_ctl_keeps_the_servers_own_log(prod):
         assert os.readlink('/proc/%s/fd/2' % pid) == own_log
         assert not os.path.exists(os.path.join(os.path.dirname(host.pgdata), 'server.log'))
     finally:
+        host.psql("ALTER SYSTEM SET archive_command = '/bin/true'")
+        host.psql('SELECT pg_reload_conf()')
+
+
+def test_a_base_backup_from_a_debian_standby_and_a_pitr_from_it(prod):
+    """The primary archives (wal_archive through pg_ctlcluster); a streaming standby is a second Debian cluster
+    (pg_createcluster, then pg_basebackup -R as postgres); pg_backup over ssh backs up the standby, switches WAL
+    on the primary it finds by itself, and a PITR from that backup brings back exactly the rows of the mark."""
+    host = prod.host
+    standby = host.cluster + 's'
+    port = prodhost.free_port()
+    res = prod.task('modulo.pgbackup.wal_archive', {'restart': True, 'verify': True})
+    try:
+        assert res.get('failed') is not True, res.get('msg')
+        prodhost.run(['pg_createcluster', '15', standby, '--port', str(port)])
+        datadir = '/var/lib/postgresql/15/%s' % standby
+        subprocess.run(['rm', '-rf', datadir], check=True)
+        subprocess.run(['runuser', '-u', 'postgres', '--', '/usr/lib/postgresql/15/bin/pg_basebackup', '-D', datadir,
+                        '-R', '-h', '/var/run/postgresql', '-p', str(host.pg_port)], check=True, cwd='/')
+        prodhost.run(['pg_ctlcluster', '--skip-systemctl-redirect', '15', standby, 'start'])
+        host.psql('CREATE TABLE standby_check (id int PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())',
+                  db='modulodb')
+        host.psql('INSERT INTO standby_check (id) SELECT generate_series(1, 100)', db='modulodb')
+
+        res = prod.task('modulo.pgbackup.pg_backup', {'type': 'physical', 'backup_from': 'standby', 'port': port})
+        assert res.get('failed') is not True, res.get('msg')
+        meta = res['backup']['meta']
+        assert meta['backup_from'] == 'standby' and meta['standby_port'] == port and meta['primary_port'] == host.pg_port
+        host.psql('INSERT INTO standby_check (id) SELECT generate_series(101, 200)', db='modulodb')
+        mark = host.psql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')")
+        host.psql('SELECT pg_sleep(1.2)')
+        host.psql('INSERT INTO standby_check (id) SELECT generate_series(201, 300)', db='modulodb')
+        host.switch_wal_and_wait()
+
+        res = prod.task('modulo.pgbackup.backup_restore', {'db': 'modulodb', 'target_db': 'standby_pitr',
+                                                          'target_time': mark})
+        assert res.get('failed') is not True, res.get('msg')
+        assert res['restore']['recovery']['base_backup'] == meta['name']
+        assert host.psql('SELECT count(*), max(id) FROM standby_check', db='standby_pitr') == '200|200'
+    finally:
+        prodhost.run(['pg_dropcluster', '--stop', '15', standby], check=False)
+        host.psql('DROP DATABASE IF EXISTS standby_pitr', check=False)
+        host.psql('DROP TABLE IF EXISTS standby_check', db='modulodb', check=False)
         host.psql("ALTER SYSTEM SET archive_command = '/bin/true'")
         host.psql('SELECT pg_reload_conf()')
