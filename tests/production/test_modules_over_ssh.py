@@ -11,6 +11,7 @@ import subprocess
 import prodhost
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import logical_restore
+from ansible_collections.modulo.pgbackup.plugins.module_utils.wal import archive as walarchive
 
 SCHEMA_TABLES = ['billing.invoices', 'public.customers', 'public.order_items', 'public.orders', 'public.products']
 
@@ -288,5 +289,31 @@ def test_a_base_backup_from_a_debian_standby_and_a_pitr_from_it(prod):
         prodhost.run(['pg_dropcluster', '--stop', '15', standby], check=False)
         host.psql('DROP DATABASE IF EXISTS standby_pitr', check=False)
         host.psql('DROP TABLE IF EXISTS standby_check', db='modulodb', check=False)
+        host.psql("ALTER SYSTEM SET archive_command = '/bin/true'")
+        host.psql('SELECT pg_reload_conf()')
+
+
+def test_asynchronous_archiving_on_a_debian_cluster(prod):
+    """archive_async through the module over ssh: the Debian cluster's archiver runs the command, its pusher
+    (forked by it, as postgres) pushes ahead, and every segment reaches the repository, acknowledged."""
+    host = prod.host
+    res = prod.task('modulo.pgbackup.wal_archive', {'restart': True, 'verify': True, 'archive_async': True,
+                                                    'archive_async_workers': 2})
+    try:
+        assert res.get('failed') is not True, res.get('msg')
+        host.psql('CREATE TABLE async_check AS SELECT i, md5(i::text) FROM generate_series(1, 1) i', db='modulodb')
+        failed_before = host.psql('SELECT failed_count FROM pg_stat_archiver')
+        segments = []
+        for _batch in range(6):
+            host.psql('INSERT INTO async_check SELECT i, md5(i::text) FROM generate_series(1, 20000) i', db='modulodb')
+            segments.append(host.switch_wal_and_wait())
+        archived = set(e['name'] for e in walarchive.list_archive(prod.backup_root))
+        assert set(segments) <= archived, (segments, archived)
+        assert host.psql('SELECT failed_count FROM pg_stat_archiver') == failed_before
+        spool = os.path.join(host.pgdata, 'pg_wal', 'pgbackup', 'out')
+        assert pwd.getpwuid(os.stat(spool).st_uid).pw_name == 'postgres'
+        assert [n for n in os.listdir(spool) if n.endswith('.ok')] == []
+    finally:
+        host.psql('DROP TABLE IF EXISTS async_check', db='modulodb', check=False)
         host.psql("ALTER SYSTEM SET archive_command = '/bin/true'")
         host.psql('SELECT pg_reload_conf()')
