@@ -155,7 +155,7 @@ def test_an_interrupted_delta_cannot_start_and_running_it_again_completes_it(ans
     assert not os.path.exists(os.path.join(cluster.pgdata, 'global', 'pg_control'))
     proc = subprocess.run(as_server_user([os.path.join(cluster.bindir, 'pg_ctl'), '-D', cluster.pgdata, '-l',
                                           cluster.log, '-w', '-t', '20', 'start']),
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True, check=False)
     assert proc.returncode != 0
     with open(cluster.log) as handle:
         assert 'global/pg_control' in handle.read()
@@ -165,4 +165,15 @@ def test_an_interrupted_delta_cannot_start_and_running_it_again_completes_it(ans
 
     res = ansible.task('modulo.pgbackup.backup_restore', delta_args(h))
     assert not res.get('failed'), res.get('msg')
+    assert_back_at_the_mark(h)
+
+
+def test_pitr_playbook_restores_in_place_with_pitr_delta(ansible, changed):
+    h, cluster = changed, changed['cluster']
+    cluster.stop()
+    extra = dict(cluster.connection_vars(), pgbackup_backup_root=h['repo'], pgbackup_pgdata=cluster.pgdata,
+                 pitr_mode='cluster', pitr_delta=True, confirm=cluster.pgdata, target_time=h['mark'])
+    proc = ansible.playbook('pitr.yml', extra_vars=extra)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    assert 'Delta, in place: ' in proc.stdout and 'no old directory kept' in proc.stdout, proc.stdout[-4000:]
     assert_back_at_the_mark(h)
