@@ -24,6 +24,7 @@ refuses to start ("could not open file global/pg_control"); running the delta ag
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
+import concurrent.futures
 import json
 import os
 import posixpath
@@ -43,6 +44,8 @@ HELD_CONTROL = 'global/pg_control.modulo-delta'
 PAGE = 8192
 QUEUE_DEPTH = 16
 READ_CHUNK = 1024 * 1024
+# Flushed concurrently at the end: the disk can take many small flushes in one journal commit.
+FLUSH_THREADS = 8
 # Kept whole: the server's log files of today are not part of the backup's state of the data.
 KEEP_TREES = ('log', 'pg_log')
 
@@ -142,6 +145,7 @@ class _Patcher(object):
 
     def __init__(self, stats, uid, gid, sync):
         self.stats, self.uid, self.gid, self.sync = stats, uid, gid, sync
+        self.to_flush = []
         self.error = None
         self.queue = queue.Queue(QUEUE_DEPTH)
         self.thread = threading.Thread(target=self._run, name='delta-patcher')
@@ -220,8 +224,11 @@ class _Patcher(object):
             if self.uid is not None and (st.st_uid, st.st_gid) != (self.uid, self.gid):
                 os.fchown(fd, self.uid, self.gid)
             if changed:
-                if self.sync:
+                if self.sync and f['size'] >= untar.FLUSH_FROM:
+                    # Large ones now, so that the disk works while the stream is still being read.
                     os.fdatasync(fd)
+                elif self.sync:
+                    self.to_flush.append(f['path'])
                 os.utime(fd, (f['mtime'], f['mtime']))
                 self.stats['written_files'] += 1
                 self.stats['written_bytes'] += f['written']
@@ -238,13 +245,15 @@ def apply(chunks, pgdata, keep=(), uid=None, gid=None, sync=True):
     ``keep``: paths (relative, e.g. ``postgresql.conf``) whose existing file is left as it is.  The
     backup's ``global/pg_control`` is written to HELD_CONTROL (see ``commit``).  Returns the counts
     ``reused_files``, ``reused_bytes`` (left untouched), ``written_files``, ``written_bytes`` (bytes
-    actually written), ``removed_files``, ``kept_files``.
+    actually written), ``removed_files``, ``kept_files`` and ``total_bytes`` (the backup's files).
     """
-    stats = dict(reused_files=0, reused_bytes=0, written_files=0, written_bytes=0, removed_files=0, kept_files=0)
+    stats = dict(reused_files=0, reused_bytes=0, written_files=0, written_bytes=0, removed_files=0, kept_files=0,
+                 total_bytes=0)
     keep = set(keep)
     listed = set()
     symlinks = set()
     touched_dirs = set()
+    known_dirs = set([''])
     patcher = _Patcher(stats, uid, gid, sync)
     header = bytearray()
     offset = 0
@@ -283,8 +292,9 @@ def apply(chunks, pgdata, keep=(), uid=None, gid=None, sync=True):
                         raise untar.UntarError('tar member %r has a name this restore uses for itself: refused' % name)
                     if kind in untar.REGULAR:
                         listed.add(path)
-                        _parents(pgdata, path, uid, gid, touched_dirs)
+                        _parents(pgdata, path, uid, gid, touched_dirs, known_dirs)
                         skip = -size % untar.BLOCK
+                        stats['total_bytes'] += size
                         if _kept(path, keep) and os.path.isfile(os.path.join(pgdata, path)):
                             stats['kept_files'] += 1
                             current = 'skip'
@@ -302,12 +312,13 @@ def apply(chunks, pgdata, keep=(), uid=None, gid=None, sync=True):
                     elif kind == untar.DIRECTORY:
                         listed.add(path)
                         if path:
-                            _parents(pgdata, path, uid, gid, touched_dirs)
+                            _parents(pgdata, path, uid, gid, touched_dirs, known_dirs)
                             _directory(pgdata, path, mode or 0o700, uid, gid, touched_dirs)
+                            known_dirs.add(path)
                         skip = -size % untar.BLOCK if size else 0
                     elif kind == untar.SYMLINK:
                         listed.add(path)
-                        _parents(pgdata, path, uid, gid, touched_dirs)
+                        _parents(pgdata, path, uid, gid, touched_dirs, known_dirs)
                         _symlink(pgdata, path, target, uid, gid, touched_dirs)
                         symlinks.add(path)
                     else:
@@ -329,14 +340,21 @@ def apply(chunks, pgdata, keep=(), uid=None, gid=None, sync=True):
     patcher.finish()
     stats['removed_files'] = _remove_unlisted(pgdata, listed, keep, touched_dirs)
     if sync:
-        for directory in sorted(touched_dirs, key=len, reverse=True):
-            durable.fsync_dir(os.path.join(pgdata, directory) if directory else pgdata)
+        _flush([(durable.fsync_file, path) for path in patcher.to_flush]
+               + [(durable.fsync_dir, os.path.join(pgdata, directory) if directory else pgdata)
+                  for directory in touched_dirs])
     marker = in_progress(pgdata)
     if marker is not None:
         marker['applied'] = True
         st = os.stat(os.path.join(pgdata, MARKER))
         _write_marker(pgdata, marker, uid if uid is None else st.st_uid, st.st_gid)
     return stats
+
+
+def _flush(calls):
+    with concurrent.futures.ThreadPoolExecutor(FLUSH_THREADS) as pool:
+        for done in [pool.submit(call, path) for call, path in calls]:
+            done.result()
 
 
 def _kept(path, keep):
@@ -360,7 +378,7 @@ def _open(pgdata, path, size, mode, mtime, touched_dirs):
         fd = os.open(full, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
         new = True
     old_size = 0 if new else os.fstat(fd).st_size
-    return {'fd': fd, 'pos': 0, 'size': size, 'old_size': old_size, 'mode': mode, 'mtime': mtime,
+    return {'fd': fd, 'path': full, 'pos': 0, 'size': size, 'old_size': old_size, 'mode': mode, 'mtime': mtime,
             'new': new, 'written': 0}
 
 
@@ -395,11 +413,15 @@ def _directory(pgdata, path, mode, uid, gid, touched_dirs):
         os.lchown(full, uid, gid)
 
 
-def _parents(pgdata, path, uid, gid, touched_dirs):
+def _parents(pgdata, path, uid, gid, touched_dirs, known_dirs):
+    """Directories a member needs that the archive did not list before it (``known_dirs``: made or checked)."""
     parent = posixpath.dirname(path)
-    if parent and not os.path.isdir(os.path.join(pgdata, parent)):
-        _parents(pgdata, parent, uid, gid, touched_dirs)
+    if parent in known_dirs:
+        return
+    _parents(pgdata, parent, uid, gid, touched_dirs, known_dirs)
+    if not os.path.isdir(os.path.join(pgdata, parent)) or os.path.islink(os.path.join(pgdata, parent)):
         _directory(pgdata, parent, 0o700, uid, gid, touched_dirs)
+    known_dirs.add(parent)
 
 
 def _symlink(pgdata, path, target, uid, gid, touched_dirs):

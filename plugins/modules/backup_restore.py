@@ -246,7 +246,8 @@ restore:
         - With O(delta=true), what the in-place restore did. C(reused_files) and C(reused_bytes), files left
           untouched because they already held the backup's content; C(written_files), files created or changed,
           and C(written_bytes), the bytes actually written to them; C(removed_files), files the backup does not
-          have; C(kept_files), configuration and log files left as they are.
+          have; C(kept_files), configuration and log files left as they are; C(total_bytes), the size of the
+          backup's files.
       returned: success with O(delta=true)
       type: dict
 rollback:
