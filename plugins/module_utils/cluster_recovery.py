@@ -370,7 +370,7 @@ def precheck_delta(layout, control, os_user, base):
     if not os.access(pgdata, os.W_OK | os.X_OK) or _read_only(pgdata):
         problems.append('%s is not writable by %s (run the play with become: true)' % (pgdata, osuser.current_user()))
     needed, source = restored_size(base)
-    grows = needed - fsutil.size_of(pgdata)
+    grows = needed - _tree_bytes(pgdata)
     free = _free_bytes(pgdata)
     if grows * ROOM_MARGIN > free:
         problems.append('%s has %s free, the backup (%s, %s) is %s larger than the data directory now'
@@ -418,6 +418,18 @@ def _delta_failure_message(cause, state, control_description):
     return ('%s. The delta restore changed %s in place and could not make it unstartable again (%s); %s (%s). '
             'Do not start it: run the same delta restore again.' % (
                 cause, pgdata, state.get('rollback_error') or 'unknown error', running, control_description))
+
+
+def _tree_bytes(path):
+    """Bytes of the files under ``path``, links not followed, unreadable entries not counted."""
+    total = 0
+    for base, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(base, name)).st_size
+            except OSError:
+                pass
+    return total
 
 
 def _free_bytes(path):

@@ -217,18 +217,26 @@ def test_a_truncated_stream_leaves_an_unstartable_directory_and_a_rerun_complete
     assert stats['written_files'] == 0       # the first run did the work: all reused now
 
 
-def test_a_member_that_cannot_be_written_fails_the_apply(backup, tmp_path):
-    if os.geteuid() == 0:
-        pytest.skip('root writes into read-only directories')
+def test_a_full_disk_mid_way_leaves_it_unstartable_and_a_rerun_after_freeing_space_completes_it(backup, tmp_path,
+                                                                                               tmpfs_at):
     src, archive, fresh = backup
-    pgdata = live_copy(src, str(tmp_path / 'pgdata'))
-    os.unlink(os.path.join(pgdata, 'base/1/16385'))
-    os.chmod(os.path.join(pgdata, 'base/1'), 0o500)
-    try:
-        with pytest.raises(OSError):
-            delta.apply(chunks_of(archive), pgdata, sync=False)
-    finally:
-        os.chmod(os.path.join(pgdata, 'base/1'), 0o700)
+    volume = str(tmp_path / 'volume')
+    tmpfs_at(volume, size='4m')
+    pgdata = live_copy(src, os.path.join(volume, 'pgdata'))
+    os.unlink(os.path.join(pgdata, 'base/1/16384'))             # 2.4 MB to write, 1 MB left
+    filler = os.path.join(volume, 'filler')
+    with open(filler, 'wb') as handle:
+        handle.write(b'\0' * (3 * 1024 * 1024 - 64 * 1024))
+    delta.begin(pgdata, 'modulo_base_test')
+    with pytest.raises(OSError) as failed:
+        delta.apply(chunks_of(archive), pgdata)
+    assert failed.value.errno == 28     # ENOSPC
+    assert not os.path.exists(os.path.join(pgdata, delta.CONTROL)) and delta.in_progress(pgdata)
+    with pytest.raises(delta.DeltaError):
+        delta.commit(pgdata)
+    os.unlink(filler)
+    restore(archive, pgdata)
+    assert tree(pgdata) == tree(fresh)
 
 
 def test_names_the_restore_uses_itself_are_refused_in_an_archive(tmp_path):
