@@ -217,8 +217,8 @@ def test_a_truncated_stream_leaves_an_unstartable_directory_and_a_rerun_complete
     assert stats['written_files'] == 0       # the first run did the work: all reused now
 
 
-def test_a_full_disk_mid_way_leaves_it_unstartable_and_a_rerun_after_freeing_space_completes_it(backup, tmp_path,
-                                                                                               tmpfs_at):
+def test_a_full_disk_mid_way_leaves_it_unstartable_and_a_rerun_after_freeing_space_completes_it(
+        backup, tmp_path, tmpfs_at):
     src, archive, fresh = backup
     volume = str(tmp_path / 'volume')
     tmpfs_at(volume, size='4m')
