@@ -14,6 +14,10 @@ playbook can refuse before it stops the application. Once the server has been st
 before the recovered server is promoted puts the old directory back and starts the server on it again,
 by itself; the error then says what failed and in which state the server was left
 (ClusterRecoveryError.state).
+
+``run_delta`` (``delta=true``) is the in-place variant for hosts without room for a second copy: the
+server must already be stopped, the directory is brought to the backup by delta.apply, and since there
+is nothing to roll back to, a failure leaves the directory unstartable for the next run to resume.
 """
 
 from __future__ import absolute_import, division, print_function
