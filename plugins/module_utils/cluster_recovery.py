@@ -14,6 +14,10 @@ playbook can refuse before it stops the application. Once the server has been st
 before the recovered server is promoted puts the old directory back and starts the server on it again,
 by itself; the error then says what failed and in which state the server was left
 (ClusterRecoveryError.state).
+
+``run_delta`` (``delta=true``) is the in-place variant for hosts without room for a second copy: the
+server must already be stopped, the directory is brought to the backup by delta.apply, and since there
+is nothing to roll back to, a failure leaves the directory unstartable for the next run to resume.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -23,7 +27,8 @@ import os
 import shutil
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import (
-    encryption, fsutil, liveserver, osuser, pitr, repository, scratch)
+    delta, encryption, fsutil, liveserver, osuser, pitr, progress, repository, scratch, untar)
+from ansible_collections.modulo.pgbackup.plugins.module_utils.wal import errors as walerrors
 from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import PgError, psql_query
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import errors
@@ -135,12 +140,17 @@ class ClusterRecovery(object):
             raise ClusterRecoveryError(cause, state)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
+        reached = self._recovered(window, target_settings)
+        reached['old_pgdata'] = state['old_pgdata']
+        return reached
+
+    def _recovered(self, window, target_settings):
+        """What the promoted server reached; the recovery settings taken out of its configuration."""
         reached = scratch.recovery_outcome(window.text())
         reached['last_replayed_transaction'] = psql_query(self.conn, 'SELECT pg_last_xact_replay_timestamp()',
                                                           db='postgres')[0][0]
         reached['timeline'] = int(psql_query(self.conn, 'SELECT timeline_id FROM pg_control_checkpoint()',
                                              db='postgres')[0][0])
-        reached['old_pgdata'] = state['old_pgdata']
         # The recovery settings must not linger in the live configuration (they apply only in recovery,
         # so a failure here is a warning for the caller, not a reason to undo a finished recovery).
         names = ['restore_command', 'recovery_target_action', 'recovery_target_timeline'] + list(target_settings)
@@ -151,6 +161,90 @@ class ClusterRecovery(object):
             reached['warning'] = ('the recovery settings (%s) are still in %s/postgresql.auto.conf: %s; remove them '
                                   'with ALTER SYSTEM RESET' % (', '.join(names), self.pgdata, exc))
         return reached
+
+    # -- the delta restore, in place ------------------------------------------------------------------
+    def run_delta(self, base, repo_root, target_settings, s3_settings=None, keys=None):
+        """Bring the stopped data directory to the base backup in place (delta), recover, promote.
+
+        No old directory is kept, so nothing can be rolled back: on failure the directory is left
+        unstartable (delta.begin) and the same run resumes it.  Returns what recovery reached, with
+        ``delta`` (the counts of delta.apply).
+        """
+        stamp = repository.utcnow().strftime(repository.STAMP_FORMAT)
+        workdir = '%s.pitr-%s' % (self.pgdata, stamp)
+        state = {'touched': False, 'delta': True, 'startable': True, 'promoted': False, 'rolled_back': False,
+                 'server_running': False, 'data_directory': self.pgdata, 'old_pgdata': None, 'failed_copy': None,
+                 'delta_counts': None}
+        window = liveserver.LogWindow(None)
+        uid, gid = osuser.ids(self.os_user)
+        try:
+            refusal = running_refusal(self.pgdata, self.control)
+            if refusal:
+                raise pitr.PitrError(refusal)
+            archive = scratch.base_archive(base['path'])
+            fsutil.ensure_dir(workdir)
+            osuser.give_to(workdir, self.os_user)
+            restore_command = scratch.install_wal_command(workdir, repo_root, s3_settings, self.os_user, keys=keys)
+            state['touched'], state['startable'] = True, False
+            delta.begin(self.pgdata, base['name'], uid, gid)
+            try:
+                chunks = progress.counting(delta.archive_chunks(archive, keys), 'comparing and patching the data directory',
+                                           scratch.manifest_size(base['path']))
+                counts = delta.apply(chunks, self.pgdata, keep=self._kept_config(), uid=uid, gid=gid)
+            except (untar.UntarError, walerrors.WalArchiveError, delta.DeltaError) as exc:
+                raise scratch.ScratchError('cannot apply %s to %s: %s' % (archive, self.pgdata, encryption.explain(str(exc))))
+            state['delta_counts'] = counts
+            for stale in ('postmaster.pid', 'standby.signal', 'recovery.signal'):
+                fsutil.remove_quietly(os.path.join(self.pgdata, stale))
+            auto_conf = os.path.join(self.pgdata, 'postgresql.auto.conf')
+            strip_recovery_settings(auto_conf)
+            scratch.write_auto_conf(self.pgdata, scratch.recovery_settings(target_settings, restore_command,
+                                                                           scratch=False), self.os_user)
+            signal = os.path.join(self.pgdata, 'recovery.signal')
+            open(signal, 'w').close()
+            for path in (auto_conf, signal):
+                fsutil.fsync_file(path)
+                if uid is not None:
+                    os.lchown(path, uid, gid)
+            os.chmod(self.pgdata, 0o700)
+            delta.commit(self.pgdata)
+            state['startable'] = True
+            window = liveserver.LogWindow(self.control.log_path())
+            self._start(window)
+            scratch.wait_promoted(lambda sql: psql_query(self.conn, sql, db='postgres'), self.timeout_s,
+                                  _Watch(self.control, window), self.pgdata)
+            state['promoted'] = True
+        except ERRORS as exc:
+            cause = pitr.explain_short_recovery(str(exc), base, repo_root)
+            if state['touched']:
+                self._disarm(state, base, uid, gid)
+            raise ClusterRecoveryError(cause, state)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        reached = self._recovered(window, target_settings)
+        reached['delta'] = state['delta_counts']
+        return reached
+
+    def _kept_config(self):
+        """Today's configuration in the data directory stays (a full restore copies it from the old one)."""
+        names = ('postgresql.auto.conf',) if liveserver.config_outside(self.layout) else CONFIG_FILES
+        return [name for name in names if os.path.isfile(os.path.join(self.pgdata, name))]
+
+    def _disarm(self, state, base, uid, gid):
+        """After a failure: the server down and the directory unstartable again, so the delta can resume."""
+        try:
+            if self.control.running():
+                self.control.stop()
+            state['server_running'] = False
+            delta.begin(self.pgdata, base['name'], uid, gid)
+            state['startable'] = False
+        except ERRORS as exc:
+            state['rollback_error'] = str(exc)
+            try:
+                state['server_running'] = self.control.running()
+            except ERRORS:
+                state['server_running'] = None
+            state['startable'] = os.path.exists(os.path.join(self.pgdata, delta.CONTROL))
 
     def _prepare(self, base, repo_root, target_settings, workdir, aside, s3_settings, keys):
         fsutil.ensure_dir(workdir)
@@ -240,9 +334,62 @@ def precheck(layout, control, os_user, base):
     return problems
 
 
+def running_refusal(pgdata, control, answered=False):
+    """Why a delta restore must not start now (the server runs: it ``answered``, or its pid lives), or None."""
+    pid = liveserver.postmaster_alive(pgdata)
+    if not answered and pid is None and not control.running():
+        return None
+    return ('delta=true rewrites the data directory %s in place and refuses while PostgreSQL runs on it%s: stop '
+            'PostgreSQL first (%s), then run again. Nothing was changed' % (
+                pgdata, ' (postmaster.pid names process %d; if that is not PostgreSQL, the file is stale: remove it)'
+                % pid if pid else '', control.describe()))
+
+
+def strip_recovery_settings(auto_conf):
+    """Take out what an earlier, unfinished recovery appended (its target must not add to this one's)."""
+    try:
+        with open(auto_conf) as handle:
+            text = handle.read()
+    except FileNotFoundError:
+        return
+    mark = scratch.AUTO_CONF_MARK
+    if mark in text:
+        with open(auto_conf, 'w') as handle:
+            handle.write(text[:text.index(mark)])
+
+
+def precheck_delta(layout, control, os_user, base):
+    """What would make a delta restore of ``layout``'s (stopped) data directory fail; nothing is touched."""
+    problems = list(control.check())
+    try:
+        osuser.lookup(os_user)
+    except osuser.OsUserError as exc:
+        problems.append(str(exc))
+    pgdata = os.path.abspath(layout['data_directory'].rstrip('/'))
+    if not os.path.isdir(pgdata):
+        problems.append('%s is not a directory: a delta restore works on the existing data directory (restore '
+                        'without delta when there is none)' % pgdata)
+        return problems
+    if not os.access(pgdata, os.W_OK | os.X_OK) or _read_only(pgdata):
+        problems.append('%s is not writable by %s (run the play with become: true)' % (pgdata, osuser.current_user()))
+    needed, source = restored_size(base)
+    grows = needed - _tree_bytes(pgdata)
+    free = _free_bytes(pgdata)
+    if grows * ROOM_MARGIN > free:
+        problems.append('%s has %s free, the backup (%s, %s) is %s larger than the data directory now'
+                        % (pgdata, _human(free), _human(needed), source, _human(grows)))
+    if liveserver.config_outside(layout):
+        for key in ('config_file', 'hba_file'):
+            if not os.path.isfile(layout[key]):
+                problems.append('the server\'s %s %s is missing' % (key, layout[key]))
+    return problems
+
+
 def failure_message(cause, state, control_description):
     """What failed, and the truth about the server's state afterwards."""
     pgdata = state['data_directory']
+    if state.get('delta'):
+        return _delta_failure_message(cause, state, control_description)
     if not state['touched']:
         return '%s. Nothing was changed: the server was not stopped and %s is as it was.' % (cause, pgdata)
     if state['rolled_back']:
@@ -257,6 +404,35 @@ def failure_message(cause, state, control_description):
         state['server_running']]
     return '%s. The automatic rollback failed (%s); %s. %s' % (
         cause, state.get('rollback_error') or 'unknown error', running, steps)
+
+
+def _delta_failure_message(cause, state, control_description):
+    pgdata = state['data_directory']
+    if not state['touched']:
+        return '%s. Nothing was changed: %s is as it was.' % (cause, pgdata)
+    running = {True: 'PostgreSQL runs', False: 'PostgreSQL is down', None: 'PostgreSQL\'s state is unknown'}[
+        state['server_running']]
+    if not state['startable']:
+        return ('%s. The delta restore changed %s in place and did not finish; there is no old directory to roll '
+                'back to. The directory is marked incomplete (%s, no global/pg_control) so that it cannot be started '
+                'by mistake; %s. To resume, fix the cause and run the same delta restore again: what is already '
+                'done is reused. Or restore without delta from another backup.' % (
+                    cause, pgdata, delta.MARKER, running))
+    return ('%s. The delta restore changed %s in place and could not make it unstartable again (%s); %s (%s). '
+            'Do not start it: run the same delta restore again.' % (
+                cause, pgdata, state.get('rollback_error') or 'unknown error', running, control_description))
+
+
+def _tree_bytes(path):
+    """Bytes of the files under ``path``, links not followed, unreadable entries not counted."""
+    total = 0
+    for base, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(base, name)).st_size
+            except OSError:
+                pass
+    return total
 
 
 def _free_bytes(path):

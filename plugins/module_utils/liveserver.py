@@ -101,6 +101,20 @@ def _postmaster_pid(pgdata):
         return None
 
 
+def postmaster_alive(pgdata):
+    """The pid in ``pgdata``'s postmaster.pid when a process of that pid exists, else None."""
+    pid = _postmaster_pid(pgdata)
+    if not pid or pid <= 0:
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid
+    return pid
+
+
 def server_log_of(pgdata, proc='/proc'):
     """The file the running postmaster of ``pgdata`` writes its output to (its stderr), or None.
 

@@ -55,8 +55,8 @@ def install_wal_command(workdir, repo_root, s3_settings=None, os_user=None, keys
     return walcommand.command_lines(script)[1]
 
 
-def extract_base(base_dir, pgdata, os_user=None, log=None, keys=None):
-    """Unpack base.tar[.zst|.gz|.lz4][.age] (and the manifest) into an empty ``pgdata``."""
+def base_archive(base_dir):
+    """The path of the base backup's base.tar[.zst|.gz|.lz4][.age]; refuses backups with tablespaces."""
     archives = [n for n in os.listdir(base_dir) if n.startswith('base.tar')]
     if not archives:
         raise ScratchError('%s holds no base.tar*: not a physical base backup' % base_dir)
@@ -65,7 +65,12 @@ def extract_base(base_dir, pgdata, os_user=None, log=None, keys=None):
     if others:
         raise ScratchError('base backup %s contains tablespaces (%s): restoring tablespaces is not supported '
                            'by this release' % (base_dir, ', '.join(others)))
-    archive = os.path.join(base_dir, archives[0])
+    return os.path.join(base_dir, archives[0])
+
+
+def extract_base(base_dir, pgdata, os_user=None, log=None, keys=None):
+    """Unpack base.tar[.zst|.gz|.lz4][.age] (and the manifest) into an empty ``pgdata``."""
+    archive = base_archive(base_dir)
     fsutil.ensure_dir(pgdata)
     osuser.give_to(pgdata, os_user)
     codec = compression.codec_of_path(archive)
@@ -133,8 +138,11 @@ def recovery_settings(target, restore_command, port=None, socket_dir=None, scrat
     return settings
 
 
+AUTO_CONF_MARK = '# added by modulo.pgbackup for recovery\n'
+
+
 def write_auto_conf(pgdata, settings, os_user=None):
-    lines = ['# added by modulo.pgbackup for recovery\n']
+    lines = [AUTO_CONF_MARK]
     for key, value in settings.items():
         lines.append("%s = '%s'\n" % (key, str(value).replace("'", "''")))
     path = os.path.join(pgdata, 'postgresql.auto.conf')

@@ -38,6 +38,8 @@ description:
   - When that fails before the recovered server is promoted, the module puts the old directory back and starts
     the server on it again by itself, keeps the failed copy as C(<data directory>.failed-YYYYMMDD_HHMMSS), and
     fails with the cause and RV(rollback) saying what state the server is in.
+  - With O(mode=cluster) and O(delta=true) the data directory is brought to the base backup in place instead, for
+    hosts without room for a second copy. See O(delta); there is no old directory to roll back to.
 author:
   - modulo.pgbackup contributors (@modulo)
 extends_documentation_fragment:
@@ -118,6 +120,26 @@ options:
     description: Seconds to wait for recovery to reach the target and promote.
     type: int
     default: 3600
+  delta:
+    description:
+      - Only with O(mode=cluster). Restore the base backup into the existing data directory in place, writing only
+        what differs, for a cluster whose host has no room for a second copy of the data directory.
+      - The base backup is still read from end to end, but every file is compared with the one in the data
+        directory, page by page; only the pages that differ are written (and flushed), files the backup does not
+        have are removed (the old WAL in C(pg_wal) too, as in a full restore). The configuration files kept in the
+        data directory and the server's C(log) directory stay as they are, as a full restore keeps today's
+        configuration.
+      - Refuses while PostgreSQL runs on the data directory (it answers, or the process of its C(postmaster.pid)
+        exists), so stop it first; O(pgdata) is then required. The server is started by the module to recover
+        and promote, as with a full cluster restore. Needs O(confirm) equal to the data directory.
+      - The data directory is changed in place, so there is no old directory to roll back to. Before the first
+        change the module writes C(modulo_delta_restore.json) into it and removes C(global/pg_control); the
+        backup's C(pg_control) is put back only once everything else is written and flushed. A delta restore that
+        fails or is interrupted therefore leaves a directory PostgreSQL refuses to start, and running the same
+        task again resumes it (what is already done is compared and reused).
+      - Tablespaces are not supported, as with a full restore.
+    type: bool
+    default: false
 attributes:
   check_mode:
     support: full
@@ -151,6 +173,15 @@ EXAMPLES = r'''
     backup: /var/backups/postgresql/full/modulo_full_20261124_020000.sql.gz
     target_db: modulodb
     confirm: modulodb
+
+- name: Recover the whole cluster in place, where there is no room for a second copy (PostgreSQL stopped first)
+  modulo.pgbackup.backup_restore:
+    backup_root: /var/backups/postgresql
+    mode: cluster
+    delta: true
+    pgdata: /var/lib/postgresql/15/main
+    confirm: /var/lib/postgresql/15/main
+    target: latest
 '''
 
 RETURN = r'''
@@ -207,6 +238,17 @@ restore:
       description:
         - With O(mode=cluster), the layout and control used (C(data_directory), C(config_file),
           C(config_outside_data_directory), C(service_control), C(control), C(server_running)); in check mode too.
+        - C(delta) (O(delta)), and with it C(delta_in_progress), the marker of an earlier delta restore that did
+          not finish (null when there is none).
+      type: dict
+    delta:
+      description:
+        - With O(delta=true), what the in-place restore did. C(reused_files) and C(reused_bytes), files left
+          untouched because they already held the backup's content; C(written_files), files created or changed,
+          and C(written_bytes), the bytes actually written to them; C(removed_files), files the backup does not
+          have; C(kept_files), configuration and log files left as they are; C(total_bytes), the size of the
+          backup's files.
+      returned: success with O(delta=true)
       type: dict
 rollback:
   description:
@@ -214,6 +256,8 @@ rollback:
     - C(touched) (the server was stopped), C(rolled_back) (the old directory is back and the server runs on it),
       C(server_running), C(data_directory), C(old_pgdata) (set when the previous directory is still aside),
       C(failed_copy) (the failed recovered directory, kept for inspection), C(rollback_error).
+    - With O(delta=true) also C(delta) (true), C(startable) (false while the directory is marked incomplete;
+      run the task again to resume) and C(delta_counts) (the counts so far, when the files were all applied).
   returned: failure of O(mode=cluster)
   type: dict
 backup:
@@ -254,6 +298,7 @@ def main():
             scratch_dir=dict(type='path'),
             scratch_port=dict(type='int'),
             recovery_timeout=dict(type='int', default=3600),
+            delta=dict(type='bool', default=False),
             **common.service_argspec()
         ),
         mutually_exclusive=[restores.PITR_TARGETS],
@@ -262,15 +307,18 @@ def main():
     )
     p = module.params
     module.result.update(backup=None)
+    if p['delta'] and p['mode'] != 'cluster':
+        module.fail(restores.DELTA_NEEDS_CLUSTER)
     request = restores.Request(
         backup=p['backup'], db=p['db'], target_db=p['target_db'], confirm=p['confirm'], keep_old=p['keep_old'],
         jobs=p['jobs'], mode=p['mode'], target_time=p['target_time'], target_xid=p['target_xid'],
         target_lsn=p['target_lsn'], target_name=p['target_name'], target=p['target'], scratch_dir=p['scratch_dir'],
         scratch_port=p['scratch_port'], recovery_timeout=p['recovery_timeout'], pgdata=p['pgdata'],
-        pg_service=p['pg_service'], service_control=p['service_control'], pg_os_user=p['pg_os_user'])
+        pg_service=p['pg_service'], service_control=p['service_control'], pg_os_user=p['pg_os_user'],
+        delta=p['delta'])
     module.audit(p['backup_root'], 'pitr' if request.pitr else 'restore',
                  (p['pgdata'] or 'cluster') if p['mode'] == 'cluster' else p['target_db'], db_user=p['login_user'],
-                 details={'requested_backup': p['backup'], 'mode': p['mode']})
+                 details={'requested_backup': p['backup'], 'mode': p['mode'], 'delta': p['delta']})
     repo = repository.Repository(p['backup_root'], p['pg_os_user'])
     keys, log = encryption.Keys.from_params(p), module.command_log
     if request.pitr:

@@ -139,3 +139,30 @@ def test_cluster_pitr_without_become_is_refused_before_anything_is_touched(prod,
     assert res['failed'] is True
     assert 'cannot read it' in res['msg'] and 'become: true' in res['msg'], res['msg']
     assert prod.host.lsclusters()[3] == 'online'
+
+
+def test_cluster_pitr_in_place_with_delta_through_systemd_keeps_the_configuration_in_etc(prod, archived):
+    """pitr.yml with pitr_delta=true: refused while the cluster runs, then, stopped by the operator, the data
+    directory is brought back in place (no second copy) and started through the unit; /etc is untouched."""
+    host = prod.host
+    before = conf_digest(host)
+    extra = {'pitr_mode': 'cluster', 'pitr_delta': True, 'target_time': archived['mark'], 'confirm': host.pgdata}
+    proc = prod.playbook('pitr.yml', extra_vars=extra)
+    assert proc.returncode != 0 and 'refuses while PostgreSQL runs' in proc.stdout, proc.stdout[-4000:]
+    assert int(host.psql('SELECT count(*) FROM journal', db='modulodb')) == 150
+
+    subprocess.run(['pg_ctlcluster', '--skip-systemctl-redirect', '15', host.cluster, 'stop', '-m', 'fast'], check=True)
+    proc = prod.playbook('pitr.yml', extra_vars=extra)
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    assert 'Delta, in place: ' in proc.stdout and 'no old directory kept' in proc.stdout, proc.stdout[-4000:]
+    assert host.psql('SELECT count(*), max(id) FROM journal', db='modulodb') == '100|100'
+    assert host.psql('SELECT pg_is_in_recovery()') == 'f'
+    assert conf_digest(host) == before
+    assert not os.path.exists(os.path.join(host.pgdata, 'postgresql.conf'))    # still Debian's layout
+    line = host.lsclusters()
+    assert line[3] == 'online' and line[5] == host.pgdata, line
+    assert not glob.glob(host.pgdata + '.old-*') and not glob.glob(host.pgdata + '.pitr-*')
+    # everything in the data directory still belongs to the server's OS user
+    owners = set(os.lstat(os.path.join(base, name)).st_uid for base, dirs, files in os.walk(host.pgdata)
+                 for name in dirs + files)
+    assert owners == {os.stat(host.pgdata).st_uid}, owners

@@ -17,11 +17,14 @@ __metaclass__ = type
 import os
 import time
 
-from ansible_collections.modulo.pgbackup.plugins.module_utils import cluster_recovery, errors, logical_restore, pitr, progress, repository
+from ansible_collections.modulo.pgbackup.plugins.module_utils import (
+    cluster_recovery, delta, errors, logical_restore, pitr, progress, repository)
 from ansible_collections.modulo.pgbackup.plugins.module_utils.wal import s3 as wals3
 
 DATABASE, CLUSTER = 'database', 'cluster'
 PITR_TARGETS = ('target_time', 'target_xid', 'target_lsn', 'target_name', 'target')
+DELTA_NEEDS_CLUSTER = ('delta=true applies only to mode=cluster (it rewrites the data directory of the whole cluster '
+                       'in place); a restore into a database never needs it')
 
 
 class RestoreFailed(errors.PgBackupError):
@@ -38,16 +41,18 @@ class Request(object):
     def __init__(self, backup='latest', db=None, target_db=None, confirm=None, keep_old=True, jobs=2,
                  mode=DATABASE, target_time=None, target_xid=None, target_lsn=None, target_name=None, target=None,
                  scratch_dir=None, scratch_port=None, recovery_timeout=3600, pgdata=None, pg_service=None,
-                 service_control='auto', pg_os_user='postgres'):
+                 service_control='auto', pg_os_user='postgres', delta=False):
         if mode not in (DATABASE, CLUSTER):
             raise errors.PgBackupError('mode must be database or cluster, not %r' % (mode,))
+        if delta and mode != CLUSTER:
+            raise errors.PgBackupError(DELTA_NEEDS_CLUSTER)
         self.backup, self.db, self.target_db, self.confirm = backup or 'latest', db, target_db, confirm
         self.keep_old, self.jobs, self.mode = keep_old, jobs, mode
         self.target_time, self.target_xid, self.target_lsn = target_time, target_xid, target_lsn
         self.target_name, self.target = target_name, target
         self.scratch_dir, self.scratch_port, self.recovery_timeout = scratch_dir, scratch_port, recovery_timeout
         self.pgdata, self.pg_service, self.service_control = pgdata, pg_service, service_control
-        self.pg_os_user = pg_os_user
+        self.pg_os_user, self.delta = pg_os_user, bool(delta)
 
     @property
     def pitr(self):
@@ -139,6 +144,9 @@ class PointInTimeRecovery(object):
         self.cluster = cluster_recovery.ClusterRecovery(
             self.connect('postgres'), r.pgdata, self.bindir, r.pg_os_user, unit=r.pg_service,
             method=r.service_control, timeout_s=r.recovery_timeout, log=self.log)
+        if r.delta:
+            self._prepare_delta()
+            return
         if os.path.abspath((r.confirm or '').rstrip('/') or '.') != self.cluster.pgdata:
             raise pitr.PitrError('mode=cluster replaces the live data directory %s (it is kept renamed, never '
                                  'deleted): to go ahead, set confirm: %s' % (self.cluster.pgdata, self.cluster.pgdata))
@@ -147,6 +155,21 @@ class PointInTimeRecovery(object):
             raise pitr.PitrError('cannot replace the data directory %s: %s. Nothing was changed: the server was '
                                  'not stopped' % (self.cluster.pgdata, '; '.join(problems)))
 
+    def _prepare_delta(self):
+        pgdata = self.cluster.pgdata
+        if os.path.abspath((self.request.confirm or '').rstrip('/') or '.') != pgdata:
+            raise pitr.PitrError('mode=cluster delta=true rewrites the data directory %s in place: files that differ '
+                                 'from the base backup are overwritten and files it does not have are deleted, and '
+                                 'no old directory is kept to roll back to. To go ahead, set confirm: %s'
+                                 % (pgdata, pgdata))
+        refusal = cluster_recovery.running_refusal(pgdata, self.cluster.control, self.cluster.layout['running'])
+        if refusal:
+            raise pitr.PitrError(refusal)
+        problems = cluster_recovery.precheck_delta(self.cluster.layout, self.cluster.control, self.request.pg_os_user,
+                                                   self.backup)
+        if problems:
+            raise pitr.PitrError('cannot restore %s in place: %s. Nothing was changed' % (pgdata, '; '.join(problems)))
+
     def _planned(self):
         return dict(base_backup=self.backup['name'], target=self.description, mode=self.request.mode)
 
@@ -154,11 +177,15 @@ class PointInTimeRecovery(object):
         restore = dict(recovery=self._planned(), target_db=self.request.target_db)
         if self.cluster is not None:
             restore['cluster'] = self.cluster.plan()
+            restore['cluster']['delta'] = self.request.delta
+            if self.request.delta:
+                restore['cluster']['delta_in_progress'] = delta.in_progress(self.cluster.pgdata)
         return restore
 
     def would(self):
-        return 'would recover to %s from %s (%s mode%s)' % (
+        return 'would recover to %s from %s (%s mode%s%s)' % (
             self.description, self.backup['name'], self.request.mode,
+            ', delta: in place, no old directory kept' if self.request.delta else '',
             (', ' + self.cluster.describe()) if self.cluster is not None else '')
 
     @progress.reported('restore', lambda run: 'point-in-time recovery from %s' % run.backup['name'])
@@ -175,15 +202,19 @@ class PointInTimeRecovery(object):
                 reached, outcome = self._into_database()
             else:
                 try:
-                    reached = self.cluster.run(base, self.repo.root, self.target_settings,
-                                               s3_settings=self.s3_settings, keys=self.keys)
+                    run = self.cluster.run_delta if r.delta else self.cluster.run
+                    reached = run(base, self.repo.root, self.target_settings, s3_settings=self.s3_settings,
+                                  keys=self.keys)
                 except cluster_recovery.ClusterRecoveryError as exc:
                     raise RestoreFailed(cluster_recovery.failure_message(str(exc), exc.state,
                                                                          self.cluster.control.describe()),
                                         rollback=exc.state)
                 if reached.get('warning'):
                     warnings.append(reached.pop('warning'))
-                outcome = {'target_db': None, 'old_pgdata': reached.pop('old_pgdata'), 'cluster': self.cluster.plan()}
+                outcome = {'target_db': None, 'old_pgdata': reached.pop('old_pgdata', None),
+                           'cluster': self.cluster.plan()}
+                if r.delta:
+                    outcome['delta'] = reached.pop('delta')
         except OSError as exc:
             raise RestoreFailed('point-in-time recovery failed: %s' % exc)
         reached.update(self._planned())
@@ -191,6 +222,11 @@ class PointInTimeRecovery(object):
         outcome['duration_s'] = round(time.time() - started, 3)
         where = (' into database %s' % r.target_db) if r.mode == DATABASE else \
             (' as the live cluster %s' % self.cluster.pgdata)
+        if r.mode == CLUSTER and r.delta:
+            d = outcome['delta']
+            where += (' (delta, in place: %d files reused, %d written with %s, %d removed)'
+                      % (d['reused_files'], d['written_files'], cluster_recovery._human(d['written_bytes']),
+                         d['removed_files']))
         return Outcome(outcome, 'recovered to %s from %s%s' % (self.description, base['name'], where), warnings)
 
     def _into_database(self):
