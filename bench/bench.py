@@ -590,6 +590,46 @@ class Bench(object):
                     time_ratio_without_ansible=self.net_ratio(elapsed, ref_elapsed),
                     rows_ok=rows_project == self.scale * 100000, **mem)
 
+    def delta_restore(self):
+        """A cluster restored from a base backup, then changed a little (under 5 % of pgbench_accounts) and
+        restored again from the same backup: with delta (only what differs is rewritten) against a full
+        restore (everything unpacked again), the same target, the same backup."""
+        self.wait_archived()
+        self.task('pg_backup', self.conn_args(type='physical'))
+        target = self.new_target('delta-target')
+        args = self.conn_args(target, mode='cluster', target='immediate', pgdata=target.pgdata, confirm=target.pgdata)
+        self.task('backup_restore', args)
+        accounts = self.scale * 100000
+        expected = self.psql('SELECT sum(abalance) FROM pgbench_accounts', db='modulodb', cluster=target)
+
+        def change():
+            # 2 % of the accounts, one range of them (what a delta can gain from: the pages of scattered
+            # updates are nearly all touched), and a checkpoint to write them.
+            self.psql('UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid <= %d' % (accounts // 50),
+                      db='modulodb', cluster=target)
+            self.psql('CHECKPOINT', cluster=target)
+
+        def restore(delta):
+            change()
+            started = time.time()
+            if delta:
+                # A delta restore wants the server stopped first (the full one stops it itself): counted in.
+                target.stop()
+            result, took, used = self.task('backup_restore', dict(args, delta=delta))
+            took = time.time() - started
+            ok = self.psql('SELECT sum(abalance) FROM pgbench_accounts', db='modulodb', cluster=target) == expected
+            return (ok, result.get('restore', {}).get('delta')), took, used
+
+        ((full_ok, _none), full_s, full_mem), ((delta_ok, counts), delta_s, delta_mem) = self.interleaved(
+            lambda: restore(False), lambda: restore(True))
+        self.drop_target(target)
+        self.record('delta_restore.full', method='backup_restore mode=cluster target=immediate after a 2 %% change '
+                    '(%d rows)' % (accounts // 50), time_s=round(full_s, 2), reference=True, rows_ok=full_ok, **full_mem)
+        self.record('delta_restore.delta', method='the same with delta=true: matching files kept',
+                    time_s=round(delta_s, 2), time_ratio=round(delta_s / full_s, 2),
+                    time_ratio_without_ansible=self.net_ratio(delta_s, full_s), rows_ok=delta_ok, delta=counts,
+                    **delta_mem)
+
     def pgbackrest_restore(self, name, *options, **kwargs):
         """pgbackrest restore into an empty directory, then start it and wait for promotion (``conf``: another
         configuration than the bench's)."""
@@ -1113,19 +1153,19 @@ def wait_promoted(cluster, timeout=3600):
 # Results: JSON and a Markdown table, and the smoke check
 # ---------------------------------------------------------------------------------------------
 
-PHASES = ('logical_backup', 'logical_restore', 'physical', 'pitr', 'pitr_s3', 'archive_under_load',
+PHASES = ('logical_backup', 'logical_restore', 'physical', 'delta_restore', 'pitr', 'pitr_s3', 'archive_under_load',
           'archive_push_cost', 'archive_async', 'emergency_recovery')
 # What a phase needs run before it: the restores use the logical phase's backups, the rest WAL archiving.
 PREREQUISITES = dict([('logical_restore', 'logical_backup')] + [
     (phase, 'configure_archiving')
-    for phase in ('physical', 'pitr', 'pitr_s3', 'archive_under_load', 'archive_push_cost', 'archive_async',
-                  'emergency_recovery')])
+    for phase in ('physical', 'delta_restore', 'pitr', 'pitr_s3', 'archive_under_load', 'archive_push_cost',
+                  'archive_async', 'emergency_recovery')])
 
 
 def phases_to_run(only=None):
     """The Bench methods to run, in order: all, or ``only`` those plus what they need set up first."""
-    order = ['setup', 'logical_backup', 'logical_restore', 'configure_archiving', 'physical', 'pitr', 'pitr_s3',
-             'archive_under_load', 'archive_push_cost', 'archive_async', 'emergency_recovery']
+    order = ['setup', 'logical_backup', 'logical_restore', 'configure_archiving', 'physical', 'delta_restore', 'pitr',
+             'pitr_s3', 'archive_under_load', 'archive_push_cost', 'archive_async', 'emergency_recovery']
     if not only:
         return order
     wanted = set(only) | {'setup'}
@@ -1145,6 +1185,7 @@ TARGETS = [
     ('archive_async_push.project', 'rate_ratio', 1.5, '>='),
     ('archive_async_load.project', 'ready_backlog_peak', 2, '<='),
     ('pitr.backup_restore', 'time_ratio', 1.2, '<='),
+    ('delta_restore.delta', 'time_ratio', 0.5, '<='),
     ('pitr_s3.backup_restore', 'time_ratio', 1.0, '<='),
     ('emergency_recovery', 'time_s', 60, '<='),
 ]
@@ -1248,9 +1289,9 @@ def write_results(results, out_dir):
 
 REQUIRED = ('logical_backup.pg_dump_gzip', 'logical_backup.pg_backup_default', 'logical_restore.gunzip_psql',
             'logical_restore.backup_restore_default', 'physical_backup.pgbackrest', 'physical_backup.pg_backup',
-            'physical_restore.pgbackrest', 'physical_restore.backup_restore', 'pitr.pgbackrest',
-            'pitr.backup_restore', 'pitr_s3.pgbackrest', 'pitr_s3.backup_restore', 'archive_push.cp', 'archive_push.project',
-            'archive_push.pgbackrest',
+            'physical_restore.pgbackrest', 'physical_restore.backup_restore', 'delta_restore.full',
+            'delta_restore.delta', 'pitr.pgbackrest', 'pitr.backup_restore', 'pitr_s3.pgbackrest',
+            'pitr_s3.backup_restore', 'archive_push.cp', 'archive_push.project', 'archive_push.pgbackrest',
             'archive_fetch.cp', 'archive_fetch.project', 'archive_fetch.pgbackrest',
             'archive_load.project', 'archive_load.pgbackrest', 'archive_async_push.project',
             'archive_async_push.pgbackrest', 'archive_async_load.project', 'archive_async_load.pgbackrest',

@@ -122,8 +122,8 @@ def test_targets_are_judged_in_their_direction():
 
 def test_only_runs_the_phases_asked_for_after_their_setup():
     assert bench.phases_to_run() == ['setup', 'logical_backup', 'logical_restore', 'configure_archiving', 'physical',
-                                     'pitr', 'pitr_s3', 'archive_under_load', 'archive_push_cost', 'archive_async',
-                                     'emergency_recovery']
+                                     'delta_restore', 'pitr', 'pitr_s3', 'archive_under_load', 'archive_push_cost',
+                                     'archive_async', 'emergency_recovery']
     assert bench.phases_to_run(['logical_restore']) == ['setup', 'logical_backup', 'logical_restore']
     assert bench.phases_to_run(['pitr', 'physical']) == ['setup', 'configure_archiving', 'physical', 'pitr']
     assert all(hasattr(bench.Bench, name) for name in bench.phases_to_run())
