@@ -280,8 +280,8 @@ def test_a_base_backup_from_a_debian_standby_and_a_pitr_from_it(prod):
         host.psql('INSERT INTO standby_check (id) SELECT generate_series(201, 300)', db='modulodb')
         host.switch_wal_and_wait()
 
-        res = prod.task('modulo.pgbackup.backup_restore', {'db': 'modulodb', 'target_db': 'standby_pitr',
-                                                          'target_time': mark})
+        res = prod.task('modulo.pgbackup.backup_restore',
+                        {'db': 'modulodb', 'target_db': 'standby_pitr', 'target_time': mark})
         assert res.get('failed') is not True, res.get('msg')
         assert res['restore']['recovery']['base_backup'] == meta['name']
         assert host.psql('SELECT count(*), max(id) FROM standby_check', db='standby_pitr') == '200|200'
