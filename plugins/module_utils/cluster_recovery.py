@@ -128,10 +128,7 @@ class ClusterRecovery(object):
                 os.rename(self.pgdata, aside)
                 state['old_pgdata'] = aside
             self._prepare(base, repo_root, target_settings, workdir, aside, s3_settings, keys)
-            window = liveserver.LogWindow(self.control.log_path())
-            self._start(window)
-            scratch.wait_promoted(lambda sql: psql_query(self.conn, sql, db='postgres'), self.timeout_s,
-                                  _Watch(self.control, window), self.pgdata)
+            window = self._start_and_promote()
             state['promoted'] = True
         except ERRORS as exc:
             cause = pitr.explain_short_recovery(str(exc), base, repo_root)
@@ -209,10 +206,7 @@ class ClusterRecovery(object):
             os.chmod(self.pgdata, 0o700)
             delta.commit(self.pgdata)
             state['startable'] = True
-            window = liveserver.LogWindow(self.control.log_path())
-            self._start(window)
-            scratch.wait_promoted(lambda sql: psql_query(self.conn, sql, db='postgres'), self.timeout_s,
-                                  _Watch(self.control, window), self.pgdata)
+            window = self._start_and_promote()
             state['promoted'] = True
         except ERRORS as exc:
             cause = pitr.explain_short_recovery(str(exc), base, repo_root)
@@ -239,11 +233,7 @@ class ClusterRecovery(object):
             delta.begin(self.pgdata, base['name'], uid, gid)
             state['startable'] = False
         except ERRORS as exc:
-            state['rollback_error'] = str(exc)
-            try:
-                state['server_running'] = self.control.running()
-            except ERRORS:
-                state['server_running'] = None
+            self._failed_back(state, exc)
             state['startable'] = os.path.exists(os.path.join(self.pgdata, delta.CONTROL))
 
     def _prepare(self, base, repo_root, target_settings, workdir, aside, s3_settings, keys):
@@ -265,6 +255,15 @@ class ClusterRecovery(object):
         open(os.path.join(self.pgdata, 'recovery.signal'), 'w').close()
         osuser.give_to(self.pgdata, self.os_user)
         os.chmod(self.pgdata, 0o700)
+
+    def _start_and_promote(self):
+        """Start the server on the prepared data directory and wait until recovery has promoted it; returns the
+        window on its log, where recovery says where it stopped."""
+        window = liveserver.LogWindow(self.control.log_path())
+        self._start(window)
+        scratch.wait_promoted(lambda sql: psql_query(self.conn, sql, db='postgres'), self.timeout_s,
+                              _Watch(self.control, window), self.pgdata)
+        return window
 
     def _start(self, window):
         try:
@@ -296,21 +295,30 @@ class ClusterRecovery(object):
             state['rolled_back'] = True
             state['server_running'] = True
         except ERRORS as exc:
-            state['rollback_error'] = str(exc)
-            try:
-                state['server_running'] = self.control.running()
-            except ERRORS:
-                state['server_running'] = None
+            self._failed_back(state, exc)
+
+    def _failed_back(self, state, exc):
+        """The way back failed too: say why, and whether the server runs (None when that cannot be told)."""
+        state['rollback_error'] = str(exc)
+        try:
+            state['server_running'] = self.control.running()
+        except ERRORS:
+            state['server_running'] = None
 
 
-def precheck(layout, control, os_user, base):
-    """What would make the swap of ``layout``'s data directory fail, checked while nothing is touched yet."""
+def _service_problems(layout, control, os_user):
+    """What any cluster restore needs of the host (the service control, the OS user); and the data directory."""
     problems = list(control.check())
     try:
         osuser.lookup(os_user)
     except osuser.OsUserError as exc:
         problems.append(str(exc))
-    pgdata = os.path.abspath(layout['data_directory'].rstrip('/'))
+    return problems, os.path.abspath(layout['data_directory'].rstrip('/'))
+
+
+def precheck(layout, control, os_user, base):
+    """What would make the swap of ``layout``'s data directory fail, checked while nothing is touched yet."""
+    problems, pgdata = _service_problems(layout, control, os_user)
     parent = os.path.dirname(pgdata)
     if not os.path.isdir(parent):
         problems.append('the directory %s above the data directory does not exist' % parent)
@@ -360,12 +368,7 @@ def strip_recovery_settings(auto_conf):
 
 def precheck_delta(layout, control, os_user, base):
     """What would make a delta restore of ``layout``'s (stopped) data directory fail; nothing is touched."""
-    problems = list(control.check())
-    try:
-        osuser.lookup(os_user)
-    except osuser.OsUserError as exc:
-        problems.append(str(exc))
-    pgdata = os.path.abspath(layout['data_directory'].rstrip('/'))
+    problems, pgdata = _service_problems(layout, control, os_user)
     if not os.path.isdir(pgdata):
         problems.append('%s is not a directory: a delta restore works on the existing data directory (restore '
                         'without delta when there is none)' % pgdata)
