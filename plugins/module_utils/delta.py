@@ -251,91 +251,57 @@ def apply(chunks, pgdata, keep=(), uid=None, gid=None, sync=True):
                  total_bytes=0)
     keep = set(keep)
     listed = set()
-    symlinks = set()
     touched_dirs = set()
     known_dirs = set([''])
     patcher = _Patcher(stats, uid, gid, sync)
-    header = bytearray()
-    offset = 0
-    current = None      # the file being compared, or 'skip' for a member whose data is not used
-    left = skip = 0
-    ended = False
+    current = {'file': None}    # the file being compared; None for a member whose data is not used
+
+    def on_member(member):
+        path = member.path
+        if path in (MARKER, HELD_CONTROL):
+            raise untar.UntarError('tar member %r has a name this restore uses for itself: refused' % member.name)
+        listed.add(path)
+        if member.kind in untar.REGULAR:
+            _parents(pgdata, path, uid, gid, touched_dirs, known_dirs)
+            stats['total_bytes'] += member.size
+            if _kept(path, keep) and os.path.isfile(os.path.join(pgdata, path)):
+                stats['kept_files'] += 1
+                current['file'] = None
+            else:
+                current['file'] = _open(pgdata, HELD_CONTROL if path == CONTROL else path, member.size,
+                                        member.mode or 0o600, member.mtime, touched_dirs)
+                if current['file']['new'] and uid is not None:
+                    os.fchown(current['file']['fd'], uid, gid)
+        elif member.kind == untar.DIRECTORY:
+            if path:
+                _parents(pgdata, path, uid, gid, touched_dirs, known_dirs)
+                _directory(pgdata, path, member.mode or 0o700, uid, gid, touched_dirs)
+                known_dirs.add(path)
+        else:
+            _parents(pgdata, path, uid, gid, touched_dirs, known_dirs)
+            _symlink(pgdata, path, member.target, uid, gid, touched_dirs)
+
+    def on_data(piece, last):
+        f = current['file']
+        if f is None:
+            return
+        if piece:
+            patcher.put(('data', f, f['pos'], bytes(piece)))
+            f['pos'] += len(piece)
+        if last:
+            # The patcher closes the file with its end.
+            patcher.put(('end', f))
+            current['file'] = None
+
     try:
-        for chunk in chunks:
-            view = memoryview(chunk)
-            while view and not ended:
-                if left:
-                    take = min(left, len(view))
-                    if current != 'skip':
-                        patcher.put(('data', current, current['pos'], bytes(view[:take])))
-                        current['pos'] += take
-                    left -= take
-                    if not left:
-                        if current != 'skip':
-                            patcher.put(('end', current))
-                        current = None
-                elif skip:
-                    take = min(skip, len(view))
-                    skip -= take
-                elif len(header) < untar.BLOCK:
-                    take = min(untar.BLOCK - len(header), len(view))
-                    header += view[:take]
-                else:
-                    take = 0
-                    block, header = bytes(header), bytearray()
-                    if block == b'\0' * untar.BLOCK:
-                        ended = True
-                        break
-                    name, kind, size, mode, mtime, target = untar.parse_header(block, offset - untar.BLOCK)
-                    path = untar.safe_relpath(name, symlinks)
-                    if path in (MARKER, HELD_CONTROL):
-                        raise untar.UntarError('tar member %r has a name this restore uses for itself: refused' % name)
-                    if kind in untar.REGULAR:
-                        listed.add(path)
-                        _parents(pgdata, path, uid, gid, touched_dirs, known_dirs)
-                        skip = -size % untar.BLOCK
-                        stats['total_bytes'] += size
-                        if _kept(path, keep) and os.path.isfile(os.path.join(pgdata, path)):
-                            stats['kept_files'] += 1
-                            current = 'skip'
-                        else:
-                            current = _open(pgdata, HELD_CONTROL if path == CONTROL else path, size, mode or 0o600,
-                                            mtime, touched_dirs)
-                            if current['new'] and uid is not None:
-                                os.fchown(current['fd'], uid, gid)
-                        if size:
-                            left = size
-                        else:
-                            if current != 'skip':
-                                patcher.put(('end', current))
-                            current = None
-                    elif kind == untar.DIRECTORY:
-                        listed.add(path)
-                        if path:
-                            _parents(pgdata, path, uid, gid, touched_dirs, known_dirs)
-                            _directory(pgdata, path, mode or 0o700, uid, gid, touched_dirs)
-                            known_dirs.add(path)
-                        skip = -size % untar.BLOCK if size else 0
-                    elif kind == untar.SYMLINK:
-                        listed.add(path)
-                        _parents(pgdata, path, uid, gid, touched_dirs, known_dirs)
-                        _symlink(pgdata, path, target, uid, gid, touched_dirs)
-                        symlinks.add(path)
-                    else:
-                        raise untar.UntarError('tar member %r is a %s, which a PostgreSQL base backup does not contain: '
-                                               'refused' % (name, untar.TYPE_NAMES.get(kind, 'entry of type %r' % kind)))
-                view = view[take:]
-                offset += take
-        if not ended:
-            raise untar.UntarError('the tar stream ended after %d bytes, in the middle of %s: the backup is truncated'
-                                   % (offset, 'a file' if left else 'the archive'))
+        untar.walk(chunks, on_member, on_data)
     except BaseException:
         try:
             patcher.finish()
         except OSError:
             pass
-        if isinstance(current, dict):
-            os.close(current['fd'])
+        if current['file'] is not None:
+            os.close(current['file']['fd'])
         raise
     patcher.finish()
     stats['removed_files'] = _remove_unlisted(pgdata, listed, keep, touched_dirs)

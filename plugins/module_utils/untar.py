@@ -23,6 +23,7 @@ rather than guessing.  It never writes outside the destination: absolute names,
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
+import collections
 import os
 import posixpath
 import queue
@@ -31,6 +32,7 @@ import threading
 from ansible_collections.modulo.pgbackup.plugins.module_utils import errors
 
 BLOCK = 512
+ZERO_BLOCK = b'\0' * BLOCK
 # Items the writer may lag behind; each holds at most one decompressed chunk (1 MB).
 QUEUE_DEPTH = 16
 # Files at least this large are flushed by the writer as soon as they are complete.  Small ones
@@ -146,90 +148,116 @@ class _Writer(object):
             raise self.error
 
 
+Member = collections.namedtuple('Member', 'name path kind size mode mtime target')
+
+
+def walk(chunks, on_member, on_data):
+    """Read the tar stream ``chunks`` (bytes-like, any sizes) and call back for what it holds.
+
+    ``on_member(member)`` for every member, in order: a ``Member`` whose ``path`` has passed
+    ``safe_relpath`` (symbolic links met so far included) and whose ``kind`` is REGULAR, DIRECTORY
+    or SYMLINK; anything else is refused here.  ``on_data(piece, last)`` then for each piece of a
+    regular file's content (a memoryview into the chunk: copy it to keep it), ``last`` true on its
+    final piece; an empty file gets one empty piece.  A stream that ends before its end-of-archive
+    blocks raises UntarError: a truncated backup must not restore as if it were whole.  This is
+    the one tar reader of the collection: a full restore writes through it (``extract``), a delta
+    restore compares through it (delta.apply).
+    """
+    symlinks = set()
+    header = bytearray()
+    offset = 0            # bytes of the stream consumed, for messages
+    left = 0              # what is left of the current file's data
+    skip = 0              # padding after a member's data
+    ended = False
+    for chunk in chunks:
+        # After the end-of-archive blocks the rest is read, not used: the decompressor checks the
+        # frame's checksum only at its very end.
+        view = memoryview(chunk)
+        while view and not ended:
+            if left:
+                take = min(left, len(view))
+                left -= take
+                on_data(view[:take], not left)
+            elif skip:
+                take = min(skip, len(view))
+                skip -= take
+            elif len(header) < BLOCK:
+                take = min(BLOCK - len(header), len(view))
+                header += view[:take]
+            else:
+                take = 0
+                block, header = bytes(header), bytearray()
+                if block == ZERO_BLOCK:
+                    ended = True
+                    break
+                name, kind, size, mode, mtime, target = parse_header(block, offset - BLOCK)
+                if kind not in REGULAR and kind not in (DIRECTORY, SYMLINK):
+                    raise UntarError('tar member %r is a %s, which a PostgreSQL base backup does not contain: '
+                                     'refused' % (name, TYPE_NAMES.get(kind, 'entry of type %r' % kind)))
+                member = Member(name, safe_relpath(name, symlinks), kind, size, mode, mtime, target)
+                on_member(member)
+                if kind == SYMLINK:
+                    symlinks.add(member.path)
+                skip = -size % BLOCK
+                if kind in REGULAR:
+                    left = size
+                    if not size:
+                        on_data(memoryview(b''), True)
+            view = view[take:]
+            offset += take
+    if not ended:
+        raise UntarError('the tar stream ended after %d bytes, in the middle of %s: the backup is truncated'
+                         % (offset, 'a file' if left else 'the archive'))
+    return offset
+
+
 def extract(chunks, dest, uid=None, gid=None, sync=True):
     """Unpack the tar stream ``chunks`` (bytes-like, any sizes) into the existing directory ``dest``.
 
     ``uid``/``gid``: owner of everything created (when running as root for the
     server's OS user).  Returns ``{'files': n, 'bytes': n}``.  A stream that ends
-    before its end-of-archive blocks raises UntarError: a truncated backup must
-    not restore as if it were whole.
+    before its end-of-archive blocks raises UntarError (see ``walk``).
     """
     writer = _Writer(sync)
-    symlinks = set()
     stats = {'files': 0, 'bytes': 0}
-    header = bytearray()
-    offset = 0            # bytes of the stream consumed, for messages
-    fd = None             # file being written, and what is left of it
-    left = 0
-    skip = 0              # padding after a file's data
-    ended = False
+    current = {'fd': None, 'mtime': None, 'flush': False}
+
+    def on_member(member):
+        full = os.path.join(dest, member.path)
+        if member.kind in REGULAR:
+            _make_parents(dest, member.path, uid, gid)
+            fd = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, member.mode or 0o600)
+            current.update(fd=fd, mtime=member.mtime, flush=member.size >= FLUSH_FROM)
+            if uid is not None:
+                os.fchown(fd, uid, gid)
+            stats['files'] += 1
+            stats['bytes'] += member.size
+        elif member.kind == DIRECTORY:
+            if member.path:
+                _make_parents(dest, member.path, uid, gid)
+                _make_dir(full, member.mode or 0o700, uid, gid)
+        else:
+            _make_parents(dest, member.path, uid, gid)
+            os.symlink(member.target, full)
+            if uid is not None:
+                os.lchown(full, uid, gid)
+
+    def on_data(piece, last):
+        # The writer stamps and closes the file with its last piece.
+        writer.put(current['fd'], bytes(piece), current['mtime'] if last else None, current['flush'])
+        if last:
+            current['fd'] = None
+
     try:
-        for chunk in chunks:
-            # After the end-of-archive blocks the rest is read, not used: the
-            # decompressor checks the frame's checksum only at its very end.
-            view = memoryview(chunk)
-            while view and not ended:
-                if left:
-                    take = min(left, len(view))
-                    left -= take
-                    writer.put(fd, bytes(view[:take]), mtime if not left else None, size >= FLUSH_FROM)
-                    if not left:
-                        fd = None
-                elif skip:
-                    take = min(skip, len(view))
-                    skip -= take
-                elif len(header) < BLOCK:
-                    take = min(BLOCK - len(header), len(view))
-                    header += view[:take]
-                else:
-                    take = 0
-                    block, header = bytes(header), bytearray()
-                    if block == b'\0' * BLOCK:
-                        ended = True
-                        break
-                    name, kind, size, mode, mtime, target = parse_header(block, offset - BLOCK)
-                    path = safe_relpath(name, symlinks)
-                    full = os.path.join(dest, path)
-                    if kind in REGULAR:
-                        _make_parents(dest, path, uid, gid)
-                        fd = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode or 0o600)
-                        if uid is not None:
-                            os.fchown(fd, uid, gid)
-                        stats['files'] += 1
-                        stats['bytes'] += size
-                        skip = -size % BLOCK
-                        if size:
-                            left = size
-                        else:
-                            writer.put(fd, b'', mtime)
-                            fd = None
-                    elif kind == DIRECTORY:
-                        if path:
-                            _make_parents(dest, path, uid, gid)
-                            _make_dir(full, mode or 0o700, uid, gid)
-                        skip = -size % BLOCK if size else 0
-                    elif kind == SYMLINK:
-                        _make_parents(dest, path, uid, gid)
-                        os.symlink(target, full)
-                        if uid is not None:
-                            os.lchown(full, uid, gid)
-                        symlinks.add(path)
-                    else:
-                        raise UntarError('tar member %r is a %s, which a PostgreSQL base backup does not contain: '
-                                         'refused' % (name, TYPE_NAMES.get(kind, 'entry of type %r' % kind)))
-                view = view[take:]
-                offset += take
-        if not ended:
-            raise UntarError('the tar stream ended after %d bytes, in the middle of %s: the backup is truncated'
-                             % (offset, 'a file' if left else 'the archive'))
+        walk(chunks, on_member, on_data)
     except BaseException:
-        # The writer may still hold data for ``fd``: let it finish before closing.
+        # The writer may still hold data for the open file: let it finish before closing.
         try:
             writer.finish()
         except OSError:
             pass
-        if fd is not None:
-            os.close(fd)
+        if current['fd'] is not None:
+            os.close(current['fd'])
         raise
     writer.finish()
     return stats

@@ -235,13 +235,13 @@ def _pusher(wal_dir, status_dir, out, push_one, workers, queue_max, prepare):
             ready = _ready(status_dir)
             markers = set(os.listdir(out))
             pending = set(ready)
+            busy = set(inflight.values())
             for marker in markers:
                 # Markers of files PostgreSQL has finished with (it pushed them itself after a timeout).
                 base, dot, kind = marker.rpartition('.')
-                if dot and '.' + kind in (OK, ERROR) and base not in pending and base not in inflight.values():
+                if dot and '.' + kind in (OK, ERROR) and base not in pending and base not in busy:
                     remove_quietly(os.path.join(out, marker))
             waiting = sum(1 for n in ready if n + OK in markers)
-            busy = set(inflight.values())
             for name in ready:
                 if len(inflight) >= workers or waiting + len(inflight) >= queue_max:
                     break
@@ -365,7 +365,7 @@ def _prefetcher(inn, seg_size, fetch_one, workers, queue_max, prepare):
                         stop_at = name if stop_at is None else min(stop_at, name)
     finally:
         for entry in os.listdir(inn):
-            if entry not in (LOCK,):
+            if entry != LOCK:
                 remove_quietly(os.path.join(inn, entry))
 
 

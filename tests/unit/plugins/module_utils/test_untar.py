@@ -259,3 +259,44 @@ def test_large_files_are_flushed_small_ones_left_to_postgresql(source, tmp_path,
     os.mkdir(other)
     untar.extract([data], other, sync=False)
     assert flushed == []
+
+
+@pytest.mark.parametrize('chunk', [1, 700, 1024 * 1024])
+def test_walk_reports_each_member_and_its_data_as_gnu_tar_wrote_them(source, chunk):
+    """The one reader under extract and the delta restore: every member in the archive's order, its data
+    in pieces whose last one says so, an empty file as one empty last piece; what tarfile lists."""
+    _root, data = source
+    events = []
+    pieces = {}
+
+    def on_member(member):
+        events.append((member.path, member.kind, member.size, member.target))
+        pieces[member.path] = []
+
+    def on_data(piece, last):
+        pieces[events[-1][0]].append((bytes(piece), last))
+
+    untar.walk(chunked(data, chunk), on_member, on_data)
+    with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+        expected = [(os.path.normpath(m.name) if m.name != '.' else '', m.type, m.size if m.isfile() else 0,
+                     m.linkname) for m in archive.getmembers()]
+        contents = dict((os.path.normpath(m.name), archive.extractfile(m).read())
+                        for m in archive.getmembers() if m.isfile())
+    assert [(path, kind, size, target) for path, kind, size, target in events] == expected
+    for path, content in contents.items():
+        got = pieces[path]
+        assert b''.join(p for p, _last in got) == content
+        assert [last for _p, last in got] == [False] * (len(got) - 1) + [True]
+        assert all(p for p, _last in got) or content == b''
+    assert pieces[os.path.join('base', '1', 'empty')] == [(b'', True)]
+    for path, kind, _size, _target in events:
+        if kind != tarfile.REGTYPE:
+            assert pieces[path] == []
+
+
+def test_walk_refuses_a_path_through_an_archived_symlink_before_calling_back():
+    data = archive(('pg_wal', tarfile.SYMTYPE, b'', '/elsewhere'), ('pg_wal/x', tarfile.REGTYPE, b'x', ''))
+    seen = []
+    with pytest.raises(untar.UntarError, match='through the symbolic link pg_wal'):
+        untar.walk([data], lambda m: seen.append(m.path), lambda piece, last: None)
+    assert seen == ['pg_wal']
