@@ -273,3 +273,32 @@ def test_without_the_right_to_switch_wal_the_backup_waits_for_archive_timeout(an
     for segment in walnames.wal_range(meta['wal_start'], meta['wal_stop']):
         assert walarchive.find_segment(replicated['repo'], segment), segment
     assert any('pg_switch_wal()' in w and 'archive_timeout' in w for w in res.get('warnings', [])), res.get('warnings')
+
+
+def test_db_roles_grants_the_switch_a_standby_backup_needs_and_takes_it_back(ansible, replicated):
+    """db_roles on the primary with pgbackup_backup_from: standby grants EXECUTE on pg_switch_wal() to the backup
+    role (once: a second run changes nothing); the standby backup as that role then archives its last segment
+    at once, archive_timeout being 0; with db_roles_switch_wal: false the grant is taken back."""
+    primary, replica, db = replicated['primary'], replicated['standby'], replicated['db']
+    play_vars = dict(primary.connection_vars(), pgbackup_backup_from='standby')
+    proc = ansible.playbook('db-roles.yml', extra_vars=play_vars)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert 'granted EXECUTE on pg_switch_wal()' in ' '.join(proc.stdout.split())
+    proc = ansible.playbook('db-roles.yml', extra_vars=play_vars)
+    assert proc.returncode == 0 and 'changed=0' in proc.stdout and 'nothing to change' in proc.stdout, \
+        proc.stdout[-3000:]
+    insert_batch(primary, db, 1, 30)
+    replay_caught_up(primary, replica)
+
+    res = standby_backup(ansible, replicated, wait_archive=20, login_user='modulo_backup')
+    assert not res.get('failed'), res.get('msg')
+    meta = res['backup']['meta']
+    assert meta['backup_from'] == 'standby' and meta['status'] == 'complete'
+    for segment in walnames.wal_range(meta['wal_start'], meta['wal_stop']):
+        assert walarchive.find_segment(replicated['repo'], segment), segment
+    assert not [w for w in res.get('warnings', []) if 'archive_timeout' in w], res.get('warnings')
+
+    proc = ansible.playbook('db-roles.yml', extra_vars=dict(play_vars, db_roles_switch_wal=False))
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert 'revoked EXECUTE on pg_switch_wal()' in ' '.join(proc.stdout.split())
+    assert primary.psql("SELECT has_function_privilege('modulo_backup', 'pg_switch_wal()', 'EXECUTE')") == 'f'

@@ -2,8 +2,8 @@
 -- nothing else. Run by psql as a superuser (or a role with CREATEROLE and ADMIN on the granted roles).
 -- Every value comes from psql variables (-v) and the password from the environment (\getenv), so no
 -- value is ever pasted into SQL text and the password is in no process argument.
--- Variables: role, replication (on|off), monitor (on|off), bypassrls (on|off), update_password (always|on_create),
--- check (0|1).
+-- Variables: role, replication (on|off), monitor (on|off), bypassrls (on|off), switch_wal (on|off),
+-- update_password (always|on_create), check (0|1).
 \set ON_ERROR_STOP on
 \getenv password DB_ROLES_PASSWORD
 \if :{?password}
@@ -16,7 +16,7 @@ SET log_min_duration_statement = -1;
 BEGIN;
 SELECT set_config('db_roles.role', :'role', true), set_config('db_roles.password', :'password', true),
        set_config('db_roles.replication', :'replication', true), set_config('db_roles.monitor', :'monitor', true),
-       set_config('db_roles.bypassrls', :'bypassrls', true),
+       set_config('db_roles.bypassrls', :'bypassrls', true), set_config('db_roles.switch_wal', :'switch_wal', true),
        set_config('db_roles.update_password', :'update_password', true) \gset dummy_
 CREATE TEMP TABLE db_roles_changes (change text) ON COMMIT DROP;
 DO $do$
@@ -26,6 +26,8 @@ DECLARE
     want_repl boolean := current_setting('db_roles.replication')::boolean;
     want_monitor boolean := current_setting('db_roles.monitor')::boolean;
     want_bypassrls boolean := current_setting('db_roles.bypassrls')::boolean;
+    want_switch boolean := current_setting('db_roles.switch_wal')::boolean;
+    has_switch boolean;
     a pg_roles%ROWTYPE;
     wanted text[] := ARRAY['pg_read_all_data'];
     granted text;
@@ -92,6 +94,19 @@ BEGIN
             INSERT INTO db_roles_changes VALUES (format('granted %s', granted));
         END IF;
     END LOOP;
+    -- pg_switch_wal() lets a backup taken on a standby close its last WAL segment on the primary at once
+    -- (otherwise it waits for archive_timeout). Only a grant to this role itself counts, and one given
+    -- by hand is taken back when the option is off, like everything else.
+    SELECT EXISTS (SELECT 1 FROM pg_proc p, aclexplode(p.proacl) x
+                   WHERE p.oid = 'pg_catalog.pg_switch_wal()'::regprocedure AND x.privilege_type = 'EXECUTE'
+                     AND x.grantee = (SELECT oid FROM pg_roles WHERE rolname = r)) INTO has_switch;
+    IF want_switch AND NOT has_switch THEN
+        EXECUTE format('GRANT EXECUTE ON FUNCTION pg_catalog.pg_switch_wal() TO %I', r);
+        INSERT INTO db_roles_changes VALUES ('granted EXECUTE on pg_switch_wal()');
+    ELSIF has_switch AND NOT want_switch THEN
+        EXECUTE format('REVOKE EXECUTE ON FUNCTION pg_catalog.pg_switch_wal() FROM %I', r);
+        INSERT INTO db_roles_changes VALUES ('revoked EXECUTE on pg_switch_wal()');
+    END IF;
 END
 $do$;
 \pset format unaligned
