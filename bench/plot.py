@@ -5,7 +5,8 @@
 
 Each run on record is a point: ``bench/results/<date>.json`` (the machine-readable results, committed), or,
 for the runs from before those were kept, the target table of ``<date>.md``. One small chart per ratio
-target, the target drawn as a dashed line, so a regression shows as a line crossing it. Pure standard
+target, the target drawn as a dashed line, so a regression shows as a line crossing it; runs at another
+pgbench scale (``<date>-scale1000.json``) get a line of their own colour. Pure standard
 library: the image is plain SVG text.
 
     plot.py [--results bench/results] [--out bench/results/ratio-history.svg]
@@ -63,9 +64,17 @@ def _ratio_keys(history):
     return keys
 
 
+LINE_COLOURS = ('#036', '#a50', '#609', '#066')
+
+
+def _colour(scale, scales):
+    return LINE_COLOURS[scales.index(scale or 0) % len(LINE_COLOURS)]
+
+
 def svg(history):
     """The image: one panel per ratio target, points joined in date order."""
     keys = _ratio_keys(history)
+    scales = sorted(set(run[1] or 0 for run in history))
     rows = max(1, (len(keys) + COLUMNS - 1) // COLUMNS)
     width, height = COLUMNS * PANEL_W, rows * PANEL_H + 30
     out = ['<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" '
@@ -73,6 +82,9 @@ def svg(history):
            '<rect width="100%" height="100%" fill="white"/>',
            '<text x="8" y="18" font-size="13">modulo.pgbackup benchmark ratios, %d runs (%s to %s); dashed: target</text>'
            % (len(history), history[0][0] if history else '-', history[-1][0] if history else '-')]
+    for index, scale in enumerate(scales):
+        out.append('<text class="legend" x="%d" y="18" fill="%s">scale %s</text>'
+                   % (width - 80 * (len(scales) - index), _colour(scale, scales), scale or '?'))
     for index, key in enumerate(keys):
         x0, y0 = (index % COLUMNS) * PANEL_W, 30 + (index // COLUMNS) * PANEL_H
         points = [(i, run[2][key]) for i, run in enumerate(history) if key in run[2]]
@@ -95,13 +107,18 @@ def svg(history):
         _lx, ly = at(0, limit)
         out.append('<line class="target" x1="%d" y1="%.1f" x2="%d" y2="%.1f" stroke="#c00" stroke-dasharray="4 3"/>'
                    % (x0 + MARGIN, ly, x0 + MARGIN + plot_w, ly))
-        coords = [at(i, value) for i, (value, _op, _limit) in points]
-        out.append('<polyline class="history" fill="none" stroke="#036" stroke-width="1.5" points="%s"/>'
-                   % ' '.join('%.1f,%.1f' % xy for xy in coords))
-        for (x, y), (i, (value, _op, _limit)) in zip(coords, points):
-            met = value <= limit if op == '<=' else value >= limit
-            out.append('<circle cx="%.1f" cy="%.1f" r="3" fill="%s"><title>%s: %.2f</title></circle>'
-                       % (x, y, '#093' if met else '#c00', history[i][0], value))
+        # One line per pgbench scale: a run at scale 1000 is a point on the scale curve, not a step in the
+        # history of the scale-100 runs.
+        for scale in sorted(set(history[i][1] or 0 for i, _v in points)):
+            mine = [(i, value) for i, value in points if (history[i][1] or 0) == scale]
+            coords = [at(i, value) for i, (value, _op, _limit) in mine]
+            out.append('<polyline class="history" data-scale="%s" fill="none" stroke="%s" stroke-width="1.5" '
+                       'points="%s"/>' % (scale or '', _colour(scale, scales),
+                                          ' '.join('%.1f,%.1f' % xy for xy in coords)))
+            for (x, y), (i, (value, _op, _limit)) in zip(coords, mine):
+                met = value <= limit if op == '<=' else value >= limit
+                out.append('<circle cx="%.1f" cy="%.1f" r="3" fill="%s"><title>%s, scale %s: %.2f</title></circle>'
+                           % (x, y, '#093' if met else '#c00', history[i][0], scale or '?', value))
         out.append('<text x="%d" y="%d">%s</text>' % (x0 + MARGIN, y0 + PANEL_H - 12, escape(history[points[0][0]][0])))
         out.append('<text x="%d" y="%d" text-anchor="end">%s</text>'
                    % (x0 + MARGIN + plot_w, y0 + PANEL_H - 12, escape(history[points[-1][0]][0])))

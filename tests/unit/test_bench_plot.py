@@ -27,8 +27,13 @@ def test_history_joins_markdown_and_json_runs_in_date_order(tmp_path):
         {'measurement': 'pitr_s3.backup_restore', 'field': 'time_ratio', 'target': '<= 1.0', 'value': None,
          'met': None}]}
     (tmp_path / '2026-12-04.json').write_text(json.dumps(later))
+    # A run at another scale: a point of its own line, not the next step of the scale-100 history.
+    larger = {'scale': 1000, 'targets': [
+        {'measurement': 'logical_restore.backup_restore_default', 'field': 'time_ratio', 'target': '<= 0.9',
+         'value': 0.86, 'met': True}]}
+    (tmp_path / '2026-12-04-scale1000.json').write_text(json.dumps(larger))
     history = plot.runs(str(tmp_path))
-    assert [run[0] for run in history] == ['2026-11-26', '2026-12-04'] and history[0][1] == 100
+    assert [run[0] for run in history] == ['2026-11-26', '2026-12-04', '2026-12-04-scale1000'] and history[0][1] == 100
     assert history[0][2][('logical_restore.backup_restore_default', 'time_ratio')] == (1.21, '<=', 0.5)
 
     out = tmp_path / 'ratio-history.svg'
@@ -39,11 +44,15 @@ def test_history_joins_markdown_and_json_runs_in_date_order(tmp_path):
     assert ('archive_load.project', 'ready_backlog_peak') not in panels
     assert ('pitr_s3.backup_restore', 'time_ratio') not in panels
     both = panels[('logical_restore.backup_restore_default', 'time_ratio')]
-    line = both.find(SVG + 'polyline')
-    assert len(line.get('points').split()) == 2
-    # Each point says its run and value, and its colour whether it met the target of the latest run.
+    lines = dict((line.get('data-scale'), line) for line in both.iter(SVG + 'polyline'))
+    assert sorted(lines) == ['100', '1000']
+    assert len(lines['100'].get('points').split()) == 2 and len(lines['1000'].get('points').split()) == 1
+    assert lines['100'].get('stroke') != lines['1000'].get('stroke')
+    # Each point says its run, scale and value, and its colour whether it met the target of the latest run.
     marks = [(c.find(SVG + 'title').text, c.get('fill')) for c in both.iter(SVG + 'circle')]
-    assert marks == [('2026-11-26: 1.21', '#c00'), ('2026-12-04: 0.88', '#093')]
+    assert marks == [('2026-11-26, scale 100: 1.21', '#c00'), ('2026-12-04, scale 100: 0.88', '#093'),
+                     ('2026-12-04-scale1000, scale 1000: 0.86', '#093')]
+    assert [t.text for t in root.iter(SVG + 'text') if t.get('class') == 'legend'] == ['scale 100', 'scale 1000']
     only_new = panels[('archive_async_push.project', 'rate_ratio')]
     assert len(only_new.find(SVG + 'polyline').get('points').split()) == 1
     assert only_new.find(SVG + 'line').get('class') == 'target'
