@@ -302,3 +302,30 @@ def test_db_roles_grants_the_switch_a_standby_backup_needs_and_takes_it_back(ans
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert 'revoked EXECUTE on pg_switch_wal()' in ' '.join(proc.stdout.split())
     assert primary.psql("SELECT has_function_privilege('modulo_backup', 'pg_switch_wal()', 'EXECUTE')") == 'f'
+
+
+def test_the_primary_rebuilt_in_cluster_mode_from_a_standby_backup(ansible, replicated):
+    """The backup of the standby replaces the primary's whole data directory (mode=cluster, target=latest): the
+    recovery starts from the standby's backup label and replays the primary's archive to its end, so every
+    row the primary committed and archived is back, on a new timeline."""
+    primary, replica, repo, db = replicated['primary'], replicated['standby'], replicated['repo'], replicated['db']
+    insert_batch(primary, db, 1, 100)
+    replay_caught_up(primary, replica)
+    res = standby_backup(ansible, replicated)
+    assert not res.get('failed'), res.get('msg')
+    name = res['backup']['meta']['name']
+    insert_batch(primary, db, 101, 150)
+    wait_archived(primary, repo)
+    expected = ids(primary, db)
+    replica.stop()
+
+    res = ansible.task('modulo.pgbackup.backup_restore', args_for(
+        primary, repo, mode='cluster', pgdata=primary.pgdata, confirm=primary.pgdata, target='latest'))
+    assert not res.get('failed'), res.get('msg')
+    assert res['restore']['recovery']['base_backup'] == name
+    assert res['restore']['recovery']['timeline'] == 2
+    assert ids(primary, db) == expected and count(primary, db) == 150
+    assert primary.psql('SELECT pg_is_in_recovery()') == 'f'
+    # The data directory is the standby's copy, made a primary: no standby.signal, no primary_conninfo left.
+    assert not os.path.exists(os.path.join(primary.pgdata, 'standby.signal'))
+    assert primary.psql('SHOW primary_conninfo') == ''
