@@ -8,7 +8,11 @@ reference at each scale and how much that moved, and the largest process of the 
 the archive command, its background pusher or prefetcher) at each scale. The verdicts are the issue's:
 every ratio within 10 % of its value at the smaller scale, and no collection process above 200 MB.
 
-    curve.py SMALL.json LARGE.json [--out bench/results/<date>-scale-curve.md]
+    curve.py RUN.json [RUN.json ...] [--out bench/results/<date>-scale-curve.md]
+
+The runs are grouped by scale (there must be two). Several runs of one scale are merged, a later one's
+measurements replacing an earlier one's (a phase measured again, with more repeats or on a quieter
+machine); a column names the larger-scale run each row comes from.
 """
 
 import argparse
@@ -43,6 +47,7 @@ def rows(small, large):
         if not little or big.get('time_s') is None or little.get('time_s') is None:
             continue
         row = {'measurement': key, 'method': big.get('method', ''), 'reference': bool(big.get('reference')),
+               'from': big.get('from', ''),
                'time_small': little['time_s'], 'time_large': big['time_s'],
                'growth': round(big['time_s'] / little['time_s'], 1) if little['time_s'] else None,
                'ratio_small': little.get('time_ratio'), 'ratio_large': big.get('time_ratio'),
@@ -69,14 +74,14 @@ def markdown(small, large):
                 large.get('started_at', '?')[:10], large['database']['size_bytes'] // 2 ** 20,
                 large.get('host', {}).get('cpus', '?'), large.get('repeats', '?')), '',
              '| measurement | time s, scale %d | time s, scale %d | grew x | ratio, %d | ratio, %d | ratio moved '
-             '| largest collection process MB, %d | %d |' % (s, l, s, l, s, l),
-             '|---|---:|---:|---:|---:|---:|---:|---:|---:|']
+             '| largest collection process MB, %d | %d | scale-%d run |' % (s, l, s, l, s, l, l),
+             '|---|---:|---:|---:|---:|---:|---:|---:|---:|---|']
     for row in table:
-        lines.append('| %s%s | %.2f | %.2f | %s | %s | %s | %s | %s | %s |' % (
+        lines.append('| %s%s | %.2f | %.2f | %s | %s | %s | %s | %s | %s | %s |' % (
             row['measurement'], ' (ref)' if row['reference'] else '', row['time_small'], row['time_large'],
             _num(row['growth'], '%.1f'), _num(row['ratio_small']), _num(row['ratio_large']),
             _num(row['drift'] * 100, '%+.0f %%') if 'drift' in row else '',
-            _num(row['rss_small'][0], '%.1f'), _num(row['rss_large'][0], '%.1f')))
+            _num(row['rss_small'][0], '%.1f'), _num(row['rss_large'][0], '%.1f'), row['from']))
     verdict = verdicts(table)
     lines += ['', '| target | value | met |', '|---|---|---|']
     for name, value, met in verdict:
@@ -101,15 +106,33 @@ def verdicts(table):
     return found
 
 
+def merge(runs):
+    """One run from several of the same scale: later measurements replace earlier ones, each row says
+    which file it came from (``from``)."""
+    if len(set(run['scale'] for _path, run in runs)) != 1:
+        raise SystemExit('curve: the runs to merge are not of one scale')
+    merged = dict(runs[0][1], measurements={}, repeats=None)
+    for path, run in runs:
+        for key, entry in run['measurements'].items():
+            if entry.get('time_s') is not None:
+                merged['measurements'][key] = dict(entry, **{'from': os.path.basename(path)})
+    merged['repeats'] = '/'.join(sorted(set(str(run.get('repeats', '?')) for _p, run in runs)))
+    return merged
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n', maxsplit=1)[0])
-    parser.add_argument('small')
-    parser.add_argument('large')
+    parser.add_argument('runs', nargs='+', help='results JSON files of exactly two pgbench scales, each scale\'s '
+                                                'in the order their measurements should replace one another')
     parser.add_argument('--out', help='default: the Markdown on standard output')
     args = parser.parse_args(argv)
-    small, large = load(args.small), load(args.large)
-    if small['scale'] > large['scale']:
-        small, large = large, small
+    by_scale = {}
+    for path in args.runs:
+        run = load(path)
+        by_scale.setdefault(run['scale'], []).append((path, run))
+    if len(by_scale) != 2:
+        raise SystemExit('curve: give runs of exactly two pgbench scales, not %s' % sorted(by_scale))
+    small, large = [merge(by_scale[scale]) for scale in sorted(by_scale)]
     text = markdown(small, large)
     if args.out:
         with open(args.out, 'w') as handle:
