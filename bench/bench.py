@@ -265,7 +265,8 @@ class Bench(object):
         os.makedirs(self.ansible.workdir)
         self.repo = server_dir(os.path.join(self.base, 'repo'))
         self.command_path = os.path.join(self.base, 'bin', 'modulo-walarchive')
-        self.results = {'scale': self.scale, 'repeats': args.repeats, 'started_at': utc_iso(time.time()),
+        self.results = {'scale': self.scale, 'repeats': args.repeats, 'drop_caches': args.drop_caches,
+                        'started_at': utc_iso(time.time()),
                         'host': self.host_facts(),
                         'measurements': {}, 'notes': []}
         self.pgbr_conf = os.path.join(self.base, 'pgbackrest', 'pgbackrest.conf')
@@ -319,6 +320,7 @@ class Bench(object):
         attempts = [[] for _run in runs]
         for _round in range(self.args.repeats):
             for index, func in enumerate(runs):
+                self.cold_cache()
                 attempts[index].append(func())
         chosen = []
         for tries in attempts:
@@ -326,6 +328,17 @@ class Bench(object):
             mem = dict(merge_usage([mem] + [t[2] for t in tries]), times_s=[round(t[1], 2) for t in tries])
             chosen.append((value, elapsed, mem))
         return chosen
+
+    def cold_cache(self):
+        """With --drop-caches: write back and drop the page cache, so that each run of a pair starts from
+        the same memory. At scale 1000 the 15 GB source and the previous run's files otherwise fill the
+        cache, and the next run pays the kernel's reclaim in its own time (a restore measured 19 s in one
+        run and 37 to 52 s in the next)."""
+        if not self.args.drop_caches:
+            return
+        os.sync()
+        with open('/proc/sys/vm/drop_caches', 'w') as handle:
+            handle.write('3\n')
 
     def in_rounds(self, names, loops):
         """Time each (label, command with $f) over all ``names``, in turns: a ``--repeats``-th of the
@@ -1215,10 +1228,12 @@ def markdown(results):
              'Database %.0f MB; %d CPUs; load average %s at start, %s at end (other processes share the '
              'machine). Ratios are to the row marked *ref* of the same group, measured in the same run. '
              'Each target\'s pair (reference and collection) ran %d times in turns and shows its median run '
-             '(every time below); WAL push and fetch ran in %d rounds, in turns.'
+             '(every time below)%s; WAL push and fetch ran in %d rounds, in turns.'
              % (results['database']['size_bytes'] / MB, results['host']['cpus'],
                 results['host'].get('loadavg_at_start'), results['host'].get('loadavg_at_end'),
-                results.get('repeats', 1), results.get('repeats', 1)), '',
+                results.get('repeats', 1),
+                ', the page cache dropped before each run' if results.get('drop_caches') else '',
+                results.get('repeats', 1)), '',
              '| measurement | method | time s | size MB | MB/s | ratio (time) | ratio w/o Ansible start | '
              'ratio (size) | peak RSS MB |',
              '|---|---|---:|---:|---:|---:|---:|---:|---:|']
@@ -1366,6 +1381,9 @@ def main(argv=None):
                         help='runs of each compared pair (in turns; the median counts), and rounds of the WAL push')
     parser.add_argument('--smoke', action='store_true', help='short run: fewer variants, short loads')
     parser.add_argument('--keep', action='store_true', help='keep the work directory (for a post-mortem)')
+    parser.add_argument('--drop-caches', action='store_true',
+                        help='write back and drop the page cache before each run of a compared pair (root only): '
+                        'for large scales, where what the previous run left in memory weighs on the next')
     parser.add_argument('--only', type=lambda text: text.split(','), metavar='PHASE[,PHASE]',
                         help='measure only these phases (%s); the others show as not measured. For working on '
                         'one target; use --results elsewhere to keep the dated results of a whole run'
@@ -1377,6 +1395,8 @@ def main(argv=None):
             print('bench check: %s' % problem)
         print('bench check: %s' % ('FAILED' if problems else 'ok, %s' % args.json_path))
         return 1 if problems else 0
+    if args.drop_caches and os.geteuid() != 0:
+        parser.error('--drop-caches writes /proc/sys/vm/drop_caches: run as root, or without it')
     unknown = sorted(set(args.only or ()) - set(PHASES))
     if unknown:
         parser.error('unknown phase(s) %s for --only (phases: %s)' % (', '.join(unknown), ', '.join(PHASES)))
