@@ -145,3 +145,53 @@ def test_project_command_keeps_the_installed_shape_with_its_own_repo(tmp_path):
     copy = walcommand.installed_settings(words[2])
     assert copy['repo'] == '/tmp/push-project' and (copy['compression'], copy['level']) == ('gzip', 2)
     assert walcommand.installed_settings(command)['repo'] == '/var/lib/pgbackup'      # the original is untouched
+
+
+def test_pairs_run_in_turns_each_after_a_cold_cache_when_asked(monkeypatch):
+    """--drop-caches: the page cache is written back and dropped before every run of a pair, in the order the
+    runs alternate; without it nothing is touched."""
+    calls = []
+
+    class Args(object):
+        repeats = 2
+        drop_caches = True
+
+    class Fake(object):
+        args = Args()
+
+        def cold_cache(self):
+            bench.Bench.cold_cache(self)
+
+    written = []
+
+    class Proc(object):
+        def __init__(self, path, mode):
+            assert path == '/proc/sys/vm/drop_caches' and mode == 'w'
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def write(self, text):
+            written.append(text)
+            calls.append('drop')
+
+    monkeypatch.setattr(bench, 'open', Proc, raising=False)
+    monkeypatch.setattr(bench.os, 'sync', lambda: calls.append('sync'))
+
+    def run(label, seconds):
+        def func():
+            calls.append(label)
+            return label, seconds, {'peak_rss_mb': 1.0}
+        return func
+
+    chosen = bench.Bench.interleaved(Fake(), run('ref', 2.0), run('ours', 1.0))
+    assert calls == ['sync', 'drop', 'ref', 'sync', 'drop', 'ours'] * 2 and written == ['3\n'] * 4
+    assert [c[0] for c in chosen] == ['ref', 'ours'] and chosen[1][2]['times_s'] == [1.0, 1.0]
+
+    Fake.args.drop_caches = False
+    del calls[:]
+    bench.Bench.interleaved(Fake(), run('ref', 2.0), run('ours', 1.0))
+    assert calls == ['ref', 'ours'] * 2
