@@ -49,8 +49,11 @@ class ClusterRecoveryError(errors.PgBackupError):
 
 
 def restored_size(base):
-    """Bytes the unpacked base backup takes: its manifest's file sizes, else (encrypted, remote) its size."""
+    """Bytes the unpacked base backup takes: its manifest's file sizes (read from S3 for a backup there:
+    ``restored_bytes``), else (no manifest) its stored size."""
     size = scratch.manifest_size(base.get('path') or '')
+    if size is None:
+        size = base.get('restored_bytes')
     if size is not None:
         return size, 'manifest'
     return int(base.get('size_bytes') or 0), 'compressed size (no readable manifest)'
@@ -240,7 +243,8 @@ class ClusterRecovery(object):
         fsutil.ensure_dir(workdir)
         osuser.give_to(workdir, self.os_user)
         restore_command = scratch.install_wal_command(workdir, repo_root, s3_settings, self.os_user, keys=keys)
-        scratch.extract_base(base['path'], self.pgdata, self.os_user, log=self.log, keys=keys)
+        scratch.extract_base(base['path'], self.pgdata, self.os_user, log=self.log, keys=keys,
+                             stream=base.get('stream'))
         if not liveserver.config_outside(self.layout):
             for name in CONFIG_FILES:
                 # Today's configuration, not the one at backup time (ports, archive_command, memory).

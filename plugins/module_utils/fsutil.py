@@ -175,10 +175,16 @@ def sha256_path(path):
     """sha256 of a file, or of a directory as its sorted (relative name, content) pairs."""
     if not os.path.isdir(path):
         return sha256_file(path)
+    return tree_digest(dict((rel, sha256_file(os.path.join(path, rel))) for rel in _walk_files(path)))
+
+
+def tree_digest(file_digests):
+    """The sha256 ``sha256_path`` gives a directory, from ``{relative name: sha256 of that file}``: a backup
+    streamed from S3 is checked without being on disk whole."""
     digest = hashlib.sha256()
-    for rel in sorted(_walk_files(path)):
+    for rel in sorted(file_digests):
         digest.update(rel.encode('utf-8') + b'\0')
-        digest.update(sha256_file(os.path.join(path, rel)).encode('ascii') + b'\n')
+        digest.update(file_digests[rel].encode('ascii') + b'\n')
     return digest.hexdigest()
 
 

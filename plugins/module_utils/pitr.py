@@ -170,7 +170,7 @@ class ScratchRecovery(scratch.PrivateCluster):
         osuser.give_to(self.workdir, self.os_user)
         osuser.give_to(self.socket_dir, self.os_user)
         restore_command = scratch.install_wal_command(self.workdir, repo_root, s3_settings, self.os_user, keys=keys)
-        scratch.extract_base(base['path'], self.pgdata, self.os_user, log=log, keys=keys)
+        scratch.extract_base(base['path'], self.pgdata, self.os_user, log=log, keys=keys, stream=base.get('stream'))
         if after_extract is not None:
             after_extract(self.pgdata)
         if not os.path.exists(os.path.join(self.pgdata, 'postgresql.conf')):

@@ -13,9 +13,11 @@ __metaclass__ = type
 
 import base64
 import binascii
+import hashlib
 import importlib.util
 import json
 import os
+import time
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import errors, fsutil, repository
 from ansible_collections.modulo.pgbackup.plugins.module_utils.wal import names as walnames, s3 as wals3
@@ -61,6 +63,10 @@ ATTEMPTS = 4
 CONNECT_TIMEOUT_S = 5
 READ_TIMEOUT_S = 60
 DELETE_BATCH = 1000
+# A download read as a stream (ObjectReader) that breaks off is resumed from where it stopped, after these
+# pauses; botocore retries the requests themselves, not the reading of a response body.
+RESUME_DELAYS_S = (1, 2, 4)
+MANIFEST = 'backup_manifest'
 
 
 class S3Error(errors.PgBackupError):
@@ -267,3 +273,153 @@ class S3Store(object):
         if not os.path.exists(meta_file):
             fsutil.write_json_atomic(meta_file, meta_local)
         return final
+
+    def manifest_size(self, meta, kind_dir='base'):
+        """Bytes a physical backup in S3 unpacks to, from its ``backup_manifest`` (None without one): what
+        the restore's free-space check needs, since the stored size is the compressed one."""
+        relpath = '/'.join((kind_dir, meta.get('file') or meta['name'], MANIFEST))
+        try:
+            return sum(int(f.get('Size', 0)) for f in self.read_json(relpath).get('Files', []))
+        except (S3Error, ValueError, AttributeError, TypeError):
+            return None
+
+    def stream_backup(self, root, meta, kind_dir, choose):
+        """A physical backup to unpack straight from S3 (StreamedBackup), or None when ``choose(names, uri)``,
+        given the names of its files, names no archive that can be read as a stream (then download_backup it).
+
+        Its other files (manifest, pg_wal.tar) are fetched into a temporary directory of the repository
+        that never looks like a backup; the archive itself is never stored here.
+        """
+        filename = meta.get('file') or meta['name']
+        relpath = '/'.join((kind_dir, filename))
+        names = [item['relpath'][len(relpath) + 1:] for item in self.list(relpath + '/')]
+        archive = choose(names, self.uri(relpath))
+        if archive is None:
+            return None
+        staging = fsutil.tmp_path_for(os.path.join(root, kind_dir, filename))
+        fsutil.ensure_dir(staging)
+        try:
+            for name in names:
+                if name != archive:
+                    target = os.path.join(staging, name)
+                    fsutil.ensure_dir(os.path.dirname(target))
+                    key = self.key(relpath + '/' + name)
+                    self._call('download s3://%s/%s' % (self.bucket, key), lambda k=key, t=target:
+                               self.client.download_file(self.bucket, k, t, Config=self.transfer))
+            return StreamedBackup(meta, staging, archive, ObjectReader(self, relpath + '/' + archive))
+        except BaseException:
+            fsutil.remove_quietly(staging)
+            raise
+
+
+class ObjectReader(object):
+    """One S3 object read once from start to end as a file (``readinto``), hashed on the way.
+
+    A response body that breaks off (reset, timeout, short read) is resumed with a ranged GET from the
+    first byte not yet read, and only while the object is the one first opened (If-Match on its ETag):
+    a large base backup is not downloaded again from the start, and never spliced from two versions.
+    """
+
+    def __init__(self, store, relpath):
+        self.store, self.relpath = store, relpath
+        self.uri = store.uri(relpath)
+        self.offset = self.resumed = 0
+        self.size = self._etag = self._body = None
+        self._digest = hashlib.sha256()
+
+    def _open(self):
+        request = {'Bucket': self.store.bucket, 'Key': self.store.key(self.relpath)}
+        if self._etag is not None:
+            request.update(IfMatch=self._etag, Range='bytes=%d-' % self.offset)
+        response = self.store._call('read %s' % self.uri, lambda: self.store.client.get_object(**request))
+        if self._etag is None:
+            self._etag, self.size = response['ETag'], int(response['ContentLength'])
+        self._body = response['Body']
+
+    def readinto(self, buffer):
+        if self._body is None:
+            # Opened at the first read, not before: a cluster restore stops the server in between, and an
+            # unread response would sit on an idle connection meanwhile.
+            self._open()
+        failures = 0
+        while True:
+            try:
+                count = self._body.readinto(buffer)
+                break
+            except botocore_errors() + (OSError,) as exc:
+                if failures == len(RESUME_DELAYS_S):
+                    raise S3Error('reading %s broke off at byte %d of %d and could not be resumed %d times: %s'
+                                  % (self.uri, self.offset, self.size, failures, exc))
+                self._close_body()
+                time.sleep(RESUME_DELAYS_S[failures])
+                failures += 1
+                self.resumed += 1
+                try:
+                    self._open()
+                except S3Error as reopen:
+                    raise S3Error('reading %s broke off at byte %d of %d (%s) and resuming it failed (if the '
+                                  'object changed meanwhile, restore again): %s'
+                                  % (self.uri, self.offset, self.size, exc, reopen))
+        if count:
+            self._digest.update(memoryview(buffer)[:count])
+            self.offset += count
+        return count
+
+    def read(self, size=-1):
+        if size is None or size < 0:
+            size = max(self.size - self.offset, 0)
+        buffer = bytearray(size)
+        return bytes(buffer[:self.readinto(buffer)]) if size else b''
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    @property
+    def complete(self):
+        return self.offset == self.size
+
+    def hexdigest(self):
+        return self._digest.hexdigest()
+
+    def _close_body(self):
+        try:
+            self._body.close()
+        except Exception:  # the connection is already broken; closing it is a courtesy
+            pass
+
+    def close(self):
+        if self._body is not None:
+            self._close_body()
+        self._body = None
+
+
+class StreamedBackup(object):
+    """A physical backup unpacked while it is read from S3: ``path`` holds its other files, ``reader`` is its
+    archive ``archive_name``. ``verify()``, once the archive is read to its end, checks the whole backup
+    against the checksum of its ``.meta``, as download_backup does before anything uses a downloaded copy."""
+
+    def __init__(self, meta, path, archive_name, reader):
+        self.meta, self.path, self.archive_name, self.reader = meta, path, archive_name, reader
+
+    @property
+    def uri(self):
+        return self.reader.uri
+
+    def verify(self):
+        if not self.reader.complete:
+            raise S3Error('%s was read only to byte %d of %d: the unpacked copy is incomplete'
+                          % (self.uri, self.reader.offset, self.reader.size))
+        digests = dict((os.path.relpath(os.path.join(base, name), self.path), fsutil.sha256_file(os.path.join(base, name)))
+                       for base, _dirs, names in os.walk(self.path) for name in names)
+        digests[self.archive_name] = self.reader.hexdigest()
+        expected = self.meta.get('sha256')
+        if expected and fsutil.tree_digest(digests) != expected:
+            raise S3Error('backup %s read from S3 does not match its .meta checksum: the S3 copy is damaged, '
+                          'choose another backup' % self.meta.get('name'))
+
+    def close(self):
+        self.reader.close()
+        fsutil.remove_quietly(self.path)

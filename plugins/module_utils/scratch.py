@@ -57,24 +57,59 @@ def install_wal_command(workdir, repo_root, s3_settings=None, os_user=None, keys
 
 def base_archive(base_dir):
     """The path of the base backup's base.tar[.zst|.gz|.lz4][.age]; refuses backups with tablespaces."""
-    archives = [n for n in os.listdir(base_dir) if n.startswith('base.tar')]
+    return os.path.join(base_dir, archive_name(os.listdir(base_dir), base_dir))
+
+
+def archive_name(names, where):
+    """The base.tar* among the file ``names`` of the base backup at ``where``; refuses backups with tablespaces."""
+    archives = [n for n in names if n.startswith('base.tar')]
     if not archives:
-        raise ScratchError('%s holds no base.tar*: not a physical base backup' % base_dir)
-    others = [n for n in os.listdir(base_dir) if encryption.strip_suffix(n).endswith(('.tar', '.tar.zst', '.tar.gz', '.tar.lz4'))
+        raise ScratchError('%s holds no base.tar*: not a physical base backup' % where)
+    others = [n for n in names if encryption.strip_suffix(n).endswith(('.tar', '.tar.zst', '.tar.gz', '.tar.lz4'))
               and not n.startswith(('base.', 'pg_wal.'))]
     if others:
         raise ScratchError('base backup %s contains tablespaces (%s): restoring tablespaces is not supported '
-                           'by this release' % (base_dir, ', '.join(others)))
-    return os.path.join(base_dir, archives[0])
+                           'by this release' % (where, ', '.join(others)))
+    return archives[0]
 
 
-def extract_base(base_dir, pgdata, os_user=None, log=None, keys=None):
-    """Unpack base.tar[.zst|.gz|.lz4][.age] (and the manifest) into an empty ``pgdata``."""
-    archive = base_archive(base_dir)
+def stream_archive(names, where):
+    """The archive to unpack as it is read from S3 among a base backup's file ``names`` (archive_name), or None
+    when it must be downloaded first (streams_in_process)."""
+    name = archive_name(names, where)
+    return name if streams_in_process(name) else None
+
+
+IN_PROCESS_CODECS = ('zstd', 'gzip', 'none')
+
+
+def streams_in_process(archive_name):
+    """Whether the archive ``archive_name`` unpacks in this process from a stream (S3): unencrypted, and a codec
+    read here (zstd through libzstd); the others go through programs that read a file descriptor."""
+    codec = compression.codec_of_path(archive_name)
+    if codec == 'zstd' and not walcodec.libzstd_available():
+        return False
+    return codec in IN_PROCESS_CODECS and not encryption.is_encrypted(archive_name)
+
+
+def extract_base(base_dir, pgdata, os_user=None, log=None, keys=None, stream=None):
+    """Unpack base.tar[.zst|.gz|.lz4][.age] (and the manifest) into an empty ``pgdata``.
+
+    ``stream`` (s3store.StreamedBackup, ``base_dir`` being its ``path``): the archive is read from S3 as it
+    is unpacked, and the whole backup is checked against its checksum once it has been read.
+    """
+    archive = os.path.join(base_dir, stream.archive_name) if stream else base_archive(base_dir)
     fsutil.ensure_dir(pgdata)
     osuser.give_to(pgdata, os_user)
     codec = compression.codec_of_path(archive)
-    if codec in ('zstd', 'gzip', 'none'):
+    if stream is not None:
+        _unpack_in_process(archive, codec, pgdata, os_user, log, keys, stream=stream)
+        try:
+            stream.verify()
+        except errors.PgBackupError as exc:
+            raise ScratchError(str(exc))
+        return
+    if codec in IN_PROCESS_CODECS:
         _unpack_in_process(archive, codec, pgdata, os_user, log, keys)
         return
     tar = osuser.run_as(os_user) + ['tar', '-x', '-C', pgdata, '-f', '-']
@@ -97,7 +132,7 @@ def manifest_size(base_dir):
         return None
 
 
-def _unpack_in_process(archive, codec, pgdata, os_user, log, keys):
+def _unpack_in_process(archive, codec, pgdata, os_user, log, keys, stream=None):
     """Decrypt, decompress and unpack in this process (see untar: twice as fast as zstd | tar)."""
     encrypted = encryption.is_encrypted(archive)
     settings = None
@@ -110,14 +145,18 @@ def _unpack_in_process(archive, codec, pgdata, os_user, log, keys):
         if log is not None:
             log.add(keys.decrypt_argv(archive))
     uid, gid = osuser.ids(os_user)
-    chunks = progress.counting(walcodec.content_chunks(archive, codec, settings, encrypted),
+    source = stream.reader if stream else archive
+    what = stream.uri if stream else archive
+    chunks = progress.counting(walcodec.content_chunks(source, codec, settings, encrypted),
                                'unpacking the base backup', manifest_size(os.path.dirname(archive)))
     try:
         untar.extract(chunks, pgdata, uid, gid)
     except walerrors.WalArchiveError as exc:
-        raise ScratchError('cannot unpack %s: %s' % (archive, encryption.explain(str(exc))))
+        raise ScratchError('cannot unpack %s: %s' % (what, encryption.explain(str(exc))))
     except (untar.UntarError, OSError) as exc:
-        raise ScratchError('cannot unpack %s into %s: %s' % (archive, pgdata, exc))
+        raise ScratchError('cannot unpack %s into %s: %s' % (what, pgdata, exc))
+    except errors.PgBackupError as exc:  # the S3 stream broke off for good
+        raise ScratchError('cannot unpack %s: %s' % (what, exc))
 
 
 def private_settings(port, socket_dir):

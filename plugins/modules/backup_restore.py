@@ -19,7 +19,12 @@ description:
     O(target_db). A corrupt or failing backup therefore never changes O(target_db).
   - Replacing an existing non-empty database requires O(confirm) equal to O(target_db). The replaced
     database is kept, renamed to C(<target_db>_old_YYYYMMDD_HHMMSS), unless O(keep_old=false).
-  - Fetches the backup from S3 into the local repository (checksum verified) when it is not present locally.
+  - Fetches a logical backup from S3 into the local repository (checksum verified) when it is not present locally.
+    A physical base backup that is only in S3 is unpacked as it is read, without a copy in the repository; a
+    broken connection resumes where it stopped (from the same object only), and the whole backup is checked
+    against the checksum of its C(.meta) before the recovered server is started. It is downloaded whole first
+    (and checked) when it is encrypted or lz4-compressed, and for O(delta=true), which changes the data
+    directory as it reads.
   - Point-in-time recovery (any of O(target_time), O(target_xid), O(target_lsn), O(target_name), O(target)) uses a
     physical base backup and the WAL archive. It picks the newest complete base backup that ends before the target,
     refuses targets that are malformed, in the future, before the oldest base backup or after the newest archived WAL,
@@ -137,6 +142,8 @@ options:
         backup's C(pg_control) is put back only once everything else is written and flushed. A delta restore that
         fails or is interrupted therefore leaves a directory PostgreSQL refuses to start, and running the same
         task again resumes it (what is already done is compared and reused).
+      - A base backup that is only in S3 is downloaded into the repository and checked before the first change
+        (room for the compressed backup is needed there), since a damaged copy found half way could not be undone.
       - Tablespaces are not supported, as with a full restore.
     type: bool
     default: false

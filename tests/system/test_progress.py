@@ -1,8 +1,9 @@
 # -*- coding: utf-8 -*-
 """Progress of long work in the playbooks' output and in the repository's progress files (real PostgreSQL 15).
 
-A rate-limited base backup lasts long enough for several progress lines; the playbook prints them while the
-module runs in the background (async), from the file the module keeps in logs/.
+A rate-limited base backup (about 10 s: a loaded machine takes seconds per poll and must still see it twice) lasts
+long enough for several progress lines; the playbook prints them while the module runs in the background (async),
+from the file the module keeps in logs/.
 """
 
 import json
@@ -23,7 +24,7 @@ def test_a_long_base_backup_and_a_recovery_show_their_progress(ansible, new_clus
     cluster.psql('CREATE DATABASE shop')
     cluster.psql('CREATE TABLE filler AS SELECT i, md5(i::text) AS t FROM generate_series(1, 150000) i', db='shop')
     extra = dict(cluster.connection_vars(), pgbackup_db='shop', pgbackup_backup_root=repo, pgbackup_s3_bucket='',
-                 pgbackup_progress_interval=1, pgbackup_backup_max_rate='8M', pgbackup_cleanup=False,
+                 pgbackup_progress_interval=1, pgbackup_backup_max_rate='4M', pgbackup_cleanup=False,
                  # uncompressed, so that the limit holds the whole cluster back (it applies after compression)
                  backup_compression='none')
 

@@ -18,7 +18,7 @@ import os
 import time
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import (
-    cluster_recovery, delta, errors, logical_restore, pitr, progress, repository)
+    cluster_recovery, delta, errors, logical_restore, pitr, progress, repository, scratch)
 from ansible_collections.modulo.pgbackup.plugins.module_utils.wal import s3 as wals3
 
 DATABASE, CLUSTER = 'database', 'cluster'
@@ -132,6 +132,8 @@ class PointInTimeRecovery(object):
         self.target_settings, self.description, when = pitr.build_target(r.targets())
         bases = repository.with_s3(self.repo.scan('base')[0], self.s3, 'base')
         self.backup = pitr.choose_base(bases, backup=r.backup, when=when, target_lsn=r.target_lsn)
+        if self.backup.get('location') == 's3':
+            self.backup['restored_bytes'] = self.s3.manifest_size(self.backup)
         if when is not None:
             pitr.check_archive_reaches(self.repo.root, when, wals3.s3_archive(self.s3_settings))
         if r.mode == DATABASE:
@@ -196,8 +198,7 @@ class PointInTimeRecovery(object):
             self.repo.ensure()
             progress.report('starting', target=self.description)
             if base.get('location') == 's3':
-                progress.report('downloading the base backup from S3')
-                base['path'] = self.s3.download_backup(self.repo.root, base, kind_dir='base')
+                self._fetch_base(base)
             if r.mode == DATABASE:
                 reached, outcome = self._into_database()
             else:
@@ -217,6 +218,9 @@ class PointInTimeRecovery(object):
                     outcome['delta'] = reached.pop('delta')
         except OSError as exc:
             raise RestoreFailed('point-in-time recovery failed: %s' % exc)
+        finally:
+            if base.get('stream') is not None:
+                base.pop('stream').close()
         reached.update(self._planned())
         outcome['recovery'] = reached
         outcome['duration_s'] = round(time.time() - started, 3)
@@ -228,6 +232,20 @@ class PointInTimeRecovery(object):
                       % (d['reused_files'], d['written_files'], cluster_recovery._human(d['written_bytes']),
                          d['removed_files']))
         return Outcome(outcome, 'recovered to %s from %s%s' % (self.description, base['name'], where), warnings)
+
+    def _fetch_base(self, base):
+        """A base backup in S3 is unpacked as it is read, checked against its checksum at the end (before the
+        recovered server starts); it is downloaded whole first only for a delta, which changes the data
+        directory as it reads and so must start from a verified copy, or when the archive is read by a program
+        (encrypted, lz4)."""
+        if not self.request.delta:
+            stream = self.s3.stream_backup(self.repo.root, base, 'base', scratch.stream_archive)
+            if stream is not None:
+                base['stream'], base['path'] = stream, stream.path
+                progress.report('unpacking the base backup as it is read from S3')
+                return
+        progress.report('downloading the base backup from S3')
+        base['path'] = self.s3.download_backup(self.repo.root, base, kind_dir='base')
 
     def _into_database(self):
         r = self.request

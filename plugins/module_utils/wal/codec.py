@@ -31,6 +31,11 @@ def zstd_available():
     return bool(_libzstd() or zstd_program())
 
 
+def libzstd_available():
+    """zstd is read in this process (libzstd), so from any file object, not only from a file descriptor."""
+    return bool(_libzstd())
+
+
 def resolve_codec(compression):
     """'auto' (the default) is zstd when libzstd or the zstd program exists, else gzip (stdlib)."""
     compression = compression or 'auto'

@@ -394,3 +394,15 @@ def test_lock_wait_acquires_once_the_holder_finishes(tmp_path):
         if child.poll() is None:
             os.kill(child.pid, signal.SIGKILL)
         child.communicate(timeout=10)
+
+
+def test_tree_digest_of_the_files_digests_is_the_directory_digest(tmp_path):
+    """A backup streamed from S3 is checked with tree_digest: it must agree with sha256_path of the directory."""
+    (tmp_path / 'sub').mkdir()
+    files = {'base.tar.zst': b'archive', 'backup_manifest': b'{}', 'sub/pg_wal.tar': b''}
+    for rel, content in files.items():
+        (tmp_path / rel).write_bytes(content)
+    digests = dict((rel, fsutil.sha256_file(str(tmp_path / rel))) for rel in files)
+    assert fsutil.tree_digest(digests) == fsutil.sha256_path(str(tmp_path))
+    digests['backup_manifest'] = fsutil.sha256_file(str(tmp_path / 'base.tar.zst'))
+    assert fsutil.tree_digest(digests) != fsutil.sha256_path(str(tmp_path))

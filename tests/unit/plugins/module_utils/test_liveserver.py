@@ -141,6 +141,13 @@ def test_restored_size_falls_back_to_the_backup_size_without_a_manifest(tmp_path
         1234, 'compressed size (no readable manifest)')
 
 
+def test_restored_size_of_a_backup_in_s3_is_its_manifest_read_from_there(tmp_path):
+    # A base backup only in S3 has no local path; restored_bytes is the sum its manifest in S3 gives.
+    assert cluster_recovery.restored_size({'size_bytes': 1234, 'restored_bytes': 98765}) == (98765, 'manifest')
+    assert cluster_recovery.restored_size({'size_bytes': 1234, 'restored_bytes': None}) == (
+        1234, 'compressed size (no readable manifest)')
+
+
 @pytest.mark.parametrize('state, expected, absent', [
     ({'touched': False}, 'Nothing was changed: the server was not stopped', 'Rolled back'),
     ({'touched': True, 'rolled_back': True, 'failed_copy': '/d.failed-1'},
