@@ -84,12 +84,12 @@ IN_PROCESS_CODECS = ('zstd', 'gzip', 'none')
 
 
 def streams_in_process(archive_name):
-    """Whether the archive ``archive_name`` unpacks in this process from a stream (S3): unencrypted, and a codec
-    read here (zstd through libzstd); the others go through programs that read a file descriptor."""
+    """Whether the archive ``archive_name`` unpacks in this process from a stream (S3): a codec read here (zstd
+    through libzstd), encrypted or not (age is fed from the stream); lz4 goes through programs reading a file."""
     codec = compression.codec_of_path(archive_name)
     if codec == 'zstd' and not walcodec.libzstd_available():
         return False
-    return codec in IN_PROCESS_CODECS and not encryption.is_encrypted(archive_name)
+    return codec in IN_PROCESS_CODECS
 
 
 def extract_base(base_dir, pgdata, os_user=None, log=None, keys=None, stream=None):
@@ -135,18 +135,18 @@ def manifest_size(base_dir):
 def _unpack_in_process(archive, codec, pgdata, os_user, log, keys, stream=None):
     """Decrypt, decompress and unpack in this process (see untar: twice as fast as zstd | tar)."""
     encrypted = encryption.is_encrypted(archive)
+    source = stream.reader if stream else archive
+    what = stream.uri if stream else archive
     settings = None
     if encrypted:
         try:
-            keys = encryption.require_keys(archive, keys)
+            keys = encryption.require_keys(what, keys)
             settings = {'identities': keys.identities()}
         except encryption.EncryptionError as exc:
-            raise ScratchError('cannot unpack %s: %s' % (archive, exc))
+            raise ScratchError('cannot unpack %s: %s' % (what, exc))
         if log is not None:
-            log.add(keys.decrypt_argv(archive))
+            log.add(keys.decrypt_argv(None if stream else archive))
     uid, gid = osuser.ids(os_user)
-    source = stream.reader if stream else archive
-    what = stream.uri if stream else archive
     chunks = progress.counting(walcodec.content_chunks(source, codec, settings, encrypted),
                                'unpacking the base backup', manifest_size(os.path.dirname(archive)))
     try:

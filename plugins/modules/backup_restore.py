@@ -22,9 +22,9 @@ description:
   - Fetches a logical backup from S3 into the local repository (checksum verified) when it is not present locally.
     A physical base backup that is only in S3 is unpacked as it is read, without a copy in the repository; a
     broken connection resumes where it stopped (from the same object only), and the whole backup is checked
-    against the checksum of its C(.meta) before the recovered server is started. It is downloaded whole first
-    (and checked) when it is encrypted or lz4-compressed, and for O(delta=true), which changes the data
-    directory as it reads.
+    against the checksum of its C(.meta) before the recovered server is started (an encrypted one is decrypted
+    as it is read too). It is downloaded whole first (and checked) when it is lz4-compressed, and for
+    O(delta=true), which changes the data directory as it reads.
   - Point-in-time recovery (any of O(target_time), O(target_xid), O(target_lsn), O(target_name), O(target)) uses a
     physical base backup and the WAL archive. It picks the newest complete base backup that ends before the target,
     refuses targets that are malformed, in the future, before the oldest base backup or after the newest archived WAL,

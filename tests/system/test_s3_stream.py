@@ -210,3 +210,39 @@ def test_a_delta_restore_downloads_and_checks_the_s3_base_before_its_first_chang
     # The delta started from a downloaded, checked copy, which stays in the repository.
     assert os.path.exists(os.path.join(h['repo'], 'base', h['base']['name'], 'base.tar.zst'))
     assert temporary_files(h['repo']) == []
+
+
+@pytest.mark.skipif(not os.path.exists('/usr/bin/age'), reason='the age package is not installed')
+def test_an_encrypted_s3_base_is_decrypted_as_it_is_read(ansible, new_cluster, backup_root, s3_bucket, sandbox_base):
+    from test_encryption import keygen
+    from test_pitr import archiving_cluster
+    keydir = os.path.join(sandbox_base, 'keys-%s' % os.urandom(3).hex())
+    os.makedirs(keydir)
+    key, other = keygen(keydir, 'backup.key'), keygen(keydir, 'other.key')
+    repo = make_repo(backup_root)
+    cluster = archiving_cluster(new_cluster, repo)
+    cluster.psql('CREATE DATABASE shop')
+    cluster.psql('CREATE TABLE events (id int PRIMARY KEY, note text)', db='shop')
+    insert_batch(cluster, 'shop', 1, 60)
+    s3_args = {'s3_bucket': s3_bucket['name'], 's3_endpoint_url': s3_bucket['url'], 'aws_region': 'us-east-1'}
+    res = ansible.task('modulo.pgbackup.pg_backup', args_for(cluster, repo, type='physical', wait_archive=60,
+                                                             encryption_key_file=key, **s3_args))
+    assert not res.get('failed'), res.get('msg')
+    name = res['backup']['meta']['name']
+    assert res['backup']['meta']['files'] == ['base.tar.zst.age']
+    wait_archived(cluster, repo)
+    # The base backup is in S3 only; the WAL stays in the local archive.
+    subprocess.run(['rm', '-rf', os.path.join(repo, 'base')], check=True)
+
+    res = ansible.task('modulo.pgbackup.backup_restore', args_for(
+        cluster, repo, db='shop', target='latest', target_db='shop_other_key', encryption_key_file=other,
+        **s3_args), env=ENV)
+    assert res.get('failed') and 'cannot unpack s3://' in res['msg'], res.get('msg')
+    assert 'encryption_old_key_files' in res['msg'], res['msg']
+
+    res = ansible.task('modulo.pgbackup.backup_restore', args_for(
+        cluster, repo, db='shop', target='latest', target_db='shop_pitr', encryption_key_file=key, **s3_args), env=ENV)
+    assert not res.get('failed'), res.get('msg')
+    assert count(cluster, 'shop_pitr') == 60
+    assert not os.path.exists(os.path.join(repo, 'base', name))
+    assert temporary_files(repo) == []

@@ -237,7 +237,7 @@ class PointInTimeRecovery(object):
         """A base backup in S3 is unpacked as it is read, checked against its checksum at the end (before the
         recovered server starts); it is downloaded whole first only for a delta, which changes the data
         directory as it reads and so must start from a verified copy, or when the archive is read by a program
-        (encrypted, lz4)."""
+        from a file (lz4)."""
         if not self.request.delta:
             stream = self.s3.stream_backup(self.repo.root, base, 'base', scratch.stream_archive)
             if stream is not None:

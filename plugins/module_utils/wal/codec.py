@@ -366,24 +366,78 @@ def _decrypted_chunks(path_or_file, codec, encryption):
     for identity in identities:
         argv += ['--identity', identity]
     source = path_or_file if isinstance(path_or_file, str) else None
+    feeder = None if source or _has_fileno(path_or_file) else _Feeder(path_or_file)
     import subprocess
     import tempfile
     with tempfile.TemporaryFile() as errors:
-        proc = subprocess.Popen(argv + ([source] if source else []), stdin=None if source else path_or_file,
-                                stdout=subprocess.PIPE, stderr=errors)
+        try:
+            proc = subprocess.Popen(argv + ([source] if source else []),
+                                    stdin=feeder.read_fd if feeder else (None if source else path_or_file),
+                                    stdout=subprocess.PIPE, stderr=errors)
+        finally:
+            if feeder:
+                feeder.started()
         try:
             yield from _raw_chunks(proc.stdout, codec)
         except WalArchiveError:
             proc.kill()
             rc = proc.wait()
+            if feeder:
+                feeder.raise_failure()
             if rc > 0:  # age failed first (authentication): that is the real cause
                 raise _age_error(rc, errors, source or 'the S3 object')
             raise
         finally:
             proc.stdout.close()
         rc = proc.wait()
+        if feeder:
+            feeder.raise_failure()
         if rc:
             raise _age_error(rc, errors, source or 'the S3 object')
+
+
+def _has_fileno(handle):
+    try:
+        handle.fileno()
+        return True
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both of the last two
+        return False
+
+
+class _Feeder(object):
+    """Copies a file object that has no descriptor (an object read from S3 as a stream) into a pipe for age.
+
+    When reading it fails, age only sees its input end: ``raise_failure`` raises the reading's own error,
+    the real cause, in the consumer's thread.
+    """
+
+    def __init__(self, src):
+        import threading
+        self.src, self.failure = src, None
+        self.read_fd, self.write_fd = os.pipe()
+        self.thread = threading.Thread(target=self._run, name='age-feeder', daemon=True)
+
+    def started(self):
+        """The child has its copy of the reading end (or never started): start copying."""
+        os.close(self.read_fd)
+        self.thread.start()
+
+    def _run(self):
+        buffer = bytearray(CHUNK)
+        try:
+            for count in iter(lambda: self.src.readinto(buffer), 0):
+                write_all(self.write_fd, memoryview(buffer)[:count])
+        except BrokenPipeError:
+            pass  # age stopped reading: its own error (or the consumer's) says why
+        except Exception as exc:  # handed to the consumer's thread by raise_failure
+            self.failure = exc
+        finally:
+            os.close(self.write_fd)
+
+    def raise_failure(self):
+        self.thread.join()
+        if self.failure is not None:
+            raise self.failure
 
 
 def _raw_chunks(path_or_file, codec):

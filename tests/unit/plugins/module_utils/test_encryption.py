@@ -203,3 +203,41 @@ def test_encrypted_base_backup_unpacks_with_its_key_only(keys, tmp_path):
         scratch.extract_base(str(backup), str(tmp_path / 'wrong'), keys=encryption.Keys(key_file=keys['other']))
     with pytest.raises(scratch.ScratchError, match='encryption_key_file'):
         scratch.extract_base(str(backup), str(tmp_path / 'none'))
+
+
+class _Stream(object):
+    """A file object with readinto and no descriptor, as an object read from S3 (s3store.ObjectReader);
+    ``fail_after`` bytes, then the error a broken connection gives for good."""
+
+    def __init__(self, data, fail_after=None):
+        self.data, self.offset, self.fail_after = data, 0, fail_after
+
+    def readinto(self, buffer):
+        if self.fail_after is not None and self.offset >= self.fail_after:
+            raise encryption.EncryptionError('the S3 read broke off for good')
+        piece = self.data[self.offset:self.offset + min(len(buffer), 65536)]
+        buffer[:len(piece)] = piece
+        self.offset += len(piece)
+        return len(piece)
+
+
+def test_an_encrypted_stream_without_a_descriptor_is_fed_to_age_and_its_own_failure_is_the_error(keys, tmp_path):
+    from ansible_collections.modulo.pgbackup.plugins.module_utils.wal import codec as walcodec
+    content = os.urandom(700 * 1024) + b'\0' * (3 * 1024 * 1024)
+    plain, stored = tmp_path / 'plain', tmp_path / 'base.tar.zst.age'
+    plain.write_bytes(content)
+    with open(str(plain), 'rb') as src, open(str(stored), 'wb') as dst:
+        walcodec.compress_into(src, dst.fileno(), 'zstd', 3, encryption=wal_settings(keys['new']))
+    data = stored.read_bytes()
+    settings = {'identities': [keys['new']]}
+    got = b''.join(bytes(c) for c in walcodec.content_chunks(_Stream(data), 'zstd', settings, encrypted=True))
+    assert got == content
+    # A read that fails half way: its own error, not age's complaint about a truncated input.
+    with pytest.raises(encryption.EncryptionError, match='broke off for good'):
+        for _chunk in walcodec.content_chunks(_Stream(data, fail_after=len(data) // 2), 'zstd', settings,
+                                              encrypted=True):
+            pass
+    # The wrong key: age's own error, as for a file.
+    with pytest.raises(walerrors.WalArchiveError, match='age could not decrypt the S3 object'):
+        for _chunk in walcodec.content_chunks(_Stream(data), 'zstd', {'identities': [keys['other']]}, encrypted=True):
+            pass

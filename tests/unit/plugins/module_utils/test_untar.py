@@ -304,7 +304,7 @@ def test_walk_refuses_a_path_through_an_archived_symlink_before_calling_back():
 
 @pytest.mark.parametrize('name, streams', [
     ('base.tar.zst', True), ('base.tar.gz', True), ('base.tar', True),
-    ('base.tar.zst.age', False), ('base.tar.lz4', False)])
+    ('base.tar.zst.age', True), ('base.tar.gz.age', True), ('base.tar.lz4', False), ('base.tar.lz4.age', False)])
 def test_only_archives_read_in_this_process_are_streamed_from_s3(name, streams):
     from ansible_collections.modulo.pgbackup.plugins.module_utils import scratch
     assert scratch.streams_in_process(name) is streams
@@ -313,7 +313,7 @@ def test_only_archives_read_in_this_process_are_streamed_from_s3(name, streams):
 def test_a_base_backup_with_tablespaces_or_without_its_archive_is_refused_before_it_is_streamed():
     from ansible_collections.modulo.pgbackup.plugins.module_utils import scratch
     assert scratch.stream_archive(['backup_manifest', 'base.tar.zst', 'pg_wal.tar.zst'], 's3://b/base/x') == 'base.tar.zst'
-    assert scratch.stream_archive(['backup_manifest', 'base.tar.zst.age'], 's3://b/base/x') is None
+    assert scratch.stream_archive(['backup_manifest', 'base.tar.lz4'], 's3://b/base/x') is None
     with pytest.raises(scratch.ScratchError, match=r's3://b/base/x contains tablespaces \(16384.tar.zst\)'):
         scratch.stream_archive(['base.tar.zst', '16384.tar.zst'], 's3://b/base/x')
     with pytest.raises(scratch.ScratchError, match='holds no base.tar'):
