@@ -133,8 +133,8 @@ class ClusterRecovery(object):
             self._prepare(base, repo_root, target_settings, workdir, aside, s3_settings, keys)
             window = self._start_and_promote()
             state['promoted'] = True
-        except ERRORS as exc:
-            cause = pitr.explain_short_recovery(str(exc), base, repo_root)
+        except Exception as exc:  # whatever failed once the server was stopped, the old directory goes back
+            cause = _cause(exc, base, repo_root)
             if state['touched']:
                 self._roll_back(state, stamp)
             raise ClusterRecoveryError(cause, state)
@@ -211,8 +211,8 @@ class ClusterRecovery(object):
             state['startable'] = True
             window = self._start_and_promote()
             state['promoted'] = True
-        except ERRORS as exc:
-            cause = pitr.explain_short_recovery(str(exc), base, repo_root)
+        except Exception as exc:  # whatever failed, the directory is left unstartable for the next run to resume
+            cause = _cause(exc, base, repo_root)
             if state['touched']:
                 self._disarm(state, base, uid, gid)
             raise ClusterRecoveryError(cause, state)
@@ -308,6 +308,14 @@ class ClusterRecovery(object):
             state['server_running'] = self.control.running()
         except ERRORS:
             state['server_running'] = None
+
+
+def _cause(exc, base, repo_root):
+    """What a failure of the swap or the delta says: a foreseen one explained, anything else named by its type,
+    since it is a defect to report (it is rolled back all the same)."""
+    if isinstance(exc, ERRORS):
+        return pitr.explain_short_recovery(str(exc), base, repo_root)
+    return 'unexpected %s: %s (a defect of modulo.pgbackup: please report it)' % (type(exc).__name__, exc)
 
 
 def _service_problems(layout, control, os_user):

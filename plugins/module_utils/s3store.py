@@ -64,7 +64,9 @@ CONNECT_TIMEOUT_S = 5
 READ_TIMEOUT_S = 60
 DELETE_BATCH = 1000
 # A download read as a stream (ObjectReader) that breaks off is resumed from where it stopped, after these
-# pauses; botocore retries the requests themselves, not the reading of a response body.
+# pauses, and given up after as many resumes in a row that bring no byte (one that does starts the count
+# again: a flapping link still makes progress); botocore retries the requests themselves, not the reading
+# of a response body.
 RESUME_DELAYS_S = (1, 2, 4)
 MANIFEST = 'backup_manifest'
 
@@ -344,7 +346,11 @@ class ObjectReader(object):
         failures = 0
         while True:
             try:
-                count = self._body.readinto(buffer)
+                # read(), not readinto(): botocore has had StreamingBody.readinto only since 1.31 (Debian 12
+                # ships 1.29), and one copy of a chunk costs nothing beside its decompression.
+                data = self._body.read(len(buffer))
+                count = len(data)
+                buffer[:count] = data
                 break
             except botocore_errors() + (OSError,) as exc:
                 if failures == len(RESUME_DELAYS_S):

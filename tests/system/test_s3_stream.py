@@ -21,12 +21,13 @@ ENV = {'AWS_ACCESS_KEY_ID': 'testing', 'AWS_SECRET_ACCESS_KEY': 'testing'}
 
 
 class CuttingProxy(object):
-    """A TCP proxy on loopback in front of the S3 endpoint. It breaks off, once, the response to the first GET
-    whose request line names ``marker``, after ``after`` bytes of that response; ``on_cut`` runs just before."""
+    """A TCP proxy on loopback in front of the S3 endpoint. It breaks off the response to a GET whose request
+    line names ``marker`` after its headers and ``after`` bytes of its body, ``times`` times; ``on_cut`` runs
+    just before each cut."""
 
-    def __init__(self, upstream_url, marker, after, on_cut=None):
+    def __init__(self, upstream_url, marker, after, on_cut=None, times=1):
         self.upstream = ('127.0.0.1', int(upstream_url.rsplit(':', 1)[1]))
-        self.marker, self.after, self.on_cut = marker, after, on_cut
+        self.marker, self.after, self.on_cut, self.times = marker, after, on_cut, times
         self.cuts = 0
         self.listener = socket.socket()
         self.listener.bind(('127.0.0.1', 0))
@@ -49,7 +50,8 @@ class CuttingProxy(object):
         def requests():
             try:
                 for data in iter(lambda: client.recv(65536), b''):
-                    if not self.cuts and data.startswith(b'GET ') and self.marker in data.split(b'\r\n', 1)[0]:
+                    if self.cuts < self.times and data.startswith(b'GET ') and \
+                            self.marker in data.split(b'\r\n', 1)[0]:
                         armed.set()
                     upstream.sendall(data)
             except OSError:
@@ -58,17 +60,26 @@ class CuttingProxy(object):
                 _close(upstream)
 
         threading.Thread(target=requests, daemon=True).start()
-        sent = 0
+        head, body = b'', None  # the armed response's headers, then how many bytes of its body went through
         try:
             for data in iter(lambda: upstream.recv(65536), b''):
-                if armed.is_set() and not self.cuts:
-                    if sent + len(data) >= self.after:
-                        client.sendall(data[:self.after - sent])
+                if armed.is_set() and self.cuts < self.times:
+                    if body is None:
+                        head += data
+                        end = head.find(b'\r\n\r\n')
+                        if end < 0:
+                            client.sendall(data)
+                            continue
+                        in_head = end + 4 - (len(head) - len(data))
+                        client.sendall(data[:in_head])
+                        data, body = data[in_head:], 0
+                    if body + len(data) >= self.after:
+                        client.sendall(data[:self.after - body])
                         self.cuts += 1
                         if self.on_cut:
                             self.on_cut()
                         break
-                    sent += len(data)
+                    body += len(data)
                 client.sendall(data)
         except OSError:
             pass
@@ -125,6 +136,25 @@ def test_a_read_is_not_resumed_from_an_object_replaced_meanwhile(s3_bucket):
         proxy.close()
     assert 'resuming it failed' in str(raised.value)
     assert 'object changed meanwhile' in str(raised.value)
+
+
+def test_a_read_that_keeps_breaking_off_without_progress_fails_with_where_it_stopped(s3_bucket):
+    key = 'base/b1/base.tar.zst'
+    s3_bucket['client'].put_object(Bucket=s3_bucket['name'], Key=key, Body=os.urandom(1024 * 1024))
+    proxy = CuttingProxy(s3_bucket['url'], b'base.tar', after=0, times=99)
+    try:
+        reader = s3store.ObjectReader(store_through(proxy, s3_bucket['name']), key)
+        buffer = bytearray(64 * 1024)
+        with pytest.raises(s3store.S3Error) as raised:
+            while reader.readinto(buffer):
+                pass
+    finally:
+        proxy.close()
+    # The first response and one per resume (s3store.RESUME_DELAYS_S), each cut off before its first byte:
+    # resumes that bring nothing are given up after three in a row (those that bring bytes go on).
+    assert proxy.cuts == 1 + len(s3store.RESUME_DELAYS_S)
+    assert 'broke off at byte 0 of %d and could not be resumed 3 times' % (1024 * 1024) in str(raised.value)
+    assert not reader.complete
 
 
 @pytest.fixture

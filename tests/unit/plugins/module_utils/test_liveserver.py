@@ -161,3 +161,54 @@ def test_failure_message_promises_only_what_happened(state, expected, absent):
     assert msg.startswith('cause. ') and expected in msg and absent not in msg, msg
     if state.get('old_pgdata'):
         assert 'rename /d.old-1 to /d' in msg
+
+
+class _Control(object):
+    """Stands for the service manager: records what it was asked."""
+
+    def __init__(self):
+        self.calls, self.up = [], True
+
+    def stop(self):
+        self.calls.append('stop')
+        self.up = False
+
+    def start(self):
+        self.calls.append('start')
+        self.up = True
+
+    def running(self):
+        return self.up
+
+    def describe(self):
+        return 'a stand-in'
+
+    def log_path(self):
+        return None
+
+
+def test_an_unexpected_error_after_the_stop_is_rolled_back_too(tmp_path, monkeypatch):
+    """A defect (here an AttributeError while unpacking) must not leave the server stopped and its directory aside."""
+    from ansible_collections.modulo.pgbackup.plugins.module_utils import scratch
+    pgdata = tmp_path / 'main'
+    pgdata.mkdir()
+    (pgdata / 'PG_VERSION').write_text('15\n')
+    recovery = cluster_recovery.ClusterRecovery.__new__(cluster_recovery.ClusterRecovery)
+    recovery.conn, recovery.os_user, recovery.log, recovery.timeout_s = None, None, None, 60
+    recovery.layout = {'data_directory': str(pgdata), 'running': True}
+    recovery.control = _Control()
+
+    def broken_unpack(*args, **kwargs):
+        raise AttributeError("'StreamingBody' object has no attribute 'readinto'")
+
+    monkeypatch.setattr(scratch, 'install_wal_command', lambda *args, **kwargs: 'true')
+    monkeypatch.setattr(scratch, 'extract_base', broken_unpack)
+    monkeypatch.setattr(cluster_recovery.liveserver, 'wait_accepting', lambda conn, timeout: None)
+    with pytest.raises(cluster_recovery.ClusterRecoveryError) as raised:
+        recovery.run({'name': 'b1', 'path': str(tmp_path / 'b1')}, str(tmp_path / 'repo'), {})
+    assert 'unexpected AttributeError' in str(raised.value) and 'readinto' in str(raised.value)
+    state = raised.value.state
+    assert state['rolled_back'] is True and state['server_running'] is True
+    assert recovery.control.calls == ['stop', 'stop', 'start']
+    assert (pgdata / 'PG_VERSION').read_text() == '15\n'
+    assert not [p.name for p in tmp_path.iterdir() if '.old-' in p.name or '.pitr-' in p.name]
