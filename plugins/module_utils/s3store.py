@@ -346,8 +346,8 @@ class ObjectReader(object):
         failures = 0
         while True:
             try:
-                # read(), not readinto(): botocore has had StreamingBody.readinto only since 1.31 (Debian 12
-                # ships 1.29), and one copy of a chunk costs nothing beside its decompression.
+                # read(), not readinto(): Debian 12's botocore (1.29) has no StreamingBody.readinto, and one
+                # copy of a chunk costs nothing beside its decompression.
                 data = self._body.read(len(buffer))
                 count = len(data)
                 buffer[:count] = data
