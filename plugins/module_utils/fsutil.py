@@ -175,7 +175,12 @@ def sha256_path(path):
     """sha256 of a file, or of a directory as its sorted (relative name, content) pairs."""
     if not os.path.isdir(path):
         return sha256_file(path)
-    return tree_digest(dict((rel, sha256_file(os.path.join(path, rel))) for rel in _walk_files(path)))
+    return tree_digest(file_digests(path))
+
+
+def file_digests(path):
+    """``{relative name: sha256}`` of every file under the directory ``path``."""
+    return dict((rel, sha256_file(os.path.join(path, rel))) for rel in _walk_files(path))
 
 
 def tree_digest(file_digests):

@@ -29,6 +29,8 @@ PREFIX_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9-]*\Z')
 FORMAT_SUFFIX = {'plain': '.sql', 'custom': '.dump', 'directory': '.dir'}
 COMPRESSION_SUFFIX = {'gzip': '.gz', 'zstd': '.zst', 'lz4': '.lz4', 'none': ''}
 META_SUFFIX = '.meta'
+# A physical backup's own manifest (pg_basebackup), stored beside its archives.
+MANIFEST = 'backup_manifest'
 
 # Reports: <kind>_[<subject>_]<YYYYMMDD_HHMMSS>[_<n>].json, in logs/ (drills in restore-tests/, with a copy
 # in logs/). Readers (health, retention) and writers (report, drill, verify, backup_retention) use these.
@@ -227,6 +229,15 @@ def with_s3(local, s3, kind_dir):
 def _stem(filename):
     match = re.match(r'^([A-Za-z0-9][A-Za-z0-9-]*_(?:full|base)_\d{8}_\d{6})', filename)
     return match.group(1) if match else filename
+
+
+def manifest_bytes(manifest):
+    """Bytes of the files a parsed ``backup_manifest`` lists (about what unpacking the backup writes), or None
+    when it is not a manifest."""
+    try:
+        return sum(int(f.get('Size', 0)) for f in manifest.get('Files', []))
+    except (AttributeError, TypeError, ValueError):
+        return None
 
 
 def meta_name(filename):

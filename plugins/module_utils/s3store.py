@@ -68,7 +68,6 @@ DELETE_BATCH = 1000
 # again: a flapping link still makes progress); botocore retries the requests themselves, not the reading
 # of a response body.
 RESUME_DELAYS_S = (1, 2, 4)
-MANIFEST = 'backup_manifest'
 
 
 class S3Error(errors.PgBackupError):
@@ -248,13 +247,7 @@ class S3Store(object):
             if meta.get('format') == 'directory' or meta.get('type') == 'physical':
                 fsutil.ensure_dir(tmp)
                 base_key = self.key(relpath) + '/'
-                for key in keys:
-                    if not key.startswith(base_key):
-                        continue
-                    target = os.path.join(tmp, key[len(base_key):])
-                    fsutil.ensure_dir(os.path.dirname(target))
-                    self._call('download s3://%s/%s' % (self.bucket, key),
-                               lambda: self.client.download_file(self.bucket, key, target, Config=self.transfer))
+                self._download_into(relpath, [k[len(base_key):] for k in keys if k.startswith(base_key)], tmp)
             else:
                 self._call('download %s' % self.uri(relpath),
                            lambda: self.client.download_file(self.bucket, self.key(relpath), tmp,
@@ -276,13 +269,22 @@ class S3Store(object):
             fsutil.write_json_atomic(meta_file, meta_local)
         return final
 
+    def _download_into(self, relpath, names, directory):
+        """Download the objects ``relpath``/``name`` of a backup directory into ``directory``/``name``."""
+        for name in names:
+            target = os.path.join(directory, name)
+            fsutil.ensure_dir(os.path.dirname(target))
+            key = self.key(relpath + '/' + name)
+            self._call('download s3://%s/%s' % (self.bucket, key), lambda k=key, t=target:
+                       self.client.download_file(self.bucket, k, t, Config=self.transfer))
+
     def manifest_size(self, meta, kind_dir='base'):
         """Bytes a physical backup in S3 unpacks to, from its ``backup_manifest`` (None without one): what
         the restore's free-space check needs, since the stored size is the compressed one."""
-        relpath = '/'.join((kind_dir, meta.get('file') or meta['name'], MANIFEST))
+        relpath = '/'.join((kind_dir, meta.get('file') or meta['name'], repository.MANIFEST))
         try:
-            return sum(int(f.get('Size', 0)) for f in self.read_json(relpath).get('Files', []))
-        except (S3Error, ValueError, AttributeError, TypeError):
+            return repository.manifest_bytes(self.read_json(relpath))
+        except (S3Error, ValueError):
             return None
 
     def stream_backup(self, root, meta, kind_dir, choose):
@@ -301,13 +303,7 @@ class S3Store(object):
         staging = fsutil.tmp_path_for(os.path.join(root, kind_dir, filename))
         fsutil.ensure_dir(staging)
         try:
-            for name in names:
-                if name != archive:
-                    target = os.path.join(staging, name)
-                    fsutil.ensure_dir(os.path.dirname(target))
-                    key = self.key(relpath + '/' + name)
-                    self._call('download s3://%s/%s' % (self.bucket, key), lambda k=key, t=target:
-                               self.client.download_file(self.bucket, k, t, Config=self.transfer))
+            self._download_into(relpath, [name for name in names if name != archive], staging)
             return StreamedBackup(meta, staging, archive, ObjectReader(self, relpath + '/' + archive))
         except BaseException:
             fsutil.remove_quietly(staging)
@@ -418,8 +414,7 @@ class StreamedBackup(object):
         if not self.reader.complete:
             raise S3Error('%s was read only to byte %d of %d: the unpacked copy is incomplete'
                           % (self.uri, self.reader.offset, self.reader.size))
-        digests = dict((os.path.relpath(os.path.join(base, name), self.path), fsutil.sha256_file(os.path.join(base, name)))
-                       for base, _dirs, names in os.walk(self.path) for name in names)
+        digests = fsutil.file_digests(self.path)
         digests[self.archive_name] = self.reader.hexdigest()
         expected = self.meta.get('sha256')
         if expected and fsutil.tree_digest(digests) != expected:

@@ -21,7 +21,7 @@ import tempfile
 import time
 
 from ansible_collections.modulo.pgbackup.plugins.module_utils import (
-    archiving, compression, encryption, fsutil, liveserver, osuser, pipeline, progress, untar, walcommand)
+    archiving, compression, encryption, fsutil, liveserver, osuser, pipeline, progress, repository, untar, walcommand)
 from ansible_collections.modulo.pgbackup.plugins.module_utils.wal import codec as walcodec, errors as walerrors, spool as walspool
 from ansible_collections.modulo.pgbackup.plugins.module_utils.pgclient import Connection, psql_query
 
@@ -126,9 +126,9 @@ def extract_base(base_dir, pgdata, os_user=None, log=None, keys=None, stream=Non
 def manifest_size(base_dir):
     """Bytes of the files a base backup's manifest lists (about what unpacking writes), or None without one."""
     try:
-        with open(os.path.join(base_dir, 'backup_manifest')) as handle:
-            return sum(int(f.get('Size', 0)) for f in json.load(handle).get('Files', []))
-    except (OSError, ValueError, AttributeError, TypeError):
+        with open(os.path.join(base_dir, repository.MANIFEST)) as handle:
+            return repository.manifest_bytes(json.load(handle))
+    except (OSError, ValueError):
         return None
 
 
