@@ -44,6 +44,20 @@ def s3_archiving_cluster(new_cluster, repo, s3_bucket, prefix=None):
                            "--repo %s %s%s %%p %%f'" % (SCRIPT, repo, s3, ' --s3-prefix %s' % prefix if prefix else '')})
 
 
+def s3_shop_with_base(ansible, new_cluster, repo, s3_bucket, **backup_args):
+    """An S3-archiving cluster with 50 rows in shop.events and a base backup in the repository and S3: the
+    cluster, pg_backup's ``backup`` result and the S3 options to pass to the modules."""
+    cluster = s3_archiving_cluster(new_cluster, repo, s3_bucket)
+    cluster.psql('CREATE DATABASE shop')
+    cluster.psql('CREATE TABLE events (id int PRIMARY KEY, note text)', db='shop')
+    insert_batch(cluster, 'shop', 1, 50)
+    s3_args = {'s3_bucket': s3_bucket['name'], 's3_endpoint_url': s3_bucket['url'], 'aws_region': 'us-east-1'}
+    args = args_for(cluster, repo, **dict(backup_args, type='physical', **s3_args))
+    res = ansible.task('modulo.pgbackup.pg_backup', args)
+    assert not res.get('failed'), res.get('msg')
+    return cluster, res['backup'], s3_args
+
+
 def wait_archived(cluster, repo, timeout=60):
     """Close the current segment and wait until the archive has it.
 
@@ -204,14 +218,8 @@ def test_cluster_mode_and_a_second_pitr_across_the_timeline_switch(ansible, hist
 
 def test_pitr_from_s3_base_and_s3_wal(ansible, new_cluster, backup_root, s3_bucket):
     repo = make_repo(backup_root)
-    cluster = s3_archiving_cluster(new_cluster, repo, s3_bucket)
-    cluster.psql('CREATE DATABASE shop')
-    cluster.psql('CREATE TABLE events (id int PRIMARY KEY, note text)', db='shop')
-    insert_batch(cluster, 'shop', 1, 50)
-    s3_args = {'s3_bucket': s3_bucket['name'], 's3_endpoint_url': s3_bucket['url'], 'aws_region': 'us-east-1'}
-    res = ansible.task('modulo.pgbackup.pg_backup', args_for(cluster, repo, type='physical', **s3_args))
-    assert not res.get('failed'), res.get('msg')
-    assert res['backup']['s3_uri'].endswith('/base/' + res['backup']['meta']['name'])
+    cluster, backup, s3_args = s3_shop_with_base(ansible, new_cluster, repo, s3_bucket)
+    assert backup['s3_uri'].endswith('/base/' + backup['meta']['name'])
     insert_batch(cluster, 'shop', 51, 80)
     wait_archived(cluster, repo)
     # The host lost the repository: base backup and WAL come from S3 only.

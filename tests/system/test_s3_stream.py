@@ -14,7 +14,7 @@ import threading
 
 import pytest
 
-from test_pitr import args_for, count, insert_batch, make_repo, s3_archiving_cluster, wait_archived
+from test_pitr import args_for, count, insert_batch, make_repo, s3_shop_with_base, wait_archived
 from ansible_collections.modulo.pgbackup.plugins.module_utils import fsutil, s3store
 
 ENV = {'AWS_ACCESS_KEY_ID': 'testing', 'AWS_SECRET_ACCESS_KEY': 'testing'}
@@ -162,19 +162,13 @@ def s3_history(ansible, new_cluster, backup_root, s3_bucket):
     """A cluster archiving into S3, a base backup there, 80 rows up to the restore point before_delete, then 70
     deleted; the local repository emptied."""
     repo = make_repo(backup_root)
-    cluster = s3_archiving_cluster(new_cluster, repo, s3_bucket)
-    cluster.psql('CREATE DATABASE shop')
-    cluster.psql('CREATE TABLE events (id int PRIMARY KEY, note text)', db='shop')
-    insert_batch(cluster, 'shop', 1, 50)
-    s3_args = {'s3_bucket': s3_bucket['name'], 's3_endpoint_url': s3_bucket['url'], 'aws_region': 'us-east-1'}
-    res = ansible.task('modulo.pgbackup.pg_backup', args_for(cluster, repo, type='physical', wait_archive=60, **s3_args))
-    assert not res.get('failed'), res.get('msg')
+    cluster, backup, s3_args = s3_shop_with_base(ansible, new_cluster, repo, s3_bucket, wait_archive=60)
     insert_batch(cluster, 'shop', 51, 80)
     cluster.psql("SELECT pg_create_restore_point('before_delete')")
     wait_archived(cluster, repo)
     cluster.psql('DELETE FROM events WHERE id > 10', db='shop')
     subprocess.run(['rm', '-rf', os.path.join(repo, 'base'), os.path.join(repo, 'wal')], check=True)
-    return {'cluster': cluster, 'repo': repo, 'base': res['backup']['meta'], 's3_args': s3_args}
+    return {'cluster': cluster, 'repo': repo, 'base': backup['meta'], 's3_args': s3_args}
 
 
 def cluster_restore(ansible, h, **s3_args):
